@@ -1,0 +1,152 @@
+"""SQLAlchemy 2.0 models of the results store.
+
+One run is one training job. A run owns its class names, one row per epoch, one row per image it looked
+at (skipped ones too, with the reason), at most one prediction per image and at most one Grad-CAM row per
+image. ``SchemaInfo`` holds the schema version that ``db.store`` checks on open.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+SCHEMA_VERSION = 1
+
+RUN_STATUSES = ("running", "complete", "failed")
+SPLITS = ("train", "valid", "test")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class SchemaInfo(Base):
+    __tablename__ = "schema_info"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    data_root: Mapped[str] = mapped_column(Text)
+    device: Mapped[str] = mapped_column(String(64), default="cpu")
+    weights: Mapped[str] = mapped_column(String(300), default="none")
+    image_size: Mapped[int] = mapped_column(Integer)
+    cam_layer: Mapped[Optional[str]] = mapped_column(String(120))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
+    finished_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
+    best_epoch: Mapped[Optional[int]] = mapped_column(Integer)
+    # headline metrics: {"best_val_acc": .., "valid": {"top1": .., "top5": ..}, "test": {...}}
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # splits the dataset does not have, with a reason: {"test": "no test/ folder and no test rows in sports.csv"}
+    absent_splits: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    checkpoint_path: Mapped[Optional[str]] = mapped_column(Text)
+    error: Mapped[Optional[str]] = mapped_column(Text)
+
+    classes: Mapped[list["RunClass"]] = relationship(
+        back_populates="run", cascade="all, delete-orphan", order_by="RunClass.index"
+    )
+
+
+class RunClass(Base):
+    __tablename__ = "run_classes"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(300))
+    run: Mapped[Run] = relationship(back_populates="classes")
+
+
+class EpochRow(Base):
+    __tablename__ = "epochs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    phase: Mapped[int] = mapped_column(Integer)  # 1 = frozen base, 2 = fine-tune everything
+    epoch: Mapped[int] = mapped_column(Integer)  # 1-based within the phase
+    global_epoch: Mapped[int] = mapped_column(Integer)  # 1-based over both phases
+    train_loss: Mapped[float] = mapped_column(Float)
+    train_acc: Mapped[float] = mapped_column(Float)
+    val_loss: Mapped[Optional[float]] = mapped_column(Float)
+    val_acc: Mapped[Optional[float]] = mapped_column(Float)
+    lr: Mapped[float] = mapped_column(Float)
+    seconds: Mapped[float] = mapped_column(Float)
+    __table_args__ = (UniqueConstraint("run_id", "global_epoch", name="uq_epoch"),)
+
+
+class ImageRow(Base):
+    __tablename__ = "images"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    split: Mapped[str] = mapped_column(String(8))
+    relpath: Mapped[str] = mapped_column(Text)  # relative to the run's data_root, '/'-separated
+    label: Mapped[int] = mapped_column(Integer)  # class index
+    width: Mapped[Optional[int]] = mapped_column(Integer)
+    height: Mapped[Optional[int]] = mapped_column(Integer)
+    skipped: Mapped[bool] = mapped_column(Boolean, default=False)
+    skip_reason: Mapped[Optional[str]] = mapped_column(Text)
+    # object box in original pixel coordinates [x0, y0, x1, y1] where the dataset knows it (the demo)
+    bbox: Mapped[Optional[list[Any]]] = mapped_column(JSON)
+    __table_args__ = (
+        UniqueConstraint("run_id", "split", "relpath", name="uq_image"),
+        Index("ix_images_run_split", "run_id", "split"),
+    )
+
+
+class Prediction(Base):
+    __tablename__ = "predictions"
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    pred: Mapped[int] = mapped_column(Integer)
+    confidence: Mapped[float] = mapped_column(Float)
+    top5_idx: Mapped[list[Any]] = mapped_column(JSON)
+    top5_prob: Mapped[list[Any]] = mapped_column(JSON)
+    loss: Mapped[Optional[float]] = mapped_column(Float)  # cross-entropy of the true class
+
+
+class CamRow(Base):
+    """Raw Grad-CAM maps of one image: float16 bytes of shape (k, h, w), k = 1 when pred == label."""
+
+    __tablename__ = "cams"
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    layer: Mapped[str] = mapped_column(String(120))
+    classes: Mapped[list[Any]] = mapped_column(JSON)  # class index of each map, e.g. [pred, label]
+    h: Mapped[int] = mapped_column(Integer)
+    w: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class EvalRow(Base):
+    """One evaluation of one split: marks whether its predictions and maps are all written."""
+
+    __tablename__ = "evaluations"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    split: Mapped[str] = mapped_column(String(8), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    n_images: Mapped[int] = mapped_column(Integer, default=0)
+    top1: Mapped[Optional[float]] = mapped_column(Float)
+    top5: Mapped[Optional[float]] = mapped_column(Float)
+    loss: Mapped[Optional[float]] = mapped_column(Float)
+    finished_at: Mapped[Optional[datetime]] = mapped_column(DateTime)

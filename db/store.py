@@ -1,0 +1,330 @@
+"""Engine and session factory, schema creation and version check, and the writes the jobs make.
+
+The store location is one setting for every entry point: an explicit URL (``--db``), else the environment
+variable ``SPORTS_DB``, else the SQLite file ``runs/sports.db``. A bare file path is accepted as SQLite.
+Functions here take a ``session`` and never commit: the caller owns the transaction.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from sqlalchemy import Engine, create_engine, delete, event, func, inspect, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.models import (
+    SCHEMA_VERSION,
+    Base,
+    CamRow,
+    EpochRow,
+    EvalRow,
+    ImageRow,
+    Prediction,
+    Run,
+    RunClass,
+    SchemaInfo,
+    utcnow,
+)
+
+DEFAULT_DB_PATH = Path("runs") / "sports.db"
+ENV_VAR = "SPORTS_DB"
+
+
+class StoreError(RuntimeError):
+    """The store cannot be opened or used: wrong schema, bad URL, unknown run."""
+
+
+def resolve_url(url: Optional[str] = None) -> str:
+    """``--db`` value, else ``$SPORTS_DB``, else ``sqlite:///runs/sports.db``; plain paths mean SQLite."""
+    url = url or os.environ.get(ENV_VAR) or str(DEFAULT_DB_PATH)
+    if "://" not in url:
+        url = f"sqlite:///{Path(url).expanduser()}"
+    try:
+        make_url(url)
+    except ArgumentError as exc:
+        raise StoreError(f"--db {url!r} is not a SQLAlchemy URL ({exc})") from exc
+    return url
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    # WAL lets the dashboard read while a job writes; busy_timeout waits for a writer instead of
+    # failing with "database is locked".
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def make_engine(url: Optional[str] = None, create: bool = True) -> Engine:
+    """Create the engine for ``url`` and make sure the schema is there and of our version.
+
+    ``create=False`` opens an existing store read-only in spirit: a missing schema is then an error
+    rather than created (the dashboard uses it so that it never writes).
+    """
+    url = resolve_url(url)
+    u = make_url(url)
+    kwargs: dict[str, Any] = {}
+    if u.get_backend_name() == "sqlite":
+        db = u.database
+        if db and db != ":memory:":
+            path = Path(db)
+            if create:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            elif not path.exists():
+                raise StoreError(f"store {path} does not exist; run 'python -m jobs.train' to create it")
+        kwargs["connect_args"] = {"timeout": 30}
+    else:
+        kwargs["pool_pre_ping"] = True
+    engine = create_engine(url, **kwargs)
+    if u.get_backend_name() == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    ensure_schema(engine, create=create)
+    return engine
+
+
+def ensure_schema(engine: Engine, create: bool = True) -> None:
+    insp = inspect(engine)
+    tables = set(insp.get_table_names())
+    if "schema_info" not in tables:
+        if tables & {"runs", "images", "predictions"}:
+            raise StoreError(
+                f"store {engine.url.render_as_string(hide_password=True)} has tables but no schema version; "
+                "it was not written by this tool"
+            )
+        if not create:
+            raise StoreError(
+                f"store {engine.url.render_as_string(hide_password=True)} is empty; "
+                "run 'python -m jobs.train' to create a run"
+            )
+        Base.metadata.create_all(engine)
+        with Session(engine) as s, s.begin():
+            s.merge(SchemaInfo(key="version", value=str(SCHEMA_VERSION)))
+        return
+    with Session(engine) as s:
+        row = s.get(SchemaInfo, "version")
+    found = int(row.value) if row is not None else None
+    if found != SCHEMA_VERSION:
+        raise StoreError(
+            f"store {engine.url.render_as_string(hide_password=True)} has schema version {found}, this tool "
+            f"expects {SCHEMA_VERSION}; run 'python -m jobs.upgrade --db URL' to upgrade it"
+        )
+    if create:
+        Base.metadata.create_all(engine)  # adds tables that a newer minor feature brought; no-op otherwise
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+# --------------------------------------------------------------------------- runs
+
+def create_run(
+    session: Session,
+    *,
+    name: str,
+    config: dict[str, Any],
+    data_root: str,
+    device: str,
+    weights: str,
+    image_size: int,
+    cam_layer: Optional[str],
+    class_names: list[str],
+    absent_splits: dict[str, str],
+) -> Run:
+    run = Run(
+        name=name,
+        status="running",
+        config=config,
+        data_root=data_root,
+        device=device,
+        weights=weights,
+        image_size=image_size,
+        cam_layer=cam_layer,
+        started_at=utcnow(),
+        absent_splits=absent_splits,
+        metrics={},
+    )
+    run.classes = [RunClass(index=i, name=n) for i, n in enumerate(class_names)]
+    session.add(run)
+    session.flush()
+    return run
+
+
+def resolve_run(session: Session, ref: str | int) -> Run:
+    """A run by id, by name (the newest of that name), or ``latest`` (the newest run of any status)."""
+    ref_s = str(ref).strip()
+    run: Optional[Run]
+    if ref_s == "latest":
+        run = session.scalars(select(Run).order_by(Run.id.desc()).limit(1)).first()
+    elif ref_s.isdigit():
+        run = session.get(Run, int(ref_s))
+    else:
+        run = session.scalars(select(Run).where(Run.name == ref_s).order_by(Run.id.desc()).limit(1)).first()
+    if run is None:
+        raise StoreError(f"no run {ref_s!r} in the store (give an id, a name, or 'latest')")
+    return run
+
+
+def class_names(session: Session, run_id: int) -> list[str]:
+    return list(
+        session.scalars(select(RunClass.name).where(RunClass.run_id == run_id).order_by(RunClass.index))
+    )
+
+
+def add_epoch(session: Session, run_id: int, **fields: Any) -> None:
+    # An epoch re-run after a resume replaces the row of the same number.
+    session.execute(
+        delete(EpochRow).where(EpochRow.run_id == run_id, EpochRow.global_epoch == fields["global_epoch"])
+    )
+    session.add(EpochRow(run_id=run_id, **fields))
+
+
+def delete_epochs_after(session: Session, run_id: int, global_epoch: int) -> None:
+    session.execute(delete(EpochRow).where(EpochRow.run_id == run_id, EpochRow.global_epoch > global_epoch))
+
+
+@dataclass
+class ImageRecord:
+    split: str
+    relpath: str
+    label: int
+    width: Optional[int] = None
+    height: Optional[int] = None
+    skipped: bool = False
+    skip_reason: Optional[str] = None
+    bbox: Optional[list[float]] = None
+
+
+def upsert_images(session: Session, run_id: int, records: Iterable[ImageRecord]) -> dict[tuple[str, str], int]:
+    """Insert images not yet known for the run, update size/skip fields of known ones; return their ids."""
+    existing = {
+        (r.split, r.relpath): r
+        for r in session.scalars(select(ImageRow).where(ImageRow.run_id == run_id))
+    }
+    for rec in records:
+        row = existing.get((rec.split, rec.relpath))
+        if row is None:
+            row = ImageRow(run_id=run_id, split=rec.split, relpath=rec.relpath, label=rec.label)
+            session.add(row)
+            existing[(rec.split, rec.relpath)] = row
+        row.label = rec.label
+        if rec.width is not None:
+            row.width, row.height = rec.width, rec.height
+        if rec.bbox is not None:
+            row.bbox = rec.bbox
+        if rec.skipped:
+            row.skipped, row.skip_reason = True, rec.skip_reason
+    session.flush()
+    return {k: r.id for k, r in existing.items()}
+
+
+def begin_evaluation(session: Session, run_id: int, split: str) -> None:
+    """Mark a split's evaluation as running and drop whatever an earlier, interrupted pass left."""
+    image_ids = select(ImageRow.id).where(ImageRow.run_id == run_id, ImageRow.split == split)
+    session.execute(delete(CamRow).where(CamRow.image_id.in_(image_ids)))
+    session.execute(delete(Prediction).where(Prediction.image_id.in_(image_ids)))
+    ev = session.get(EvalRow, (run_id, split))
+    if ev is None:
+        ev = EvalRow(run_id=run_id, split=split)
+        session.add(ev)
+    ev.status, ev.top1, ev.top5, ev.loss, ev.finished_at, ev.n_images = "running", None, None, None, None, 0
+    session.flush()
+
+
+def add_predictions(session: Session, rows: list[dict[str, Any]], cams: list[dict[str, Any]]) -> None:
+    if rows:
+        session.execute(Prediction.__table__.insert(), rows)
+    if cams:
+        session.execute(CamRow.__table__.insert(), cams)
+
+
+def finish_evaluation(session: Session, run_id: int, split: str, **metrics: Any) -> None:
+    ev = session.get(EvalRow, (run_id, split))
+    if ev is None:
+        raise StoreError(f"run {run_id}: no evaluation of split {split!r} was begun")
+    for k, v in metrics.items():
+        setattr(ev, k, v)
+    ev.status = "complete"
+    ev.finished_at = utcnow()
+
+
+def finish_run(session: Session, run_id: int, status: str, **fields: Any) -> None:
+    run = session.get(Run, run_id)
+    if run is None:
+        raise StoreError(f"no run {run_id}")
+    run.status = status
+    run.finished_at = utcnow()
+    for k, v in fields.items():
+        setattr(run, k, v)
+
+
+# --------------------------------------------------------------------------- summaries
+
+def run_summaries(session: Session) -> list[dict[str, Any]]:
+    """Per run: id, name, status, classes, and per split images/predictions/skipped/maps/top-1/top-5."""
+    runs = list(session.scalars(select(Run).order_by(Run.id)))
+    n_classes = dict(
+        session.execute(select(RunClass.run_id, func.count()).group_by(RunClass.run_id)).all()
+    )
+
+    def counts(stmt) -> dict[tuple[int, str], int]:
+        return {(r, s): n for r, s, n in session.execute(stmt).all()}
+
+    img = counts(select(ImageRow.run_id, ImageRow.split, func.count()).group_by(ImageRow.run_id, ImageRow.split))
+    skipped = counts(
+        select(ImageRow.run_id, ImageRow.split, func.count())
+        .where(ImageRow.skipped.is_(True))
+        .group_by(ImageRow.run_id, ImageRow.split)
+    )
+    preds = counts(
+        select(ImageRow.run_id, ImageRow.split, func.count())
+        .join(Prediction, Prediction.image_id == ImageRow.id)
+        .group_by(ImageRow.run_id, ImageRow.split)
+    )
+    maps = counts(
+        select(ImageRow.run_id, ImageRow.split, func.count())
+        .join(CamRow, CamRow.image_id == ImageRow.id)
+        .group_by(ImageRow.run_id, ImageRow.split)
+    )
+    evals = {(e.run_id, e.split): e for e in session.scalars(select(EvalRow))}
+    out = []
+    for run in runs:
+        splits = {}
+        for split in ("train", "valid", "test"):
+            key = (run.id, split)
+            if key not in img and key not in evals:
+                continue
+            ev = evals.get(key)
+            splits[split] = {
+                "images": img.get(key, 0),
+                "predictions": preds.get(key, 0),
+                "skipped": skipped.get(key, 0),
+                "maps": maps.get(key, 0),
+                "evaluation": ev.status if ev else None,
+                "top1": ev.top1 if ev else None,
+                "top5": ev.top5 if ev else None,
+            }
+        out.append(
+            {
+                "id": run.id,
+                "name": run.name,
+                "status": run.status,
+                "classes": n_classes.get(run.id, 0),
+                "device": run.device,
+                "weights": run.weights,
+                "image_size": run.image_size,
+                "started_at": run.started_at.isoformat(timespec="seconds") if run.started_at else None,
+                "finished_at": run.finished_at.isoformat(timespec="seconds") if run.finished_at else None,
+                "best_epoch": run.best_epoch,
+                "metrics": run.metrics,
+                "absent_splits": run.absent_splits,
+                "splits": splits,
+            }
+        )
+    return out
