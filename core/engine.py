@@ -1,0 +1,177 @@
+"""One epoch of training, one validation pass, and the prediction pass that also explains.
+
+The functions take plain objects (model, loader, optimizer, device) and return plain dicts; they know
+nothing of the store. Under torchrun each rank calls them on its own shard and the sums are all-reduced.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from core.dist import DistEnv, all_reduce_sum
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Skipped:
+    """Files a pass could not use: dataset index -> reason."""
+
+    items: dict[int, str] = field(default_factory=dict)
+
+    def add(self, bad: list[tuple[int, str]]) -> None:
+        for i, reason in bad:
+            if i not in self.items:
+                log.warning("skipped image #%d: %s", i, reason)
+            self.items[i] = reason
+
+
+def _autocast(device: torch.device, amp: bool):
+    if amp and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.float16)
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    *,
+    frozen_base: bool,
+    scaler: Optional[torch.amp.GradScaler],
+    env: DistEnv,
+    skipped: Skipped,
+    clip_norm: Optional[float] = None,
+    desc: str = "train",
+) -> dict[str, float]:
+    """Train for one pass over ``loader``; return the loss and accuracy averaged over images."""
+    model.train()
+    loss_sum = correct = seen = 0.0
+    for x, y, _idx, bad, _sizes in tqdm(loader, desc=desc, leave=False, disable=not env.is_main):
+        skipped.add(bad)
+        if x is None:
+            continue
+        x, y = _to_device(x, device), y.to(device, non_blocking=True)
+        with _autocast(device, scaler is not None):
+            logits = model(x, frozen_base=frozen_base)
+            loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            if clip_norm:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            if clip_norm:
+                nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+            optimizer.step()
+        n = y.numel()
+        loss_sum += loss.item() * n
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += n
+    loss_sum, correct, seen = all_reduce_sum(env, [loss_sum, correct, seen], device)
+    if not seen:
+        raise RuntimeError("no usable training image in this epoch: every file was skipped")
+    return {"loss": loss_sum / seen, "acc": correct / seen, "images": int(seen)}
+
+
+def evaluate(model: nn.Module, loader, device: torch.device, *, amp: bool, env: DistEnv,
+             skipped: Skipped, desc: str = "valid") -> dict[str, float]:
+    """Loss and top-1 accuracy over this rank's shard, summed over ranks."""
+    model.eval()
+    loss_sum = correct = seen = 0.0
+    with torch.inference_mode():
+        for x, y, _idx, bad, _sizes in tqdm(loader, desc=desc, leave=False, disable=not env.is_main):
+            skipped.add(bad)
+            if x is None:
+                continue
+            x, y = _to_device(x, device), y.to(device, non_blocking=True)
+            with _autocast(device, amp):
+                logits = model(x)
+            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += y.numel()
+    loss_sum, correct, seen = all_reduce_sum(env, [loss_sum, correct, seen], device)
+    if not seen:
+        return {"loss": float("nan"), "acc": float("nan"), "images": 0}
+    return {"loss": loss_sum / seen, "acc": correct / seen, "images": int(seen)}
+
+
+@dataclass
+class BatchResult:
+    """Predictions and raw maps of one batch, as numpy arrays (index = position in the split)."""
+
+    index: np.ndarray  # (N,)
+    label: np.ndarray  # (N,)
+    pred: np.ndarray  # (N,)
+    confidence: np.ndarray  # (N,)
+    top_idx: np.ndarray  # (N, k)
+    top_prob: np.ndarray  # (N, k)
+    loss: np.ndarray  # (N,) cross-entropy of the true class
+    maps: Optional[np.ndarray]  # (N, 2, h, w) float32: [pred, true] maps; None without CAMs
+    sizes: dict[int, tuple[int, int]]
+
+
+def predict_batches(
+    model: nn.Module,
+    loader,
+    device: torch.device,
+    *,
+    explain_fn: Optional[Callable] = None,
+    env: DistEnv,
+    skipped: Skipped,
+    topk: int = 5,
+    desc: str = "predict",
+) -> Iterator[BatchResult]:
+    """Yield per batch the predictions and, with ``explain_fn``, the Grad-CAM maps of [pred, true].
+
+    ``explain_fn(model, x, y)`` returns ``(logits, maps)``; without it a plain inference pass runs.
+    """
+    model.eval()
+    for x, y, idx, bad, sizes in tqdm(loader, desc=desc, leave=False, disable=not env.is_main):
+        skipped.add(bad)
+        if x is None:
+            continue
+        x = _to_device(x, device)
+        yd = y.to(device)
+        if explain_fn is not None:
+            logits, maps = explain_fn(model, x, yd)
+            maps_np = maps.float().cpu().numpy()
+        else:
+            with torch.inference_mode():
+                logits = model(x)
+            maps_np = None
+        logits = logits.float()
+        prob = logits.softmax(1)
+        k = min(topk, prob.shape[1])
+        top_prob, top_idx = prob.topk(k, dim=1)
+        loss = F.cross_entropy(logits, yd, reduction="none")
+        yield BatchResult(
+            index=idx.numpy(),
+            label=y.numpy(),
+            pred=top_idx[:, 0].cpu().numpy(),
+            confidence=top_prob[:, 0].cpu().numpy(),
+            top_idx=top_idx.cpu().numpy(),
+            top_prob=top_prob.cpu().numpy(),
+            loss=loss.detach().cpu().numpy(),
+            maps=maps_np,
+            sizes=sizes,
+        )

@@ -1,0 +1,122 @@
+"""The evaluation pass shared by ``jobs.train`` and ``jobs.cams``: predictions and Grad-CAM maps into the store.
+
+Each split is sharded over the ranks without padding (every image exactly once), the results are gathered
+on rank 0 and written there. A split's ``evaluations`` row reads ``running`` until its last row is written,
+so an interrupted pass is never mistaken for a complete one; running the pass again replaces its rows.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import numpy as np
+import torch
+from sqlalchemy.orm import Session, sessionmaker
+
+from core import dist
+from core.data import DatasetIndex, ImageDataset, collate
+from core.engine import BatchResult, Skipped, predict_batches
+from core.gradcam import encode_maps, pred_true_explainer
+from core.model import ModelMeta
+from db import store
+
+log = logging.getLogger(__name__)
+
+WRITE_CHUNK = 512
+
+
+def make_eval_loader(index: DatasetIndex, split: str, meta: ModelMeta, env: dist.DistEnv, batch_size: int,
+                     workers: int) -> tuple[ImageDataset, torch.utils.data.DataLoader]:
+    ds = ImageDataset(index.root, index.splits[split], meta.image_size, train=False, mean=meta.mean, std=meta.std)
+    sub = torch.utils.data.Subset(ds, dist.shard(len(ds), env))
+    loader = torch.utils.data.DataLoader(sub, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                         collate_fn=collate, pin_memory=torch.cuda.is_available())
+    return ds, loader
+
+
+def _rows(res: BatchResult, ids: list[int], run_id: int, layer: Optional[str]) -> tuple[list[dict], list[dict]]:
+    preds, cams = [], []
+    for j, image_id in enumerate(ids):
+        pred, label = int(res.pred[j]), int(res.label[j])
+        preds.append(dict(image_id=image_id, run_id=run_id, pred=pred, confidence=float(res.confidence[j]),
+                          top5_idx=[int(v) for v in res.top_idx[j]],
+                          top5_prob=[round(float(v), 6) for v in res.top_prob[j]],
+                          loss=float(res.loss[j])))
+        if res.maps is not None:
+            maps = res.maps[j] if pred != label else res.maps[j, :1]
+            classes = [pred, label] if pred != label else [pred]
+            cams.append(dict(image_id=image_id, run_id=run_id, layer=layer, classes=classes,
+                             h=int(maps.shape[-2]), w=int(maps.shape[-1]), data=encode_maps(maps)))
+    return preds, cams
+
+
+def evaluate_split(
+    Session_: Optional[sessionmaker[Session]],
+    run_id: int,
+    model: torch.nn.Module,
+    meta: ModelMeta,
+    index: DatasetIndex,
+    split: str,
+    *,
+    device: torch.device,
+    env: dist.DistEnv,
+    batch_size: int,
+    workers: int,
+    cams: bool = True,
+    layer: Optional[str] = None,
+) -> Optional[dict]:
+    """Predict (and explain) one split; rank 0 writes it and returns its metrics, other ranks return None."""
+    layer = layer or meta.cam_layer
+    ds, loader = make_eval_loader(index, split, meta, env, batch_size, workers)
+    skipped = Skipped()
+    explain = pred_true_explainer(layer) if cams else None
+    local: list[BatchResult] = list(
+        predict_batches(model, loader, device, explain_fn=explain, env=env, skipped=skipped, desc=f"evaluate {split}")
+    )
+    gathered = dist.gather_to_main(env, (local, skipped.items))
+    if not env.is_main:
+        return None
+    results = [r for part, _ in gathered for r in part]
+    bad = {i: reason for _, items in gathered for i, reason in items.items()}
+    assert Session_ is not None
+    samples = ds.samples
+    with Session_.begin() as s:
+        store.begin_evaluation(s, run_id, split)
+        sizes = {i: wh for r in results for i, wh in r.sizes.items()}
+        records = [
+            store.ImageRecord(split, samples[i].relpath, samples[i].label, width=w, height=h)
+            for i, (w, h) in sizes.items()
+        ] + [
+            store.ImageRecord(split, samples[i].relpath, samples[i].label, skipped=True, skip_reason=reason)
+            for i, reason in bad.items()
+        ]
+        ids = store.upsert_images(s, run_id, records)
+    n = correct1 = correct5 = 0
+    loss_sum = 0.0
+    pending_p: list[dict] = []
+    pending_c: list[dict] = []
+    for r in results:
+        image_ids = [ids[(split, samples[int(i)].relpath)] for i in r.index]
+        p, c = _rows(r, image_ids, run_id, layer if cams else None)
+        pending_p += p
+        pending_c += c
+        n += len(image_ids)
+        correct1 += int((r.pred == r.label).sum())
+        correct5 += int((r.top_idx == r.label[:, None]).any(1).sum())
+        loss_sum += float(r.loss.sum())
+        if len(pending_p) >= WRITE_CHUNK:
+            with Session_.begin() as s:
+                store.add_predictions(s, pending_p, pending_c)
+            pending_p, pending_c = [], []
+    metrics = {
+        "n_images": n,
+        "top1": correct1 / n if n else None,
+        "top5": correct5 / n if n else None,
+        "loss": loss_sum / n if n else None,
+    }
+    with Session_.begin() as s:
+        store.add_predictions(s, pending_p, pending_c)
+        store.finish_evaluation(s, run_id, split, **metrics)
+    log.info("%s: %d images, top-1 %.4f, top-5 %.4f, %d skipped", split, n, metrics["top1"] or 0,
+             metrics["top5"] or 0, len(bad))
+    return {**metrics, "skipped": len(bad)}

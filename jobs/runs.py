@@ -1,0 +1,59 @@
+"""List the runs in the store.
+
+    python -m jobs.runs [--db URL] [--json]
+
+Per run: id, name, status, number of classes and, per split, the images, predictions, skipped files,
+Grad-CAM maps and top-1/top-5 accuracy.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from db import store
+from jobs.common import add_db_arg, run_cli
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m jobs.runs", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_db_arg(p)
+    p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    return p
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
+def format_table(runs: list[dict]) -> str:
+    if not runs:
+        return "no runs in the store; create one with: python -m jobs.train"
+    lines = []
+    for r in runs:
+        lines.append(f"#{r['id']} {r['name']}  [{r['status']}]  {r['classes']} classes, {r['device']}, "
+                     f"{r['image_size']} px, weights {r['weights']}")
+        for split, c in r["splits"].items():
+            lines.append(f"    {split:<5} images {c['images']:>6}  predictions {c['predictions']:>6}  "
+                         f"skipped {c['skipped']:>4}  maps {c['maps']:>6}  top-1 {_pct(c['top1']):>6}  "
+                         f"top-5 {_pct(c['top5']):>6}")
+        for split, why in (r.get("absent_splits") or {}).items():
+            lines.append(f"    {split:<5} absent ({why})")
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    engine = store.make_engine(args.db, create=False)
+    with store.make_sessionmaker(engine)() as s:
+        runs = store.run_summaries(s)
+    if args.json:
+        json.dump(runs, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(format_table(runs))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main, get_args_parser()))

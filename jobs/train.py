@@ -1,0 +1,449 @@
+"""Train the two phases, keep the best checkpoint, then write predictions and Grad-CAM maps to the store.
+
+    python -m jobs.train --data PATH          # the Kaggle "100 Sports Image Classification" folder
+    python -m jobs.train                      # the built-in synthetic demo, on the CPU in minutes
+    torchrun --nproc_per_node=N -m jobs.train --data PATH   # DistributedDataParallel, same flags
+
+Phase 1 trains the new layers with the VGG-19 base frozen (the base runs without an autograd graph);
+phase 2 fine-tunes everything at a lower learning rate with a cosine schedule.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import re
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from core import dist
+from core.data import DatasetIndex, ImageDataset, collate, discover, read_image_header
+from core.engine import Skipped, evaluate, train_one_epoch
+from core.model import (
+    DEFAULT_CAM_LAYER,
+    MIN_IMAGE_SIZE,
+    CheckpointError,
+    ModelMeta,
+    SportsVGG,
+    build_model,
+    imagenet_weights_cached,
+    load_imagenet_base,
+    read_checkpoint,
+    resolve_module,
+    save_checkpoint,
+)
+from db import store
+from jobs.common import add_db_arg, run_cli, setup_logging
+from jobs.evaluation import evaluate_split
+
+log = logging.getLogger("jobs.train")
+
+# Defaults for real data (the published method at 224 px) and for the synthetic demo on a CPU.
+REAL_DEFAULTS = dict(epochs_frozen=3, epochs_finetune=10, lr_frozen=1e-3, lr_finetune=1e-4, batch_size=64,
+                     image_size=224, weights="imagenet")
+DEMO_DEFAULTS = dict(epochs_frozen=2, epochs_finetune=8, lr_frozen=1e-3, lr_finetune=1e-4, batch_size=32,
+                     image_size=64, weights="auto")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m jobs.train",
+        description="Fine-tune VGG-19 on the sports dataset in two phases and write predictions and "
+        "Grad-CAM maps to the results store. Without --data, trains the built-in synthetic demo.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--data", default=None, help="dataset folder (train/ valid/ test/ and/or sports.csv); "
+                   "omitted: generate and train the synthetic demo set")
+    add_db_arg(p)
+    p.add_argument("--out", default="runs/checkpoints", help="folder for checkpoints, one subfolder per run")
+    p.add_argument("--weights", default=None, help="imagenet | none | PATH to a VGG-19 state dict "
+                   "(default: imagenet for real data; the demo uses imagenet only when already cached)")
+    p.add_argument("--epochs-frozen", type=int, default=None,
+                   help=f"phase 1 epochs, base frozen (default: {REAL_DEFAULTS['epochs_frozen']}, "
+                   f"demo {DEMO_DEFAULTS['epochs_frozen']})")
+    p.add_argument("--epochs-finetune", type=int, default=None,
+                   help=f"phase 2 epochs, everything trains (default: {REAL_DEFAULTS['epochs_finetune']}, "
+                   f"demo {DEMO_DEFAULTS['epochs_finetune']})")
+    p.add_argument("--lr-frozen", type=float, default=None,
+                   help=f"phase 1 Adam learning rate (default: {REAL_DEFAULTS['lr_frozen']}, demo "
+                   f"{DEMO_DEFAULTS['lr_frozen']})")
+    p.add_argument("--lr-finetune", type=float, default=None,
+                   help=f"phase 2 peak Adam learning rate, cosine-annealed (default: {REAL_DEFAULTS['lr_finetune']},"
+                   f" demo {DEMO_DEFAULTS['lr_finetune']})")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"images per batch and process (default: {REAL_DEFAULTS['batch_size']}, demo "
+                   f"{DEMO_DEFAULTS['batch_size']})")
+    p.add_argument("--image-size", type=int, default=None,
+                   help=f"square input size in pixels, at least {MIN_IMAGE_SIZE} (default: "
+                   f"{REAL_DEFAULTS['image_size']}, demo {DEMO_DEFAULTS['image_size']})")
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
+    p.add_argument("--dropout", type=float, default=0.5, help="dropout of the new classifier")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto takes the GPU when there is one")
+    p.add_argument("--amp", action="store_true", help="mixed precision (float16 autocast + GradScaler) on CUDA")
+    p.add_argument("--workers", type=int, default=2, help="data-loader worker processes per rank")
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and augmentation")
+    p.add_argument("--run-name", default=None, help="name of the run in the store (default: data folder + time)")
+    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
+                   help="continue an interrupted run: its last.pt under --out (the newest one, or the one of "
+                   "--run-name), or the CHECKPOINT given")
+    p.add_argument("--cam-layer", default=DEFAULT_CAM_LAYER, help="module path of the Grad-CAM target layer")
+    p.add_argument("--no-cams", action="store_true", help="write predictions without Grad-CAM maps")
+    p.add_argument("--eval-splits", default="valid,test",
+                   help="splits to predict after training (comma-separated; add train on request)")
+    p.add_argument("--demo-root", default=None, help="cache folder of the demo set (default: $SPORTS_CACHE or "
+                   "~/.cache/sports-cam)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+# --------------------------------------------------------------------------- set-up
+
+def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the flags left unset from the real-data or the demo defaults."""
+    defaults = DEMO_DEFAULTS if args.data is None else REAL_DEFAULTS
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.weights == "auto":
+        args.weights = "imagenet" if imagenet_weights_cached() else "none"
+    if args.image_size < MIN_IMAGE_SIZE:
+        raise ValueError(f"--image-size {args.image_size}: must be at least {MIN_IMAGE_SIZE}")
+    for flag in ("epochs_frozen", "epochs_finetune"):
+        if getattr(args, flag) < 0:
+            raise ValueError(f"--{flag.replace('_', '-')} must be 0 or more, got {getattr(args, flag)}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    bad = [s for s in args.eval_splits.split(",") if s and s not in ("train", "valid", "test")]
+    if bad:
+        raise ValueError(f"--eval-splits: unknown split(s) {bad}, expected train, valid, test")
+    return args
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available; use --device cpu or auto")
+    if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def slug(name: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")
+    return s[:80] or "run"
+
+
+def find_resume_checkpoint(args: argparse.Namespace) -> Path:
+    if args.resume != "auto":
+        return Path(args.resume)
+    out = Path(args.out)
+    if args.run_name:
+        path = out / slug(args.run_name) / "last.pt"
+        if not path.is_file():
+            raise CheckpointError(f"--resume: no checkpoint {path} for run name {args.run_name!r}")
+        return path
+    found = sorted(out.glob("*/last.pt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise CheckpointError(f"--resume: no */last.pt under {out}; nothing to resume")
+    return found[-1]
+
+
+def prepare_dataset(args: argparse.Namespace, env: dist.DistEnv) -> DatasetIndex:
+    if args.data is not None:
+        return discover(args.data)
+    from core.synth import default_demo_root, generate_demo_dataset, load_boxes
+
+    root = Path(args.demo_root) if args.demo_root else default_demo_root(seed=args.seed)
+    if env.is_main:
+        log.info("demo: synthetic data set in %s", root)
+        generate_demo_dataset(root, seed=args.seed)
+    dist.barrier(env)
+    return discover(root, boxes=load_boxes(root))
+
+
+def image_records(index: DatasetIndex) -> list[store.ImageRecord]:
+    """One record per image of every split, with its size from the file header (no decoding)."""
+    records = []
+    for split, samples in index.splits.items():
+        for s in samples:
+            size, reason = read_image_header(index.root / s.relpath)
+            records.append(store.ImageRecord(
+                split, s.relpath, s.label, width=size[0] if size else None, height=size[1] if size else None,
+                skipped=reason is not None, skip_reason=reason, bbox=list(s.bbox) if s.bbox else None))
+    return records
+
+
+def make_train_loader(ds: ImageDataset, args: argparse.Namespace, env: dist.DistEnv):
+    sampler = torch.utils.data.DistributedSampler(ds, num_replicas=env.world_size, rank=env.rank,
+                                                  shuffle=True, seed=args.seed)
+    loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
+                                         collate_fn=collate, pin_memory=torch.cuda.is_available(),
+                                         persistent_workers=False, drop_last=False)
+    return sampler, loader
+
+
+def make_val_loader(ds: ImageDataset, args: argparse.Namespace, env: dist.DistEnv):
+    sub = torch.utils.data.Subset(ds, dist.shard(len(ds), env))
+    return torch.utils.data.DataLoader(sub, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
+                                       collate_fn=collate, pin_memory=torch.cuda.is_available())
+
+
+@dataclasses.dataclass
+class Phase:
+    number: int  # 1 or 2
+    epochs: int
+    first_global: int  # global epoch index (0-based) of its first epoch
+
+
+def phase_of(global_epoch: int, e1: int) -> int:
+    return 1 if global_epoch < e1 else 2
+
+
+def make_optimizer(model: SportsVGG, phase: int, args: argparse.Namespace):
+    if phase == 1:
+        for p in model.base_parameters():
+            p.requires_grad_(False)
+        params, lr, epochs = model.head_parameters(), args.lr_frozen, args.epochs_frozen
+    else:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        params, lr, epochs = list(model.parameters()), args.lr_finetune, args.epochs_finetune
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=args.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1), eta_min=lr * 0.01) \
+        if phase == 2 else torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+    return opt, sched
+
+
+def wrap(model: nn.Module, env: dist.DistEnv, device: torch.device) -> nn.Module:
+    if not env.distributed:
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+# --------------------------------------------------------------------------- main
+
+def main(args: argparse.Namespace) -> int:
+    device = pick_device(args.device)
+    env = dist.init_from_env(device.type)
+    setup_logging(args.verbose, env.rank)
+    try:
+        return _main(args, device, env)
+    finally:
+        dist.shutdown()
+
+
+def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> int:
+    resume_state: Optional[dict[str, Any]] = None
+    if args.resume:
+        ckpt_path = find_resume_checkpoint(args)
+        resume_state = read_checkpoint(ckpt_path)
+        saved = resume_state.get("args", {})
+        # The run continues with its own configuration; only where-to-run flags may change.
+        keep = {"device", "amp", "workers", "db", "out", "verbose", "resume"}
+        for k, v in saved.items():
+            if k not in keep and hasattr(args, k):
+                setattr(args, k, v)
+        log.info("resuming from %s (%d epochs done)", ckpt_path, resume_state["epochs_done"])
+    args = resolve_defaults(args)
+    if args.amp and device.type != "cuda":
+        log.warning("--amp has no effect on the CPU; training in float32")
+    torch.manual_seed(args.seed)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch.backends.cudnn.benchmark = True
+
+    index = prepare_dataset(args, env)
+    log.info("dataset %s: %s", index.root, index.summary())
+    for split, why in index.absent.items():
+        log.warning("split %s is absent (%s): %s", split, why,
+                    "no test evaluation" if split == "test" else "not evaluated")
+    if "valid" not in index.splits:
+        log.warning("no validation split: the best checkpoint is the last one")
+
+    meta = ModelMeta(class_names=index.classes, image_size=args.image_size, cam_layer=args.cam_layer,
+                     dropout=args.dropout, extra={"weights": args.weights})
+    model = build_model(meta)
+    resolve_module(model, args.cam_layer)  # fail early on a wrong --cam-layer
+    weights_desc = args.weights
+    if resume_state is None:
+        weights_desc = load_imagenet_base(model, args.weights)
+    model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+
+    Session_ = None
+    run_id: Optional[int] = None
+    if env.is_main:
+        engine = store.make_engine(args.db)
+        Session_ = store.make_sessionmaker(engine)
+    config = {k: v for k, v in vars(args).items() if k not in ("verbose",)}
+    config["world_size"] = env.world_size
+    if resume_state is not None:
+        run_id = int(resume_state["run_id"])
+        run_dir = Path(resume_state["run_dir"])
+        if env.is_main:
+            with Session_.begin() as s:
+                run = s.get(store.Run, run_id)
+                if run is None:
+                    raise CheckpointError(f"checkpoint belongs to run {run_id}, which the store {args.db or ''} "
+                                          "does not hold")
+                run.status, run.error = "running", None
+                store.delete_epochs_after(s, run_id, resume_state["epochs_done"])
+    else:
+        name = args.run_name or f"{'demo' if args.data is None else Path(args.data).name}-" \
+                                f"{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        args.run_name = name
+        config["run_name"] = name
+        run_dir = Path(args.out) / slug(name)
+        if env.is_main:
+            with Session_.begin() as s:
+                run = store.create_run(s, name=name, config=config, data_root=str(index.root.resolve()),
+                                       device=str(device) + (f" x{env.world_size}" if env.distributed else ""),
+                                       weights=weights_desc, image_size=args.image_size, cam_layer=args.cam_layer,
+                                       class_names=index.classes, absent_splits=index.absent)
+                run_id = run.id
+                store.upsert_images(s, run_id, image_records(index))
+            log.info("run %d %r started; checkpoints in %s", run_id, name, run_dir)
+        run_id = dist.broadcast_from_main(env, run_id)
+    try:
+        best = train(model, args, index, meta, device, env, Session_, run_id, run_dir, resume_state, weights_desc)
+        finish(model, args, index, meta, device, env, Session_, run_id, run_dir, best)
+    except BaseException as exc:
+        if env.is_main and Session_ is not None and run_id is not None:
+            with Session_.begin() as s:
+                store.finish_run(s, run_id, "failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+        raise
+    return 0
+
+
+def train(model, args, index, meta, device, env, Session_, run_id, run_dir, resume_state, weights_desc) -> dict:
+    """Both phases; returns {'acc', 'epoch'} of the best validation accuracy."""
+    e1, e2 = args.epochs_frozen, args.epochs_finetune
+    total = e1 + e2
+    train_ds = ImageDataset(index.root, index.splits["train"], args.image_size, train=True, seed=args.seed,
+                            mean=meta.mean, std=meta.std)
+    sampler, train_loader = make_train_loader(train_ds, args, env)
+    val_loader = None
+    if "valid" in index.splits:
+        val_ds = ImageDataset(index.root, index.splits["valid"], args.image_size, train=False,
+                              mean=meta.mean, std=meta.std)
+        val_loader = make_val_loader(val_ds, args, env)
+    scaler = torch.amp.GradScaler("cuda") if (args.amp and device.type == "cuda") else None
+    start, best = 0, {"acc": -1.0, "epoch": None}
+    opt = sched = None
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        start = int(resume_state["epochs_done"])
+        best = dict(resume_state["best"])
+        if start < total:
+            opt, sched = make_optimizer(model, phase_of(start, e1), args)
+            if resume_state.get("phase") == phase_of(start, e1) and resume_state.get("optimizer"):
+                opt.load_state_dict(resume_state["optimizer"])
+                sched.load_state_dict(resume_state["scheduler"])
+                if scaler is not None and resume_state.get("scaler"):
+                    scaler.load_state_dict(resume_state["scaler"])
+    ddp = None
+    for g in range(start, total):
+        phase = phase_of(g, e1)
+        if opt is None or g == e1 or ddp is None:
+            if opt is None or g == e1:
+                opt, sched = make_optimizer(model, phase, args)
+            ddp = wrap(model, env, device)  # DDP sees the parameters that train in this phase
+        torch.manual_seed(args.seed * 100_003 + g)  # dropout draws: reproducible across a resume
+        sampler.set_epoch(g)
+        train_ds.set_epoch(g)
+        t0 = time.perf_counter()
+        skipped = Skipped()
+        epoch_in_phase = g + 1 if phase == 1 else g - e1 + 1
+        lr = opt.param_groups[0]["lr"]
+        tr = train_one_epoch(ddp, train_loader, opt, device, frozen_base=phase == 1, scaler=scaler, env=env,
+                             skipped=skipped, desc=f"phase {phase} epoch {epoch_in_phase}")
+        sched.step()
+        va = evaluate(model, val_loader, device, amp=args.amp, env=env, skipped=Skipped()) \
+            if val_loader is not None else None
+        seconds = time.perf_counter() - t0
+        acc = va["acc"] if va else tr["acc"]
+        improved = acc > best["acc"]
+        if improved:
+            best = {"acc": acc, "epoch": g + 1}
+        log.info("phase %d epoch %d/%d: train loss %.4f acc %.4f%s lr %.2e %.1fs%s", phase, epoch_in_phase,
+                 e1 if phase == 1 else e2, tr["loss"], tr["acc"],
+                 f", valid loss {va['loss']:.4f} acc {va['acc']:.4f}" if va else "", lr, seconds,
+                 " (best)" if improved else "")
+        if env.is_main:
+            state = checkpoint_state(model, meta, args, run_id, run_dir, g + 1, phase, best, opt, sched, scaler)
+            save_checkpoint(run_dir / "last.pt", state)
+            if improved:
+                save_checkpoint(run_dir / "best.pt", state)
+            with Session_.begin() as s:
+                if skipped.items:
+                    store.upsert_images(s, run_id, [
+                        store.ImageRecord("train", train_ds.samples[i].relpath, train_ds.samples[i].label,
+                                          skipped=True, skip_reason=r) for i, r in skipped.items.items()])
+                store.add_epoch(s, run_id, phase=phase, epoch=epoch_in_phase, global_epoch=g + 1,
+                                train_loss=tr["loss"], train_acc=tr["acc"],
+                                val_loss=va["loss"] if va else None, val_acc=va["acc"] if va else None,
+                                lr=lr, seconds=seconds)
+        dist.barrier(env)
+    if total == 0 and env.is_main:
+        state = checkpoint_state(model, meta, args, run_id, run_dir, 0, 1, best, None, None, None)
+        save_checkpoint(run_dir / "last.pt", state)
+        save_checkpoint(run_dir / "best.pt", state)
+    return best
+
+
+def checkpoint_state(model, meta, args, run_id, run_dir, epochs_done, phase, best, opt, sched, scaler) -> dict:
+    return {
+        "model": model.state_dict(),
+        "meta": meta.to_dict(),
+        "args": {k: v for k, v in vars(args).items()},
+        "run_id": run_id,
+        "run_dir": str(run_dir),
+        "epochs_done": epochs_done,
+        "phase": phase,
+        "best": best,
+        "optimizer": opt.state_dict() if opt is not None else None,
+        "scheduler": sched.state_dict() if sched is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+    }
+
+
+def finish(model, args, index, meta, device, env, Session_, run_id, run_dir, best) -> None:
+    """Reload the best weights, evaluate the requested splits, and mark the run complete."""
+    best_path = run_dir / "best.pt"
+    if env.is_main and not best_path.is_file():
+        raise CheckpointError(f"{best_path}: the best checkpoint is missing")
+    if env.is_main:
+        model.load_state_dict(read_checkpoint(best_path)["model"])
+    dist.broadcast_module(env, model)  # other nodes need not see rank 0's checkpoint folder
+    model.eval()
+    splits = [s for s in args.eval_splits.split(",") if s in index.splits]
+    results = {}
+    for split in splits:
+        results[split] = evaluate_split(Session_, run_id, model, meta, index, split, device=device, env=env,
+                                        batch_size=args.batch_size, workers=args.workers,
+                                        cams=not args.no_cams, layer=args.cam_layer)
+    if env.is_main:
+        metrics = {"best_val_acc": best["acc"] if "valid" in index.splits else None}
+        for split, r in results.items():
+            metrics[split] = {"top1": r["top1"], "top5": r["top5"], "loss": r["loss"], "images": r["n_images"]}
+        with Session_.begin() as s:
+            store.finish_run(s, run_id, "complete", best_epoch=best["epoch"], metrics=metrics,
+                             checkpoint_path=str(best_path.resolve()))
+        log.info("run %d complete: %s", run_id, json.dumps(metrics))
+    dist.barrier(env)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main, get_args_parser()))
