@@ -211,6 +211,8 @@ def read_image_header(path: Path) -> tuple[Optional[tuple[int, int]], Optional[s
             w, h = im.size
     except FileNotFoundError:
         return None, "file not found"
+    except Image.DecompressionBombError as exc:
+        return None, f"image too large to decode safely ({exc})"
     except Exception as exc:
         return None, f"cannot read image header: {type(exc).__name__}: {exc}"
     if w * h > MAX_PIXELS:

@@ -1,0 +1,54 @@
+"""Shared fixtures: small generated datasets in the Kaggle layout, written to tmp_path."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def write_image(path: Path, rng: np.random.Generator, size: int = 32, colour: int = 0) -> None:
+    """A small JPEG whose dominant colour channel depends on ``colour`` so classes are learnable."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = rng.integers(0, 60, size=(size, size, 3), dtype=np.uint8)
+    c = colour % 3
+    arr[..., c] = np.clip(arr[..., c].astype(int) + 150 + 20 * (colour // 3), 0, 255).astype(np.uint8)
+    Image.fromarray(arr).save(path, quality=90)
+
+
+def make_dataset(
+    root: Path,
+    classes: Iterable[str] = ("alpha", "beta", "gamma"),
+    per_split: dict[str, int] | None = None,
+    *,
+    size: int = 32,
+    csv_index: bool = False,
+    class_id_column: bool = True,
+    seed: int = 0,
+) -> Path:
+    """Write ``root/<split>/<class>/<nnn>.jpg``; with ``csv_index`` also ``root/sports.csv``."""
+    per_split = per_split or {"train": 4, "valid": 2, "test": 2}
+    rng = np.random.default_rng(seed)
+    rows = []
+    for ci, cls in enumerate(sorted(classes)):
+        for split, n in per_split.items():
+            for k in range(n):
+                rel = f"{split}/{cls}/{k:03d}.jpg"
+                write_image(root / rel, rng, size, ci)
+                rows.append((ci, rel, cls, split))
+    if csv_index:
+        with open(root / "sports.csv", "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(["class id", "filepaths", "labels", "data set"] if class_id_column
+                       else ["filepaths", "labels", "data set"])
+            for r in rows:
+                w.writerow(r if class_id_column else r[1:])
+    return root
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    return make_dataset(tmp_path / "data")

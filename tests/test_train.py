@@ -1,0 +1,119 @@
+"""End to end: a tiny two-phase run writes a complete store that ``jobs.runs --json`` reports."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from db import store
+from db.models import CamRow, EpochRow, EvalRow, ImageRow, Prediction, Run
+from jobs import runs as runs_job
+from jobs import train as train_job
+from tests.conftest import make_dataset
+
+TINY = ["--image-size", "32", "--epochs-frozen", "1", "--epochs-finetune", "1", "--batch-size", "4",
+        "--workers", "0", "--weights", "none", "--device", "cpu"]
+
+
+def run_train(tmp_path: Path, data: Path, *extra: str) -> tuple[str, int]:
+    db = f"sqlite:///{tmp_path / 'store.db'}"
+    args = train_job.get_args_parser().parse_args(
+        ["--data", str(data), "--db", db, "--out", str(tmp_path / "ck"), *TINY, *extra])
+    assert train_job.main(args) == 0
+    return db, 1
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    data = make_dataset(tmp / "data", per_split={"train": 4, "valid": 3})
+    (data / "valid" / "beta" / "broken.jpg").write_bytes(b"not a jpeg")
+    db, run_id = run_train(tmp, data, "--run-name", "tiny run")
+    return tmp, data, db, run_id
+
+
+def test_store_is_complete(tiny_run):
+    tmp, data, db, run_id = tiny_run
+    S = store.make_sessionmaker(store.make_engine(db, create=False))
+    with S() as s:
+        run = s.get(Run, run_id)
+        assert run.status == "complete" and run.name == "tiny run"
+        assert store.class_names(s, run_id) == ["alpha", "beta", "gamma"]
+        assert run.absent_splits.keys() == {"test"}
+        assert Path(run.checkpoint_path).is_file()
+        assert run.config["epochs_frozen"] == 1 and run.config["image_size"] == 32
+        epochs = s.scalars(select(EpochRow).order_by(EpochRow.global_epoch)).all()
+        assert [(e.phase, e.epoch) for e in epochs] == [(1, 1), (2, 1)]
+        assert all(e.val_acc is not None and e.seconds > 0 for e in epochs)
+        n_valid = s.scalar(select(func.count()).select_from(ImageRow).where(ImageRow.split == "valid"))
+        assert n_valid == 10
+        broken = s.scalars(select(ImageRow).where(ImageRow.relpath.like("%broken.jpg"))).one()
+        assert broken.skipped and "cannot" in broken.skip_reason
+        n_pred = s.scalar(select(func.count()).select_from(Prediction))
+        n_cam = s.scalar(select(func.count()).select_from(CamRow))
+        assert n_pred == 9 and n_cam == 9
+        ev = s.get(EvalRow, (run_id, "valid"))
+        assert ev.status == "complete" and ev.n_images == 9 and 0 <= ev.top1 <= ev.top5 <= 1
+        p = s.scalars(select(Prediction)).first()
+        assert len(p.top5_idx) == 3 and abs(sum(p.top5_prob) - 1) < 1e-4
+        cam = s.scalars(select(CamRow)).first()
+        assert len(cam.data) == 2 * len(cam.classes) * cam.h * cam.w and cam.layer == "features.35"
+
+
+def test_runs_json_reports_the_run(tiny_run, capsys):
+    _, _, db, run_id = tiny_run
+    assert runs_job.main(runs_job.get_args_parser().parse_args(["--db", db, "--json"])) == 0
+    out = json.loads(capsys.readouterr().out)
+    (r,) = out
+    assert r["id"] == run_id and r["status"] == "complete" and r["classes"] == 3
+    v = r["splits"]["valid"]
+    assert (v["images"], v["predictions"], v["skipped"], v["maps"]) == (10, 9, 1, 9)
+    assert v["top1"] is not None and r["absent_splits"]["test"]
+
+
+def test_runs_cli_as_a_subprocess(tiny_run):
+    _, _, db, _ = tiny_run
+    out = subprocess.run([sys.executable, "-m", "jobs.runs", "--db", db], capture_output=True, text=True,
+                         check=True).stdout
+    assert "tiny run" in out and "[complete]" in out and "test  absent" in out
+
+
+def test_help_documents_every_flag():
+    out = subprocess.run([sys.executable, "-m", "jobs.train", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    for flag in ["--data", "--db", "--out", "--weights", "--epochs-frozen", "--epochs-finetune", "--lr-frozen",
+                 "--lr-finetune", "--batch-size", "--image-size", "--device", "--amp", "--workers", "--seed",
+                 "--run-name", "--resume"]:
+        assert flag in out
+    assert "default" in out
+
+
+def test_bad_dataset_is_one_line_and_no_run(tmp_path):
+    data = make_dataset(tmp_path / "d", per_split={"train": 2, "valid": 1})
+    (data / "valid" / "zeta").mkdir()
+    (data / "valid" / "alpha" / "000.jpg").rename(data / "valid" / "zeta" / "000.jpg")
+    db = tmp_path / "s.db"
+    r = subprocess.run([sys.executable, "-m", "jobs.train", "--data", str(data), "--db", str(db), *TINY],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith("error: ") and "zeta" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_wrong_schema_version_is_refused(tmp_path):
+    db = f"sqlite:///{tmp_path / 's.db'}"
+    eng = store.make_engine(db)
+    with eng.begin() as c:
+        c.exec_driver_sql("UPDATE schema_info SET value='0' WHERE key='version'")
+    with pytest.raises(store.StoreError, match="schema version 0"):
+        store.make_engine(db)
+
+
+def test_sqlite_store_uses_wal(tmp_path):
+    eng = store.make_engine(f"sqlite:///{tmp_path / 's.db'}")
+    with eng.connect() as c:
+        assert c.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
