@@ -1,0 +1,103 @@
+"""Recompute the predictions and Grad-CAM maps of an existing run from its checkpoint, without retraining.
+
+    python -m jobs.cams --run RUN [--layer PATH] [--split valid,test] [--db URL]
+    torchrun --nproc_per_node=N -m jobs.cams --run RUN ...
+
+RUN is a run id, a run name, or ``latest``. The images are those the run recorded; the evaluation of each
+split is replaced as a whole, so running this again (after an interruption, say) leaves no duplicates.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+from sqlalchemy import select
+
+from core import dist
+from core.data import DatasetIndex, Sample
+from core.model import load_checkpoint, resolve_module
+from db import store
+from db.models import EvalRow, ImageRow
+from jobs.common import add_db_arg, run_cli, setup_logging
+from jobs.evaluation import evaluate_split
+from jobs.train import pick_device
+
+log = logging.getLogger("jobs.cams")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m jobs.cams", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--run", default="latest", help="run id, run name, or 'latest'")
+    add_db_arg(p)
+    p.add_argument("--layer", default=None, help="module path of the Grad-CAM target layer "
+                   "(default: the layer the run used)")
+    p.add_argument("--split", default=None, help="comma-separated splits (default: those the run evaluated)")
+    p.add_argument("--checkpoint", default=None, help="checkpoint file (default: the run's best checkpoint)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per batch and process")
+    p.add_argument("--workers", type=int, default=2, help="data-loader worker processes per rank")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where the model runs")
+    p.add_argument("--no-cams", action="store_true", help="recompute predictions only")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def run_index(s, run: store.Run, splits: list[str]) -> DatasetIndex:
+    """The run's own images (not a fresh scan of the folder), so a recomputation covers the same files."""
+    rows = s.execute(
+        select(ImageRow.split, ImageRow.relpath, ImageRow.label)
+        .where(ImageRow.run_id == run.id, ImageRow.split.in_(splits))
+        .order_by(ImageRow.relpath)
+    ).all()
+    by_split: dict[str, list[Sample]] = {}
+    for split, rel, label in rows:
+        by_split.setdefault(split, []).append(Sample(rel, label))
+    return DatasetIndex(root=Path(run.data_root), classes=store.class_names(s, run.id), splits=by_split)
+
+
+def main(args: argparse.Namespace) -> int:
+    device = pick_device(args.device)
+    env = dist.init_from_env(device.type)
+    setup_logging(args.verbose, env.rank)
+    try:
+        return _main(args, device, env)
+    finally:
+        dist.shutdown()
+
+
+def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> int:
+    engine = store.make_engine(args.db, create=False) if env.is_main else None
+    Session_ = store.make_sessionmaker(engine) if engine is not None else None
+    plan = None
+    if env.is_main:
+        with Session_() as s:
+            run = store.resolve_run(s, args.run)
+            done = list(s.scalars(select(EvalRow.split).where(EvalRow.run_id == run.id)))
+            splits = args.split.split(",") if args.split else (done or ["valid", "test"])
+            index = run_index(s, run, splits)
+            missing = [sp for sp in splits if sp not in index.splits]
+            if missing:
+                raise ValueError(f"run {run.id} ({run.name}) has no images in split(s) {missing}")
+            ckpt = args.checkpoint or run.checkpoint_path
+            if not ckpt:
+                raise ValueError(f"run {run.id} ({run.name}) has no checkpoint yet (status {run.status})")
+            plan = dict(run_id=run.id, name=run.name, splits=splits, index=index, checkpoint=ckpt)
+    plan = dist.broadcast_from_main(env, plan)
+    model, meta = load_checkpoint(plan["checkpoint"])
+    layer = args.layer or meta.cam_layer
+    resolve_module(model, layer)
+    model.to(device)
+    log.info("run %d (%s): recomputing %s with layer %s", plan["run_id"], plan["name"], plan["splits"], layer)
+    for split in plan["splits"]:
+        evaluate_split(Session_, plan["run_id"], model, meta, plan["index"], split, device=device, env=env,
+                       batch_size=args.batch_size, workers=args.workers, cams=not args.no_cams, layer=layer)
+    if env.is_main and not args.no_cams:
+        with Session_.begin() as s:
+            s.get(store.Run, plan["run_id"]).cam_layer = layer
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main, get_args_parser()))
