@@ -382,10 +382,6 @@ def train(model, args, index, meta, device, env, Session_, run_id, run_dir, resu
                  f", valid loss {va['loss']:.4f} acc {va['acc']:.4f}" if va else "", lr, seconds,
                  " (best)" if improved else "")
         if env.is_main:
-            state = checkpoint_state(model, meta, args, run_id, run_dir, g + 1, phase, best, opt, sched, scaler)
-            save_checkpoint(run_dir / "last.pt", state)
-            if improved:
-                save_checkpoint(run_dir / "best.pt", state)
             with Session_.begin() as s:
                 if skipped.items:
                     store.upsert_images(s, run_id, [
@@ -395,6 +391,12 @@ def train(model, args, index, meta, device, env, Session_, run_id, run_dir, resu
                                 train_loss=tr["loss"], train_acc=tr["acc"],
                                 val_loss=va["loss"] if va else None, val_acc=va["acc"] if va else None,
                                 lr=lr, seconds=seconds)
+            # The epoch row goes in before the checkpoint: a kill between the two makes --resume redo the
+            # epoch (its row is replaced), never leaves a checkpoint whose epoch the store lacks.
+            state = checkpoint_state(model, meta, args, run_id, run_dir, g + 1, phase, best, opt, sched, scaler)
+            if improved:
+                save_checkpoint(run_dir / "best.pt", state)
+            save_checkpoint(run_dir / "last.pt", state)
         dist.barrier(env)
     if total == 0 and env.is_main:
         state = checkpoint_state(model, meta, args, run_id, run_dir, 0, 1, best, None, None, None)
