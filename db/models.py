@@ -150,3 +150,15 @@ class EvalRow(Base):
     top5: Mapped[Optional[float]] = mapped_column(Float)
     loss: Mapped[Optional[float]] = mapped_column(Float)
     finished_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
+
+
+class AuditRow(Base):
+    """The latest data audit of a run: duplicate groups, leakage, conflicts, suspect labels (JSON)."""
+
+    __tablename__ = "audits"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    seconds: Mapped[float] = mapped_column(Float)
+    report: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # accuracy per split as measured and with leaked images removed: list of row dicts
+    leakage_accuracy: Mapped[list[Any]] = mapped_column(JSON)

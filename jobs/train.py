@@ -100,6 +100,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cams", action="store_true", help="write predictions without Grad-CAM maps")
     p.add_argument("--eval-splits", default="valid,test",
                    help="splits to predict after training (comma-separated; add train on request)")
+    p.add_argument("--audit", action="store_true", help="audit the data (duplicates, leakage, suspect labels) "
+                   "when training ends, as python -m jobs.audit does")
     p.add_argument("--demo-root", default=None, help="cache folder of the demo set (default: $SPORTS_CACHE or "
                    "~/.cache/sports-cam)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -444,6 +446,12 @@ def finish(model, args, index, meta, device, env, Session_, run_id, run_dir, bes
             store.finish_run(s, run_id, "complete", best_epoch=best["epoch"], metrics=metrics,
                              checkpoint_path=str(best_path.resolve()))
         log.info("run %d complete: %s", run_id, json.dumps(metrics))
+        if args.audit:
+            from jobs.audit import audit_run, format_summary
+
+            with Session_.begin() as s:
+                report = audit_run(s, run_id)
+            log.info("data audit:\n%s", format_summary(*report))
     dist.barrier(env)
 
 
