@@ -34,6 +34,7 @@ signature = (tuple(true), tuple(pred), ss.get("split"), tuple(conf), size)
 if ss.get("_gal_sig") != signature:
     if "_gal_sig" in ss:
         ss["page"] = 1
+        ss.pop("gal_page", None)
     ss["_gal_sig"] = signature
 common.seed("gal_page", "page", 1, valid=lambda v: isinstance(v, int) and 1 <= v <= pages)
 if not 1 <= ss["gal_page"] <= pages:
