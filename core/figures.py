@@ -75,6 +75,8 @@ def confusion_heatmap(
     if cm.shape != (n, n):
         raise ValueError(f"confusion matrix shape {cm.shape} does not match {n} class names")
     perm = confusion_order(cm, names, order)
+    # Rows of about 12 px at 100 classes keep 8 px labels legible; the width follows the page.
+    cell = 36 if n <= 12 else 22 if n <= 30 else 14 if n <= 60 else 12
     c = cm[np.ix_(perm, perm)].astype(np.float64)
     support = c.sum(axis=1, keepdims=True)
     rates = c / np.maximum(support, 1)
@@ -98,12 +100,14 @@ def confusion_heatmap(
         x=labels,
         y=labels,
         customdata=custom,
-        colorscale="Blues",
+        # Zero stays white and the first non-zero count is already visible: single mistakes matter here.
+        colorscale=[[0.0, "#ffffff"], [1e-6, "#c6dbef"], [0.5, "#4292c6"], [1.0, "#08306b"]],
         zmin=0,
         zmax=zmax,
         xgap=1 if n <= 40 else 0,
         ygap=1 if n <= 40 else 0,
-        colorbar=dict(title=dict(text="share of true" if normalize else "images", side="right"), thickness=12),
+        colorbar=dict(title=dict(text="share of true" if normalize else "images", side="right"), thickness=12,
+                      len=min(1.0, 500 / (n * cell + 220)), y=1.0, yanchor="top"),
         hovertemplate="true: %{customdata[0]}<br>predicted: %{customdata[1]}<br>"
         "%{customdata[2]:.0f} images (%{customdata[3]:.1f}% of true)<extra></extra>",
         hoverongaps=False,
@@ -125,14 +129,14 @@ def confusion_heatmap(
                 name="pairs",
             )
         )
-    side = max(420, min(1900, 18 * n + 220))
     font = _tick_font(n)
     fig.update_layout(
-        height=side,
-        margin=dict(l=10, r=10, t=40, b=10),
-        xaxis=dict(title="predicted", tickangle=-60 if n > 8 else 0, tickfont=dict(size=font), dtick=1,
-                   side="bottom", constrain="domain"),
-        yaxis=dict(title="true", autorange="reversed", tickfont=dict(size=font), dtick=1, scaleanchor="x"),
+        height=n * cell + 220,
+        margin=dict(l=10, r=10, t=30, b=10),
+        xaxis=dict(title="predicted", tickangle=-90 if n > 30 else -45 if n > 8 else 0, tickfont=dict(size=font),
+                   dtick=1, side="bottom", automargin=True, showgrid=False),
+        yaxis=dict(title="true", autorange="reversed", tickfont=dict(size=font), dtick=1, automargin=True,
+                   showgrid=False),
         plot_bgcolor="white",
         clickmode="event+select",
         dragmode=False,
@@ -198,12 +202,12 @@ def training_curves(epochs: pd.DataFrame) -> go.Figure:
     p2 = e.loc[e["phase"] == 2, "global_epoch"]
     if len(p1) and len(p2):
         x = (p1.max() + p2.min()) / 2.0
-        for col in (1, 2):
+        for col, axis in ((1, ""), (2, "2")):
             fig.add_vline(x=x, line=dict(color="grey", dash="dot"), row=1, col=col)
-        fig.add_annotation(x=x, y=1.0, yref="y2 domain", xref="x2", text="fine-tune ▸", showarrow=False,
-                           xanchor="left", yanchor="bottom", font=dict(size=11, color="grey"))
-        fig.add_annotation(x=x, y=1.0, yref="y domain", xref="x", text="◂ frozen base | fine-tune ▸",
-                           showarrow=False, yanchor="bottom", font=dict(size=11, color="grey"))
+            for text, anchor in (("frozen base ◂ ", "right"), (" ▸ fine-tune", "left")):
+                fig.add_annotation(x=x, y=0.99, xref=f"x{axis}", yref=f"y{axis} domain", text=text,
+                                   showarrow=False, xanchor=anchor, yanchor="top",
+                                   font=dict(size=11, color="grey"))
     fig.update_xaxes(title_text="epoch (both phases)", dtick=max(1, int(np.ceil(len(e) / 15))))
     fig.update_yaxes(range=[0, 1.02], row=1, col=2)
     fig.update_layout(height=360, margin=dict(l=10, r=10, t=50, b=10),

@@ -6,16 +6,16 @@ import streamlit as st
 
 from dashboard import common
 
-st.set_page_config(page_title="Sports Grad-CAM workbench", page_icon="🏅", layout="wide")
+st.set_page_config(page_title="Sports Grad-CAM workbench", page_icon=":material/sports:", layout="wide")
 common.init_state()
 
 page = st.navigation(
     [
-        st.Page("views/overview.py", title="Overview", icon="🏠", default=True),
-        st.Page("views/confusion.py", title="Confusion matrix", icon="🧮"),
-        st.Page("views/per_class.py", title="Per-class accuracy", icon="📊"),
-        st.Page("views/gallery.py", title="Misclassifications", icon="🖼️"),
-        st.Page("views/compare.py", title="Heatmap comparison", icon="🔍"),
+        st.Page("views/overview.py", title="Overview", icon=":material/home:", default=True),
+        st.Page("views/confusion.py", title="Confusion matrix", icon=":material/grid_on:"),
+        st.Page("views/per_class.py", title="Per-class accuracy", icon=":material/bar_chart:"),
+        st.Page("views/gallery.py", title="Misclassifications", icon=":material/photo_library:"),
+        st.Page("views/compare.py", title="Heatmap comparison", icon=":material/compare:"),
     ]
 )
 try:
