@@ -28,8 +28,9 @@ from db import queries
 from db.store import ENV_VAR, StoreError, make_engine, make_sessionmaker, resolve_url
 
 TRAIN_HINT = "Run `python -m jobs.train` (it trains the demo and writes the store), then reload this page."
-PAGE_SIZES = (24, 48)
-TILE_PX = 160
+PAGE_SIZES = (25, 50, 100)
+TILES_PER_ROW = 5
+TILE_PX = 224
 
 # --------------------------------------------------------------------------- store location
 

@@ -80,7 +80,7 @@ def build_store(
     tmp_path: Path,
     *,
     n_classes: int = 10,
-    n_per_class: int = 4,
+    n_per_class: int | dict[str, int] = 4,
     error_rate: float = 0.3,
     with_errors: bool = True,
     splits: Sequence[str] = ("valid", "test"),
@@ -93,8 +93,8 @@ def build_store(
 ) -> tuple[str, int, Path]:
     """Build a store with one complete run; returns ``(db_url, run_id, data_root)``.
 
-    ``n_per_class`` images per class and split. ``reuse_files`` writes only that many JPEGs and hard-links
-    the rest to them (fast large stores for the benchmark); ``file_size`` is the JPEG side (default
+    ``n_per_class`` images per class and split (or a dict of them by split). ``reuse_files`` writes only
+    that many JPEGs and hard-links the rest to them (fast large stores for the benchmark); ``file_size`` is the JPEG side (default
     ``image_size``).
     """
     tmp_path = Path(tmp_path)
@@ -111,7 +111,7 @@ def build_store(
     written: list[Path] = []
     for split in splits:
         for c, cname in enumerate(names):
-            for j in range(n_per_class):
+            for j in range(n_per_class[split] if isinstance(n_per_class, dict) else n_per_class):
                 rel = f"{split}/{cname}/{j + 1:03d}.jpg"
                 path = data_root / rel
                 if reuse_files is not None and len(written) >= reuse_files:

@@ -148,14 +148,14 @@ def test_gallery_pages(hundred, monkeypatch):
     url, _, _ = hundred
     at = app(url, monkeypatch, "views/gallery.py")
     total = shown_count(at)
-    assert total > 24
-    assert len(at.get("image")) == 24
+    assert total > 25
+    assert len(at.get("image")) == 25
     at.number_input(key="gal_page").set_value(2).run()
     assert not at.exception
-    assert len(at.get("image")) == min(24, total - 24)
-    at.selectbox(key="gal_size").set_value(48).run()
+    assert len(at.get("image")) == min(25, total - 25)
+    at.selectbox(key="gal_size").set_value(50).run()
     assert at.number_input(key="gal_page").value == 1  # a new filter starts at page 1
-    assert len(at.get("image")) == min(48, total)
+    assert len(at.get("image")) == min(50, total)
 
 
 def test_link_reproduces_gallery_view(normal, monkeypatch):
