@@ -114,8 +114,10 @@ def confusion_heatmap(
                 y=[labels[i] for i in rows],
                 mode="markers",
                 marker=dict(size=max(4, min(18, 700 // max(n, 1))), color="rgba(0,0,0,0)", line=dict(width=0)),
-                customdata=np.column_stack([perm[rows], perm[cols]]),
-                hoverinfo="skip",
+                customdata=np.column_stack([perm[rows], perm[cols], c[rows, cols], rates[rows, cols] * 100.0]),
+                # Hover must stay on for this trace: plotly sends no click for points that skip hover.
+                hovertemplate="true: %{y}<br>predicted: %{x}<br>%{customdata[2]:.0f} images "
+                "(%{customdata[3]:.1f}% of true)<br><i>click to see them</i><extra></extra>",
                 showlegend=False,
                 name="pairs",
             )
@@ -157,11 +159,12 @@ def per_class_bars(df: pd.DataFrame, *, sort_by: str = "f1", ascending: bool = T
     fig.add_trace(go.Scatter(y=names, x=d["recall"], mode="markers", name="recall",
                              marker=dict(symbol="x", size=8, color=WRONG_COLOR)))
     fig.update_layout(
-        height=max(300, min(2600, 18 * n + 120)),
-        margin=dict(l=10, r=10, t=40, b=10),
-        xaxis=dict(title="score", range=[0, 1.02], side="top"),
-        yaxis=dict(autorange="reversed", tickfont=dict(size=_tick_font(n)), dtick=1),
-        legend=dict(orientation="h", y=1.0, yanchor="bottom", x=1.0, xanchor="right"),
+        height=max(300, min(2600, 18 * n + 110)),
+        margin=dict(l=10, r=10, t=30, b=10),
+        xaxis=dict(title="score", range=[0, 1.02]),
+        # An explicit range: autorange pads a category axis for the markers, leaving empty bands.
+        yaxis=dict(range=[n - 0.5, -0.5], tickfont=dict(size=_tick_font(n)), dtick=1, automargin=True),
+        legend=dict(orientation="h", y=1.0, yanchor="bottom", x=0.0, xanchor="left"),
         bargap=0.25,
     )
     return fig

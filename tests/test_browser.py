@@ -134,3 +134,31 @@ def test_page_in_browser(server, browser, path, heading, shot):
             shutil.copyfile(target, Path(extra) / target.name)
     finally:
         page.close()
+
+
+def test_confusion_cell_click_shows_its_pair(server, browser):
+    page = browser.new_page(viewport={"width": 1500, "height": 1400})
+    done = '[data-testid="stApp"][data-test-script-state="notRunning"]'
+
+    def pair_text() -> list[str]:
+        return [t for t in page.locator('[data-testid="stMarkdownContainer"]').all_inner_texts() if "predicted as" in t]
+
+    try:
+        page.goto(f"{server}/confusion", wait_until="domcontentloaded")
+        page.get_by_role("heading", name="Confusion matrix").first.wait_for(timeout=60_000)
+        page.locator(done).wait_for(timeout=60_000)
+        points = page.locator(".js-plotly-plot path.point")
+        points.first.wait_for(state="attached", timeout=30_000)
+        before = pair_text()
+        points.nth(points.count() - 1).click(force=True)  # the last off-diagonal cell: not the default pair
+        page.wait_for_function(
+            "(b) => [...document.querySelectorAll('[data-testid=\"stMarkdownContainer\"]')]"
+            ".map(e => e.innerText).filter(t => t.includes('predicted as')).join('|') !== b",
+            arg="|".join(before), timeout=30_000,
+        )
+        page.locator(done).wait_for(timeout=60_000)
+        assert page.locator('[data-testid="stException"]').count() == 0
+        assert pair_text() and pair_text() != before
+        assert "sport=" in page.url and "pred=" in page.url
+    finally:
+        page.close()

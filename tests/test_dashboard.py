@@ -195,7 +195,7 @@ def test_confusion_pair_choice_shows_its_images(normal, monkeypatch):
     at.selectbox(key="cm_pair").set_value(last).run()
     assert not at.exception
     true, pred = re.match(r"(.+) → (.+) \((\d+)\)", last).group(1, 2)
-    assert any(f"*{true}* predicted as *{pred}*" in m.value for m in at.markdown)
+    assert any(f"of *{true}* predicted as *{pred}*" in m.value for m in at.markdown)
     at.radio(key="cm_scale").set_value("row-normalized").run()
     at.radio(key="cm_order").set_value("grouped by confusion").run()
     assert not at.exception

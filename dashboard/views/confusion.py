@@ -43,6 +43,8 @@ points = (event.selection.points if event and event.selection else []) or []
 clicked = None
 for p in points:
     cd = p.get("customdata")
+    if isinstance(cd, dict):  # typed arrays can come back as {"0": .., "1": ..}
+        cd = [cd[k] for k in sorted(cd, key=lambda k: int(k))]
     if cd is not None and len(cd) >= 2:
         clicked = (int(cd[0]), int(cd[1]))
 if clicked != ss.get("_cm_last_click"):
@@ -86,7 +88,7 @@ with right:
     if splits is not None:
         rows = rows[rows["split"].isin(splits)]
     rows = rows.sort_values("confidence", ascending=False)
-    st.markdown(f"**{len(rows)}** images of *{names[t]}* predicted as *{names[p]}*"
+    st.markdown(f"**{len(rows)}** image{'s' if len(rows) != 1 else ''} of *{names[t]}* predicted as *{names[p]}*"
                 + (f" (showing {min(len(rows), 12)})" if len(rows) > 12 else ""))
     chosen = common.show_tiles(ctx, rows.head(12), per_row=4, key="cm_tile")
     if st.button("Open these in the gallery", key="cm_to_gallery"):

@@ -49,6 +49,12 @@ with right:
         ss["sport"], ss["pred"], ss["conf"], ss["page"] = [sport], [], (0.0, 1.0), 1
         st.switch_page("views/gallery.py")
 with left:
-    st.plotly_chart(per_class_bars(table, sort_by=sort_by, ascending=not descending), key="pc_bars")
+    chart = table
+    if len(table) > 40:
+        every = st.toggle(f"Chart all {len(table)} classes", key="pc_all")
+        if not every:
+            chart = table.head(40)
+            st.caption(f"The first 40 classes in the table's order; switch on to chart all {len(table)}.")
+    st.plotly_chart(per_class_bars(chart, sort_by=sort_by, ascending=not descending), key="pc_bars")
 
 common.publish(run=ctx.run_id, split=ss.get("split"), sport=sport)
