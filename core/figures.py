@@ -127,8 +127,9 @@ def confusion_heatmap(
         height=n * cell + 220,
         margin=dict(l=10, r=10, t=30, b=10),
         xaxis=dict(title="predicted", tickangle=-90 if n > 30 else -45 if n > 8 else 0, tickfont=dict(size=font),
-                   dtick=1, side="bottom", automargin=True, showgrid=False),
-        yaxis=dict(title="true", autorange="reversed", tickfont=dict(size=font), dtick=1, automargin=True,
+                   dtick=1, side="bottom", automargin=True, showgrid=False, range=[-0.5, n - 0.5]),
+        # Explicit ranges: autorange would pad the category axes for the click markers.
+        yaxis=dict(title="true", range=[n - 0.5, -0.5], tickfont=dict(size=font), dtick=1, automargin=True,
                    showgrid=False),
         plot_bgcolor="white",
         clickmode="event+select",

@@ -6,7 +6,6 @@ Skipped when Playwright or Chromium is missing, except under CI (``CI=true``), w
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from tests.storefactory import build_store
 
@@ -131,7 +131,8 @@ def test_page_in_browser(server, browser, path, heading, shot):
         extra = os.environ.get("SPORTS_SCREENSHOTS_DIR")
         if extra:
             Path(extra).mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(target, Path(extra) / target.name)
+            # A 256-colour copy keeps the documentation's pictures small.
+            Image.open(target).convert("RGB").quantize(colors=256).save(Path(extra) / target.name, optimize=True)
     finally:
         page.close()
 

@@ -391,7 +391,7 @@ def test_confusion_heatmap_readable_at_100(hundred):
     off = cm.copy()
     np.fill_diagonal(off, 0)
     assert len(pairs.customdata) == np.count_nonzero(off)
-    t, p = pairs.customdata[0]
+    t, p = (int(v) for v in pairs.customdata[0][:2])
     assert cm[t, p] > 0 and t != p
 
 
@@ -411,3 +411,14 @@ def test_other_figures_handle_empty_input():
     for fig in (figures.confidence_histogram(empty), figures.training_curves(pd.DataFrame()),
                 figures.per_class_bars(pd.DataFrame())):
         assert fig.layout.annotations
+
+
+def test_dashboard_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, dashboard.common, dashboard._cam, core.figures, core.images, db.queries; "
+            "sys.exit('torch' in sys.modules)")
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    assert subprocess.run([sys.executable, "-c", code], cwd=repo, env=env).returncode == 0
