@@ -20,6 +20,6 @@ page = st.navigation(
 )
 try:
     common.run_picker(common.store_url())
-except common.StoreError:
+except (common.StoreError, common.SQLAlchemyError):
     pass  # the page explains a missing or empty store
 page.run()

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from core.images import load_display_image
 from dashboard._cam import decode_maps, overlay
@@ -230,6 +231,9 @@ def open_store() -> str:
         get_engine(url)
     except StoreError as exc:
         st.info(f"No results to show yet: {exc}.\n\n{TRAIN_HINT}")
+        st.stop()
+    except SQLAlchemyError as exc:
+        st.error(f"Cannot read the store: {exc.__class__.__name__}: {str(exc).splitlines()[0]}")
         st.stop()
     return url
 

@@ -102,6 +102,14 @@ def test_missing_store_explains(page, tmp_path, monkeypatch):
     assert not (tmp_path / "nowhere.db").exists(), "the dashboard must not create a store"
 
 
+def test_unreadable_store_is_an_error_not_a_traceback(tmp_path, monkeypatch):
+    bad = tmp_path / "junk.db"
+    bad.write_bytes(b"this is not a database" * 100)
+    at = app(f"sqlite:///{bad}", monkeypatch)
+    assert not at.exception
+    assert at.error or at.info
+
+
 def test_overview_headline(normal, monkeypatch):
     url, run_id, _ = normal
     at = app(url, monkeypatch)
