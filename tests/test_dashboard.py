@@ -16,7 +16,7 @@ from core.images import load_display_image, safe_image_path
 from dashboard import _cam
 from dashboard.common import db_url_from_argv, filter_errors
 from db import queries
-from db.store import StoreError, make_engine, make_sessionmaker
+from db.store import make_engine, make_sessionmaker
 from tests.storefactory import build_empty_store, build_store
 
 HOME = Path(__file__).resolve().parents[1] / "dashboard" / "Home.py"
