@@ -1,0 +1,25 @@
+"""Entry point: ``streamlit run dashboard/Home.py -- --db URL`` (or set SPORTS_DB).
+
+Lists the pages and draws the run picker that every page shares; the pages themselves live in ``views/``.
+"""
+import streamlit as st
+
+from dashboard import common
+
+st.set_page_config(page_title="Sports Grad-CAM workbench", page_icon=":material/sports:", layout="wide")
+common.init_state()
+
+page = st.navigation(
+    [
+        st.Page("views/overview.py", title="Overview", icon=":material/home:", default=True),
+        st.Page("views/confusion.py", title="Confusion matrix", icon=":material/grid_on:"),
+        st.Page("views/per_class.py", title="Per-class accuracy", icon=":material/bar_chart:"),
+        st.Page("views/gallery.py", title="Misclassifications", icon=":material/photo_library:"),
+        st.Page("views/compare.py", title="Heatmap comparison", icon=":material/compare:"),
+    ]
+)
+try:
+    common.run_picker(common.store_url())
+except (common.StoreError, common.SQLAlchemyError):
+    pass  # the page explains a missing or empty store
+page.run()

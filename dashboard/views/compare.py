@@ -1,0 +1,109 @@
+"""Heatmap comparison: one image as the model saw it, with the Grad-CAM of its predicted and true class."""
+import numpy as np
+import streamlit as st
+
+from core.figures import top5_bars
+from dashboard import common
+from dashboard._cam import COLORMAPS, decode_maps
+
+st.title("Heatmap comparison")
+ctx = common.require_run()
+preds = common.require_predictions(ctx)
+names = ctx.names
+ss = st.session_state
+
+errors = common.gallery_errors(ctx)
+ids = [int(i) for i in errors["image_id"]]
+known = set(int(i) for i in preds["image_id"])
+image_id = ss.get("image")
+if image_id not in known:
+    if not ids:
+        st.info("No image chosen and no misclassified image matches the gallery filters. "
+                "Pick one in the Misclassifications page, or relax its filters.")
+        st.stop()
+    image_id = ids[0]
+
+# Previous / next walk the gallery's current filter.
+def _step(delta: int) -> None:
+    cur = ss.get("image")
+    at = ids.index(cur) if cur in ids else None
+    ss["image"] = ids[0] if at is None else ids[max(0, min(len(ids) - 1, at + delta))]
+
+
+ss["image"] = image_id
+pos = ids.index(image_id) if image_id in ids else None
+b1, b2, b3 = st.columns([1, 1, 4])
+b1.button("◀ Previous", key="cmp_prev", on_click=_step, args=(-1,), disabled=not ids or pos == 0, width="stretch")
+b2.button("Next ▶", key="cmp_next", on_click=_step, args=(1,),
+          disabled=not ids or (pos is not None and pos >= len(ids) - 1), width="stretch")
+b3.caption(
+    f"Image {pos + 1} of {len(ids)} in the gallery's current filter." if pos is not None
+    else "This image is outside the gallery's current filter; Previous/Next start at its first image."
+)
+
+d = common.load_detail(ctx.url, ctx.run_id, image_id, ctx.stamp)
+if d is None or d.pred is None:
+    st.error(f"Image {image_id} has no prediction in run #{ctx.run_id}.")
+    st.stop()
+
+with st.container(border=True):
+    c1, c2, c3 = st.columns(3)
+    alpha = c1.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="cmp_alpha")
+    colormap = c2.selectbox("Colormap", list(COLORMAPS), key="cmp_cmap")
+    norm = c3.radio("Scale", ["per image", "shared across both maps", "none (raw values)"], key="cmp_norm",
+                    horizontal=True)
+
+verdict = "correct" if d.pred == d.label else "wrong"
+st.markdown(
+    f"**{d.relpath}** ({d.split}) · true **{names[d.label]}** · predicted **{names[d.pred]}** "
+    f"at {d.confidence:.1%} · {verdict}" + (f" · loss {d.loss:.3f}" if d.loss is not None else "")
+)
+
+size = ctx.info.image_size
+maps = decode_maps(d.cam_data, len(d.cam_classes), d.cam_h, d.cam_w) if d.cam_data else None
+i_pred = common.cam_index(d.cam_classes, d.pred)
+i_true = common.cam_index(d.cam_classes, d.label)
+if norm.startswith("shared") and maps is not None:
+    vmax = float(max(np.maximum(maps[i], 0).max() for i in {i_pred, i_true} if i is not None))
+    normalize = ("fixed", vmax)
+elif norm.startswith("none"):
+    normalize = "none"
+else:
+    normalize = "image"
+
+
+def view(index):
+    spec = None if index is None or maps is None else (d.cam_data, len(d.cam_classes), d.cam_h, d.cam_w, index)
+    try:
+        return common.render_view(ctx.info.data_root, d.relpath, size, spec, colormap, alpha, normalize)
+    except (OSError, ValueError) as exc:
+        return f"cannot show {d.relpath}: {exc}"
+
+
+def show(col, title, pic, missing=None):
+    with col:
+        st.markdown(f"**{title}**")
+        if missing:
+            st.info(missing)
+        elif isinstance(pic, bytes):
+            st.image(pic, width="stretch")
+        else:
+            st.error(pic)
+
+
+c1, c2, c3, c4 = st.columns([1, 1, 1, 1.2])
+show(c1, f"Model input ({size}×{size})", view(None))
+show(c2, f"Grad-CAM: predicted · {names[d.pred]}", view(i_pred),
+     None if i_pred is not None else "No map stored for the predicted class.")
+if d.pred == d.label:
+    show(c3, f"Grad-CAM: true · {names[d.label]}", None, "Prediction is correct: the true class's map is the one to its left.")
+else:
+    show(c3, f"Grad-CAM: true · {names[d.label]}", view(i_true),
+         None if i_true is not None else "No map stored for the true class.")
+with c4:
+    st.plotly_chart(top5_bars(names, d.top5_prob, label=d.label, idx=d.top5_idx), key="cmp_top5")
+if maps is not None and norm.startswith("none"):
+    st.caption(f"Raw map values span {float(maps.min()):.3g}–{float(maps.max()):.3g}; values above 1 saturate.")
+
+common.publish(run=ctx.run_id, image=image_id, split=ss.get("split"), sport=ss.get("sport", []),
+               pred=ss.get("pred", []), conf=None if tuple(ss.get("conf", (0.0, 1.0))) == (0.0, 1.0) else tuple(ss["conf"]))

@@ -1,0 +1,101 @@
+"""Confusion matrix: which sports the model takes for which, and the images behind each cell."""
+import streamlit as st
+
+from core.figures import confusion_heatmap
+from db.queries import confused_pairs
+from dashboard import common
+
+st.title("Confusion matrix")
+ctx = common.require_run()
+preds = common.require_predictions(ctx)
+names = ctx.names
+
+c1, c2, c3, c4 = st.columns([1, 1.3, 1.5, 1.2])
+splits = common.split_choice(ctx, preds, "cm_split", container=c1)
+scale = c2.radio("Cells", ["counts", "row-normalized"], key="cm_scale", horizontal=True)
+order = c3.radio("Order", ["alphabetical", "grouped by confusion"], key="cm_order", horizontal=True)
+common.seed("cm_hide_diag", "_cm_hide_diag", len(names) > 20)
+hide_diag = c4.toggle("Hide correct (diagonal)", key="cm_hide_diag")
+
+cm = common.load_confusion(ctx.url, ctx.run_id, len(names), splits, ctx.stamp)
+fig = confusion_heatmap(
+    cm,
+    names,
+    normalize=scale == "row-normalized",
+    order="confusion" if order.startswith("grouped") else "alphabetical",
+    hide_diagonal=hide_diag,
+)
+event = st.plotly_chart(fig, key="cm_chart", on_select="rerun", selection_mode="points")
+st.caption("Rows are the true sport, columns the prediction. Click an off-diagonal cell to see its images.")
+
+pairs = confused_pairs(cm, names, limit=50)
+ss = st.session_state
+if pairs.empty:
+    st.success("No misclassified images in this selection.")
+    common.publish(run=ctx.run_id, split=ss.get("split"))
+    st.stop()
+
+labels = [f"{r.true} → {r.predicted} ({r.count})" for r in pairs.itertuples()]
+by_pair = {(int(r.true_idx), int(r.pred_idx)): lab for r, lab in zip(pairs.itertuples(), labels)}
+
+# A click on a cell chooses its pair, but only when the click is new: later reruns keep the selectbox choice.
+points = (event.selection.points if event and event.selection else []) or []
+clicked = None
+for p in points:
+    cd = p.get("customdata")
+    if isinstance(cd, dict):  # typed arrays can come back as {"0": .., "1": ..}
+        cd = [cd[k] for k in sorted(cd, key=lambda k: int(k))]
+    if cd is not None and len(cd) >= 2:
+        clicked = (int(cd[0]), int(cd[1]))
+if clicked != ss.get("_cm_last_click"):
+    ss["_cm_last_click"] = clicked
+    if clicked is not None:
+        lab = by_pair.get(clicked)
+        if lab is None:  # a pair outside the top 50: add it
+            t, p = clicked
+            lab = f"{names[t]} → {names[p]} ({int(cm[t, p])})"
+            labels.append(lab)
+            by_pair[clicked] = lab
+        ss["cm_pair"] = lab
+
+# A pair from the URL (sport + pred) or from earlier on this page.
+url_pair = None
+if len(ss.get("sport", [])) == 1 and len(ss.get("pred", [])) == 1 and ss["sport"][0] in names and ss["pred"][0] in names:
+    url_pair = by_pair.get((names.index(ss["sport"][0]), names.index(ss["pred"][0])))
+common.seed("cm_pair", "_cm_pair", url_pair or labels[0], valid=lambda v: v in labels)
+if ss["cm_pair"] not in labels:
+    ss["cm_pair"] = labels[0]
+
+left, right = st.columns([1, 1.4])
+with left:
+    st.subheader("Most confused pairs")
+    show = pairs[["true", "predicted", "count", "share_of_true", "reverse_count"]]
+    st.dataframe(
+        show,
+        hide_index=True,
+        key="cm_pairs_table",
+        height=min(420, 38 + 35 * len(show)),
+        column_config={
+            "share_of_true": st.column_config.NumberColumn("share of true", format="percent"),
+            "reverse_count": st.column_config.NumberColumn("reverse", help="images of the predicted sport taken for the true one"),
+        },
+    )
+with right:
+    choice = st.selectbox("Pair", labels, key="cm_pair")
+    t, p = next(k for k, v in by_pair.items() if v == choice)
+    ss["_cm_pair"] = choice
+    rows = preds[(preds["label"] == t) & (preds["pred"] == p)]
+    if splits is not None:
+        rows = rows[rows["split"].isin(splits)]
+    rows = rows.sort_values("confidence", ascending=False)
+    st.markdown(f"**{len(rows)}** image{'s' if len(rows) != 1 else ''} of *{names[t]}* predicted as *{names[p]}*"
+                + (f" (showing {min(len(rows), 12)})" if len(rows) > 12 else ""))
+    chosen = common.show_tiles(ctx, rows.head(12), per_row=4, key="cm_tile")
+    if st.button("Open these in the gallery", key="cm_to_gallery"):
+        ss["sport"], ss["pred"], ss["conf"], ss["page"] = [names[t]], [names[p]], (0.0, 1.0), 1
+        st.switch_page("views/gallery.py")
+    if chosen is not None:
+        ss["image"] = chosen
+        st.switch_page("views/compare.py")
+
+common.publish(run=ctx.run_id, split=ss.get("split"), sport=[names[t]], pred=[names[p]])

@@ -1,0 +1,60 @@
+"""Per-class accuracy: precision, recall, F1 and support per sport, worst first."""
+import streamlit as st
+
+from core.figures import per_class_bars
+from dashboard import common
+
+st.title("Per-class accuracy")
+ctx = common.require_run()
+preds = common.require_predictions(ctx)
+names = ctx.names
+ss = st.session_state
+
+c1, c2, c3 = st.columns([1, 1, 1])
+splits = common.split_choice(ctx, preds, "pc_split", container=c1)
+sort_by = c2.selectbox("Sort by", ["f1", "recall", "precision", "support", "class"], key="pc_sort")
+descending = c3.toggle("Best first", key="pc_desc")
+
+table = common.load_per_class(ctx.url, ctx.run_id, names, splits, ctx.stamp)
+table = table.sort_values(sort_by, ascending=not descending, kind="stable")
+table = table.assign(errors=table["support"] - (table["recall"] * table["support"]).round().astype(int))
+
+st.dataframe(
+    table[["class", "precision", "recall", "f1", "support", "errors", "predicted"]],
+    hide_index=True,
+    key="pc_table",
+    height=min(460, 38 + 35 * len(table)),
+    column_config={
+        "precision": st.column_config.ProgressColumn("precision", min_value=0.0, max_value=1.0, format="%.3f"),
+        "recall": st.column_config.ProgressColumn("recall", min_value=0.0, max_value=1.0, format="%.3f"),
+        "f1": st.column_config.ProgressColumn("F1", min_value=0.0, max_value=1.0, format="%.3f"),
+        "predicted": st.column_config.NumberColumn("predicted", help="images predicted as this sport"),
+    },
+)
+
+left, right = st.columns([2, 1])
+with right:
+    st.subheader("Look at a sport")
+    order = list(table["class"])
+    common.seed("pc_sport", "_pc_sport", ss.get("sport", [order[0]])[0] if ss.get("sport") else order[0],
+                valid=lambda v: v in order)
+    sport = st.selectbox("Sport", order, key="pc_sport")
+    ss["_pc_sport"] = sport
+    row = table.loc[table["class"] == sport].iloc[0]
+    st.markdown(
+        f"**{sport}**: precision {row.precision:.3f}, recall {row.recall:.3f}, F1 {row.f1:.3f}, "
+        f"{int(row.support)} images, {int(row.errors)} of them misclassified."
+    )
+    if st.button("Show its misclassified images", key="pc_to_gallery", type="primary"):
+        ss["sport"], ss["pred"], ss["conf"], ss["page"] = [sport], [], (0.0, 1.0), 1
+        st.switch_page("views/gallery.py")
+with left:
+    chart = table
+    if len(table) > 40:
+        every = st.toggle(f"Chart all {len(table)} classes", key="pc_all")
+        if not every:
+            chart = table.head(40)
+            st.caption(f"The first 40 classes in the table's order; switch on to chart all {len(table)}.")
+    st.plotly_chart(per_class_bars(chart, sort_by=sort_by, ascending=not descending), key="pc_bars")
+
+common.publish(run=ctx.run_id, split=ss.get("split"), sport=sport)

@@ -1,0 +1,333 @@
+"""Read-only queries the dashboard and the report exporter share.
+
+Every function takes a ``session`` and returns a DataFrame or plain Python objects; none of them writes
+or commits. Class indices stay integers here; callers map them to names with ``class_names``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import and_, func, select
+from sqlalchemy.orm import Session
+
+from db.models import CamRow, EpochRow, EvalRow, ImageRow, Prediction, Run, RunClass
+from db.store import class_names
+
+PREDICTION_COLUMNS = ["image_id", "split", "relpath", "label", "pred", "confidence", "loss", "has_cam"]
+
+
+def _empty(columns: Sequence[str]) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype="object") for c in columns})
+
+
+# --------------------------------------------------------------------------- runs
+
+def list_runs(session: Session) -> pd.DataFrame:
+    """One row per run, newest first: id, name, status, created_at, finished_at, classes."""
+    n_classes = (
+        select(RunClass.run_id, func.count().label("classes")).group_by(RunClass.run_id).subquery()
+    )
+    stmt = (
+        select(Run.id, Run.name, Run.status, Run.created_at, Run.finished_at, n_classes.c.classes)
+        .outerjoin(n_classes, n_classes.c.run_id == Run.id)
+        .order_by(Run.id.desc())
+    )
+    cols = ["id", "name", "status", "created_at", "finished_at", "classes"]
+    df = pd.DataFrame(session.execute(stmt).all(), columns=cols)
+    if df.empty:
+        return _empty(cols)
+    df["classes"] = df["classes"].fillna(0).astype(int)
+    return df
+
+
+def default_run_id(session: Session) -> Optional[int]:
+    """The newest complete run, else the newest run of any status, else ``None``."""
+    for cond in (Run.status == "complete", True):
+        rid = session.scalar(select(Run.id).where(cond).order_by(Run.id.desc()).limit(1))
+        if rid is not None:
+            return int(rid)
+    return None
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    id: int
+    name: str
+    status: str
+    config: dict[str, Any]
+    data_root: str
+    device: str
+    weights: str
+    image_size: int
+    cam_layer: Optional[str]
+    best_epoch: Optional[int]
+    metrics: dict[str, Any]
+    absent_splits: dict[str, Any]
+    error: Optional[str]
+    created_at: Optional[str]
+    finished_at: Optional[str]
+    classes: tuple[str, ...]
+
+
+def run_info(session: Session, run_id: int) -> Optional[RunInfo]:
+    run = session.get(Run, run_id)
+    if run is None:
+        return None
+    return RunInfo(
+        id=run.id,
+        name=run.name,
+        status=run.status,
+        config=dict(run.config or {}),
+        data_root=run.data_root,
+        device=run.device,
+        weights=run.weights,
+        image_size=int(run.image_size),
+        cam_layer=run.cam_layer,
+        best_epoch=run.best_epoch,
+        metrics=dict(run.metrics or {}),
+        absent_splits=dict(run.absent_splits or {}),
+        error=run.error,
+        created_at=run.created_at.isoformat(timespec="seconds") if run.created_at else None,
+        finished_at=run.finished_at.isoformat(timespec="seconds") if run.finished_at else None,
+        classes=tuple(class_names(session, run_id)),
+    )
+
+
+def epochs_frame(session: Session, run_id: int) -> pd.DataFrame:
+    """The run's epochs in order: phase, epoch, global_epoch, losses, accuracies, lr, seconds."""
+    cols = ["phase", "epoch", "global_epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+    stmt = (
+        select(*(getattr(EpochRow, c) for c in cols))
+        .where(EpochRow.run_id == run_id)
+        .order_by(EpochRow.global_epoch)
+    )
+    df = pd.DataFrame(session.execute(stmt).all(), columns=cols)
+    return df if not df.empty else _empty(cols)
+
+
+def evaluations_frame(session: Session, run_id: int) -> pd.DataFrame:
+    cols = ["split", "status", "n_images", "top1", "top5", "loss"]
+    stmt = select(*(getattr(EvalRow, c) for c in cols)).where(EvalRow.run_id == run_id).order_by(EvalRow.split)
+    df = pd.DataFrame(session.execute(stmt).all(), columns=cols)
+    return df if not df.empty else _empty(cols)
+
+
+def prediction_splits(session: Session, run_id: int) -> list[str]:
+    """Splits that have at least one prediction, in train/valid/test order."""
+    found = set(
+        session.scalars(
+            select(ImageRow.split)
+            .join(Prediction, Prediction.image_id == ImageRow.id)
+            .where(ImageRow.run_id == run_id)
+            .distinct()
+        )
+    )
+    return [s for s in ("train", "valid", "test") if s in found] + sorted(found - {"train", "valid", "test"})
+
+
+# --------------------------------------------------------------------------- predictions
+
+def _prediction_select(run_id: int):
+    return (
+        select(
+            ImageRow.id,
+            ImageRow.split,
+            ImageRow.relpath,
+            ImageRow.label,
+            Prediction.pred,
+            Prediction.confidence,
+            Prediction.loss,
+            CamRow.image_id.is_not(None),
+        )
+        .join(Prediction, Prediction.image_id == ImageRow.id)
+        .outerjoin(CamRow, CamRow.image_id == ImageRow.id)
+        .where(ImageRow.run_id == run_id, ImageRow.skipped.is_(False))
+    )
+
+
+def _typed(rows: list, columns: list[str]) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=columns)
+    if df.empty:
+        return _empty(columns)
+    for c in ("image_id", "label", "pred"):
+        df[c] = df[c].astype(np.int64)
+    df["confidence"] = df["confidence"].astype(np.float64)
+    df["loss"] = pd.to_numeric(df["loss"], errors="coerce")
+    df["has_cam"] = df["has_cam"].astype(bool)
+    return df
+
+
+def predictions_frame(session: Session, run_id: int, splits: Optional[Iterable[str]] = None) -> pd.DataFrame:
+    """Every predicted, non-skipped image: image_id, split, relpath, label, pred, confidence, loss, has_cam."""
+    stmt = _prediction_select(run_id)
+    if splits is not None:
+        stmt = stmt.where(ImageRow.split.in_(list(splits)))
+    return _typed(session.execute(stmt.order_by(ImageRow.id)).all(), PREDICTION_COLUMNS)
+
+
+def errors_frame(
+    session: Session,
+    run_id: int,
+    *,
+    splits: Optional[Iterable[str]] = None,
+    true_classes: Optional[Iterable[int]] = None,
+    pred_classes: Optional[Iterable[int]] = None,
+    confidence: tuple[float, float] = (0.0, 1.0),
+) -> pd.DataFrame:
+    """Misclassified images matching the filters, most confident mistakes first."""
+    stmt = _prediction_select(run_id).where(Prediction.pred != ImageRow.label)
+    if splits is not None:
+        stmt = stmt.where(ImageRow.split.in_(list(splits)))
+    if true_classes is not None:
+        stmt = stmt.where(ImageRow.label.in_([int(c) for c in true_classes]))
+    if pred_classes is not None:
+        stmt = stmt.where(Prediction.pred.in_([int(c) for c in pred_classes]))
+    lo, hi = confidence
+    stmt = stmt.where(and_(Prediction.confidence >= lo, Prediction.confidence <= hi))
+    stmt = stmt.order_by(Prediction.confidence.desc(), ImageRow.id)
+    return _typed(session.execute(stmt).all(), PREDICTION_COLUMNS)
+
+
+def confusion_matrix(
+    session: Session, run_id: int, n_classes: int, splits: Optional[Iterable[str]] = None
+) -> np.ndarray:
+    """Counts ``cm[true, pred]`` of shape (n_classes, n_classes), int64."""
+    stmt = (
+        select(ImageRow.label, Prediction.pred, func.count())
+        .join(Prediction, Prediction.image_id == ImageRow.id)
+        .where(ImageRow.run_id == run_id, ImageRow.skipped.is_(False))
+        .group_by(ImageRow.label, Prediction.pred)
+    )
+    if splits is not None:
+        stmt = stmt.where(ImageRow.split.in_(list(splits)))
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    for t, p, n in session.execute(stmt).all():
+        if not (0 <= t < n_classes and 0 <= p < n_classes):
+            raise ValueError(f"run {run_id}: class index ({t}, {p}) outside 0..{n_classes - 1}")
+        cm[t, p] = n
+    return cm
+
+
+def confused_pairs(cm: np.ndarray, names: Sequence[str], limit: Optional[int] = 20) -> pd.DataFrame:
+    """Off-diagonal cells by count: true, predicted, count, share of the true class, and the reverse count."""
+    cols = ["true", "predicted", "count", "share_of_true", "reverse_count", "true_idx", "pred_idx"]
+    off = cm.copy()
+    np.fill_diagonal(off, 0)
+    t, p = np.nonzero(off)
+    if t.size == 0:
+        return _empty(cols)
+    counts = off[t, p]
+    support = cm.sum(axis=1)
+    order = np.lexsort((p, t, -counts))
+    if limit is not None:
+        order = order[:limit]
+    t, p, counts = t[order], p[order], counts[order]
+    return pd.DataFrame(
+        {
+            "true": [names[i] for i in t],
+            "predicted": [names[j] for j in p],
+            "count": counts.astype(int),
+            "share_of_true": counts / np.maximum(support[t], 1),
+            "reverse_count": cm[p, t].astype(int),
+            "true_idx": t.astype(int),
+            "pred_idx": p.astype(int),
+        }
+    )
+
+
+def per_class_metrics(labels: np.ndarray, preds: np.ndarray, names: Sequence[str]) -> pd.DataFrame:
+    """Precision, recall, F1 and support per class (sklearn, zero where undefined), worst F1 first."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    k = len(names)
+    cols = ["class", "precision", "recall", "f1", "support", "predicted", "class_idx"]
+    if k == 0:
+        return _empty(cols)
+    idx = np.arange(k)
+    if len(labels):
+        p, r, f, s = precision_recall_fscore_support(labels, preds, labels=idx, zero_division=0)
+        predicted = np.bincount(np.asarray(preds, dtype=np.int64), minlength=k)[:k]
+    else:
+        p = r = f = np.zeros(k)
+        s = predicted = np.zeros(k, dtype=np.int64)
+    df = pd.DataFrame(
+        {
+            "class": list(names),
+            "precision": p,
+            "recall": r,
+            "f1": f,
+            "support": np.asarray(s, dtype=np.int64),
+            "predicted": predicted,
+            "class_idx": idx,
+        }
+    )
+    return df.sort_values(["f1", "support", "class"], ascending=[True, False, True], kind="stable").reset_index(
+        drop=True
+    )
+
+
+# --------------------------------------------------------------------------- one image
+
+@dataclass(frozen=True)
+class ImageDetail:
+    image_id: int
+    split: str
+    relpath: str
+    label: int
+    pred: Optional[int]
+    confidence: Optional[float]
+    loss: Optional[float]
+    top5_idx: tuple[int, ...]
+    top5_prob: tuple[float, ...]
+    cam_classes: tuple[int, ...]
+    cam_h: int
+    cam_w: int
+    cam_data: Optional[bytes]
+    bbox: Optional[tuple[float, ...]]
+    skipped: bool
+    skip_reason: Optional[str]
+
+
+def image_detail(session: Session, run_id: int, image_id: int) -> Optional[ImageDetail]:
+    """One image of the run with its prediction and raw maps; ``None`` when the run has no such image."""
+    row = session.execute(
+        select(ImageRow, Prediction, CamRow)
+        .outerjoin(Prediction, Prediction.image_id == ImageRow.id)
+        .outerjoin(CamRow, CamRow.image_id == ImageRow.id)
+        .where(ImageRow.id == image_id, ImageRow.run_id == run_id)
+    ).first()
+    if row is None:
+        return None
+    img, pr, cam = row
+    return ImageDetail(
+        image_id=img.id,
+        split=img.split,
+        relpath=img.relpath,
+        label=img.label,
+        pred=pr.pred if pr else None,
+        confidence=pr.confidence if pr else None,
+        loss=pr.loss if pr else None,
+        top5_idx=tuple(int(i) for i in (pr.top5_idx or [])) if pr else (),
+        top5_prob=tuple(float(x) for x in (pr.top5_prob or [])) if pr else (),
+        cam_classes=tuple(int(c) for c in cam.classes) if cam else (),
+        cam_h=cam.h if cam else 0,
+        cam_w=cam.w if cam else 0,
+        cam_data=bytes(cam.data) if cam else None,
+        bbox=tuple(img.bbox) if img.bbox else None,
+        skipped=bool(img.skipped),
+        skip_reason=img.skip_reason,
+    )
+
+
+def cams_for(session: Session, run_id: int, image_ids: Iterable[int]) -> dict[int, tuple[tuple[int, ...], int, int, bytes]]:
+    """Raw maps of several images: ``{image_id: (classes, h, w, float16 bytes)}``; absent ids are left out."""
+    ids = [int(i) for i in image_ids]
+    if not ids:
+        return {}
+    stmt = select(CamRow.image_id, CamRow.classes, CamRow.h, CamRow.w, CamRow.data).where(
+        CamRow.run_id == run_id, CamRow.image_id.in_(ids)
+    )
+    return {i: (tuple(int(c) for c in cls), h, w, bytes(d)) for i, cls, h, w, d in session.execute(stmt).all()}

@@ -1,0 +1,188 @@
+"""Small, generated results stores for the dashboard's tests and benchmark.
+
+``build_store`` writes real JPEGs under ``<tmp>/data/<split>/<class>/`` and a SQLite store holding one
+complete run over them, written through ``db.store`` the way the training job writes: both training
+phases, images, predictions with top-5, float16 Grad-CAM maps, and evaluations. Mistakes follow a
+pattern (class ``i`` is mostly taken for ``i + 1``) so that confused pairs are predictable.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+from db.store import (
+    ImageRecord,
+    add_epoch,
+    add_predictions,
+    begin_evaluation,
+    create_run,
+    finish_evaluation,
+    finish_run,
+    make_engine,
+    make_sessionmaker,
+    upsert_images,
+)
+
+SPORTS = (
+    "air hockey", "ampute football", "archery", "arm wrestling", "axe throwing", "balance beam",
+    "barell racing", "baseball", "basketball", "baton twirling", "bike polo", "billiards", "bmx",
+    "bobsled", "bowling", "boxing", "bull riding", "bungee jumping", "canoe slamon", "cheerleading",
+    "chuckwagon racing", "cricket", "croquet", "curling", "disc golf", "fencing", "field hockey",
+    "figure skating men", "figure skating pairs", "figure skating women", "fly fishing", "football",
+    "formula 1 racing", "frisbee", "gaga", "giant slalom", "golf", "hammer throw", "hang gliding",
+    "harness racing", "high jump", "hockey", "horse jumping", "horse racing", "horseshoe pitching",
+    "hurdles", "hydroplane racing", "ice climbing", "ice yachting", "jai alai", "javelin", "jousting",
+    "judo", "lacrosse", "log rolling", "luge", "motorcycle racing", "mushing", "nascar racing",
+    "olympic wrestling", "parallel bar", "pole climbing", "pole dancing", "pole vault", "polo",
+    "pommel horse", "rings", "rock climbing", "roller derby", "rollerblade racing", "rowing", "rugby",
+    "sailboat racing", "shot put", "shuffleboard", "sidecar racing", "ski jumping", "sky surfing",
+    "skydiving", "snow boarding", "snowmobile racing", "speed skating", "steer wrestling", "sumo wrestling",
+    "surfing", "swimming", "table tennis", "tennis", "track bicycle", "trapeze", "tug of war",
+    "ultimate", "uneven bars", "volleyball", "water cycling", "water polo", "weightlifting",
+    "wheelchair basketball", "wheelchair racing", "wingsuit flying",
+)
+
+
+def class_list(n: int) -> list[str]:
+    if n <= len(SPORTS):
+        return sorted(SPORTS[:n])
+    return sorted(SPORTS) + [f"sport {i:03d}" for i in range(len(SPORTS), n)]
+
+
+def build_empty_store(tmp_path: Path) -> str:
+    """A store with the schema and no runs; returns its URL."""
+    url = f"sqlite:///{Path(tmp_path) / 'empty.db'}"
+    make_engine(url, create=True).dispose()
+    return url
+
+
+def _write_jpeg(path: Path, rng: np.random.Generator, cls: int, n_classes: int, size: int) -> None:
+    hue = np.array([np.sin(cls * 2.1) + 1, np.cos(cls * 1.3) + 1, np.sin(cls * 0.7 + 1) + 1]) * 110
+    yy, xx = np.mgrid[0:size, 0:size]
+    base = hue[None, None, :] + 30 * np.sin((xx + yy * (1 + cls % 3)) / (4 + cls % 5))[..., None]
+    noise = rng.normal(0, 12, size=(size, size, 3))
+    arr = np.clip(base + noise, 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, quality=80)
+
+
+def _blob(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (0.25 * max(h, w)) ** 2)) * rng.uniform(0.5, 3.0)
+
+
+def build_store(
+    tmp_path: Path,
+    *,
+    n_classes: int = 10,
+    n_per_class: int | dict[str, int] = 4,
+    error_rate: float = 0.3,
+    with_errors: bool = True,
+    splits: Sequence[str] = ("valid", "test"),
+    image_size: int = 64,
+    seed: int = 0,
+    file_size: Optional[int] = None,
+    reuse_files: Optional[int] = None,
+    cam_size: int = 7,
+    name: str = "synthetic",
+) -> tuple[str, int, Path]:
+    """Build a store with one complete run; returns ``(db_url, run_id, data_root)``.
+
+    ``n_per_class`` images per class and split (or a dict of them by split). ``reuse_files`` writes only
+    that many JPEGs and hard-links the rest to them (fast large stores for the benchmark); ``file_size`` is the JPEG side (default
+    ``image_size``).
+    """
+    tmp_path = Path(tmp_path)
+    rng = np.random.default_rng(seed)
+    names = class_list(n_classes)
+    data_root = tmp_path / "data"
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    engine = make_engine(url, create=True)
+    Session = make_sessionmaker(engine)
+    side = file_size or image_size
+    rate = error_rate if with_errors else 0.0
+
+    records: list[ImageRecord] = []
+    written: list[Path] = []
+    for split in splits:
+        for c, cname in enumerate(names):
+            for j in range(n_per_class[split] if isinstance(n_per_class, dict) else n_per_class):
+                rel = f"{split}/{cname}/{j + 1:03d}.jpg"
+                path = data_root / rel
+                if reuse_files is not None and len(written) >= reuse_files:
+                    src = written[len(records) % len(written)]
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    os.link(src, path)
+                else:
+                    _write_jpeg(path, rng, c, n_classes, side)
+                    written.append(path)
+                records.append(ImageRecord(split=split, relpath=rel, label=c, width=side, height=side))
+
+    with Session.begin() as s:
+        run = create_run(
+            s, name=name, config={"epochs_phase1": 3, "epochs_phase2": 4, "batch_size": 32, "lr": 1e-3,
+                                  "image_size": image_size, "seed": seed},
+            data_root=str(data_root), device="cpu", weights="none", image_size=image_size,
+            cam_layer="features.35", class_names=names,
+            absent_splits={} if "test" in splits else {"test": "no test/ folder"},
+        )
+        run_id = run.id
+        g = 0
+        for phase, n_ep in ((1, 3), (2, 4)):
+            for ep in range(1, n_ep + 1):
+                g += 1
+                add_epoch(
+                    s, run_id, phase=phase, epoch=ep, global_epoch=g,
+                    train_loss=2.5 / g, train_acc=min(0.99, 0.3 + 0.1 * g), val_loss=2.7 / g + 0.05,
+                    val_acc=min(0.97, 0.25 + 0.09 * g), lr=1e-3 if phase == 1 else 1e-4, seconds=12.0,
+                )
+        ids = upsert_images(s, run_id, records)
+
+    metrics: dict = {"best_val_acc": 0.0}
+    by_split: dict[str, list[ImageRecord]] = {}
+    for r in records:
+        by_split.setdefault(r.split, []).append(r)
+    for split, recs in by_split.items():
+        rows, cams = [], []
+        top1 = top5 = 0
+        for r in recs:
+            wrong = rng.random() < rate
+            if wrong:
+                pred = (r.label + 1) % n_classes if rng.random() < 0.7 else int(rng.integers(n_classes))
+                if pred == r.label:
+                    pred = (r.label + 2) % n_classes
+            else:
+                pred = r.label
+            conf = float(rng.uniform(0.3, 0.99))
+            others = [i for i in rng.permutation(n_classes)[:6].tolist() if i != pred]
+            if wrong and rng.random() < 0.6 and r.label not in others[:4]:
+                others = [r.label] + others
+            idx = [pred] + others[: min(4, n_classes - 1)]
+            rest = rng.dirichlet(np.ones(len(idx) - 1)) * (1 - conf) * 0.9 if len(idx) > 1 else np.array([])
+            probs = [conf] + sorted(rest.tolist(), reverse=True)
+            top1 += pred == r.label
+            top5 += r.label in idx
+            image_id = ids[(r.split, r.relpath)]
+            p_true = conf if pred == r.label else float(rest[idx.index(r.label) - 1]) if r.label in idx else 1e-3
+            rows.append(dict(image_id=image_id, run_id=run_id, pred=pred, confidence=conf, top5_idx=idx,
+                             top5_prob=probs, loss=float(-np.log(max(p_true, 1e-6)))))
+            classes = [pred] if pred == r.label else [pred, r.label]
+            maps = np.stack([_blob(rng, cam_size, cam_size) for _ in classes]).astype(np.float16)
+            cams.append(dict(image_id=image_id, run_id=run_id, layer="features.35", classes=classes,
+                             h=cam_size, w=cam_size, data=maps.tobytes()))
+        n = len(recs)
+        with Session.begin() as s:
+            begin_evaluation(s, run_id, split)
+            add_predictions(s, rows, cams)
+            finish_evaluation(s, run_id, split, n_images=n, top1=top1 / n, top5=top5 / n, loss=1.0)
+        metrics[split] = {"top1": top1 / n, "top5": top5 / n}
+    metrics["best_val_acc"] = metrics.get("valid", {}).get("top1", 0.0)
+    with Session.begin() as s:
+        finish_run(s, run_id, "complete", metrics=metrics, best_epoch=7)
+    engine.dispose()
+    return url, run_id, data_root

@@ -1,0 +1,432 @@
+"""The dashboard's pages under ``AppTest``, and the queries, figures and image loading they rest on."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from core import figures
+from core.images import load_display_image, safe_image_path
+from dashboard import _cam
+from dashboard.common import db_url_from_argv, filter_errors
+from db import queries
+from db.store import make_engine, make_sessionmaker
+from tests.storefactory import build_empty_store, build_store
+
+HOME = Path(__file__).resolve().parents[1] / "dashboard" / "Home.py"
+PAGES = ["views/overview.py", "views/confusion.py", "views/per_class.py", "views/gallery.py", "views/compare.py"]
+TITLES = dict(zip(PAGES, ["Overview", "Confusion matrix", "Per-class accuracy", "Misclassifications",
+                          "Heatmap comparison"]))
+
+
+# --------------------------------------------------------------------------- stores
+
+@pytest.fixture(scope="module")
+def normal(tmp_path_factory):
+    return build_store(tmp_path_factory.mktemp("normal"), n_classes=10, n_per_class=4, seed=1)
+
+
+@pytest.fixture(scope="module")
+def no_errors(tmp_path_factory):
+    return build_store(tmp_path_factory.mktemp("clean"), with_errors=False, splits=("valid",))
+
+
+@pytest.fixture(scope="module")
+def hundred(tmp_path_factory):
+    return build_store(tmp_path_factory.mktemp("hundred"), n_classes=100, n_per_class=2, seed=2)
+
+
+@pytest.fixture(scope="module")
+def empty(tmp_path_factory):
+    return build_empty_store(tmp_path_factory.mktemp("empty"))
+
+
+def session_for(url):
+    return make_sessionmaker(make_engine(url, create=False))()
+
+
+def app(url: str, monkeypatch, page: str | None = None, **params) -> AppTest:
+    monkeypatch.setenv("SPORTS_DB", url)
+    at = AppTest.from_file(str(HOME), default_timeout=60)
+    at.query_params.update(params)
+    at.run()
+    if page and page != PAGES[0]:
+        at.switch_page(page).run()
+    return at
+
+
+def param(at: AppTest, name: str) -> list[str]:
+    value = at.query_params.get(name, [])
+    return [value] if isinstance(value, str) else list(value)
+
+
+def shown_count(at: AppTest) -> int:
+    for m in at.markdown:
+        found = re.match(r"\*\*([\d,]+)\*\* misclassified images match", m.value)
+        if found:
+            return int(found.group(1).replace(",", ""))
+    raise AssertionError(f"no count shown; markdown: {[m.value for m in at.markdown]}")
+
+
+# --------------------------------------------------------------------------- every page, every store
+
+@pytest.mark.parametrize("page", PAGES)
+@pytest.mark.parametrize("store", ["normal", "no_errors", "hundred"])
+def test_page_renders(page, store, request, monkeypatch):
+    url, _, _ = request.getfixturevalue(store)
+    at = app(url, monkeypatch, page)
+    assert not at.exception, [e.value for e in at.exception]
+    assert [t.value for t in at.title] == [TITLES[page]]
+    assert not at.error, [e.value for e in at.error]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_empty_store_explains(page, empty, monkeypatch):
+    at = app(empty, monkeypatch, page)
+    assert not at.exception
+    assert any("python -m jobs.train" in i.value for i in at.info)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_missing_store_explains(page, tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path / 'nowhere.db'}"
+    at = app(url, monkeypatch, page)
+    assert not at.exception
+    assert any("python -m jobs.train" in i.value for i in at.info)
+    assert not (tmp_path / "nowhere.db").exists(), "the dashboard must not create a store"
+
+
+def test_unreadable_store_is_an_error_not_a_traceback(tmp_path, monkeypatch):
+    bad = tmp_path / "junk.db"
+    bad.write_bytes(b"this is not a database" * 100)
+    at = app(f"sqlite:///{bad}", monkeypatch)
+    assert not at.exception
+    assert at.error or at.info
+
+
+def test_overview_headline(normal, monkeypatch):
+    url, run_id, _ = normal
+    at = app(url, monkeypatch)
+    labels = [m.label for m in at.metric]
+    assert labels.count("Top-1 accuracy") == 2  # valid and test
+    with session_for(url) as s:
+        ev = queries.evaluations_frame(s, run_id).set_index("split")
+        errors = len(queries.errors_frame(s, run_id, splits=["valid"]))
+    values = {m.label: m.value for m in at.metric[:4]}  # the first split drawn is valid
+    assert values["Top-1 accuracy"] == f"{ev.loc['valid', 'top1']:.1%}"
+    assert values["Errors"] == f"{errors:,}"
+    assert param(at, "run") == [str(run_id)]
+
+
+# --------------------------------------------------------------------------- filters and carried choices
+
+def test_gallery_filters_reduce_count(normal, monkeypatch):
+    url, run_id, _ = normal
+    at = app(url, monkeypatch, "views/gallery.py")
+    everything = shown_count(at)
+    assert everything > 0
+    with session_for(url) as s:
+        names = queries.run_info(s, run_id).classes
+        errs = queries.errors_frame(s, run_id)
+    sport = names[int(errs["label"].value_counts().index[0])]
+    at.multiselect(key="gal_true").set_value([sport]).run()
+    assert not at.exception
+    one = shown_count(at)
+    assert 0 < one < everything
+    assert one == int((errs["label"] == names.index(sport)).sum())
+    assert param(at, "sport") == [sport]
+
+    at.slider(key="gal_conf").set_value((0.99, 1.0)).run()
+    assert not at.exception
+    assert shown_count(at) <= one
+
+    at.multiselect(key="gal_true").set_value([]).run()
+    at.slider(key="gal_conf").set_value((0.0, 1.0)).run()
+    at.selectbox(key="gal_split").set_value("test").run()
+    assert shown_count(at) == int((errs["split"] == "test").sum())
+
+
+def test_gallery_pages(hundred, monkeypatch):
+    url, _, _ = hundred
+    at = app(url, monkeypatch, "views/gallery.py")
+    total = shown_count(at)
+    assert total > 25
+    assert len(at.get("image")) == 25
+    at.number_input(key="gal_page").set_value(2).run()
+    assert not at.exception
+    assert len(at.get("image")) == min(25, total - 25)
+    at.selectbox(key="gal_size").set_value(50).run()
+    assert at.number_input(key="gal_page").value == 1  # a new filter starts at page 1
+    assert len(at.get("image")) == min(50, total)
+
+
+def test_link_reproduces_gallery_view(normal, monkeypatch):
+    url, run_id, _ = normal
+    with session_for(url) as s:
+        names = queries.run_info(s, run_id).classes
+        errs = queries.errors_frame(s, run_id)
+    sport = names[int(errs["label"].iloc[0])]
+    at = app(url, monkeypatch, "views/gallery.py", run=str(run_id), sport=sport, split="valid")
+    assert not at.exception
+    assert at.multiselect(key="gal_true").value == [sport]
+    assert at.selectbox(key="gal_split").value == "valid"
+    expected = int(((errs["label"] == names.index(sport)) & (errs["split"] == "valid")).sum())
+    assert shown_count(at) == expected
+
+
+def test_per_class_sport_carries_to_gallery(normal, monkeypatch):
+    url, run_id, _ = normal
+    at = app(url, monkeypatch, "views/per_class.py")
+    table = at.dataframe[0].value
+    assert list(table["f1"]) == sorted(table["f1"])  # worst first by default
+    sport = table["class"].iloc[-1]
+    at.selectbox(key="pc_sport").set_value(sport).run()
+    at.button(key="pc_to_gallery").click().run()
+    assert not at.exception
+    assert [t.value for t in at.title] == ["Misclassifications"]
+    assert at.multiselect(key="gal_true").value == [sport]
+
+
+def test_confusion_pair_choice_shows_its_images(normal, monkeypatch):
+    url, run_id, _ = normal
+    at = app(url, monkeypatch, "views/confusion.py")
+    pairs = at.dataframe[0].value
+    assert list(pairs["count"]) == sorted(pairs["count"], reverse=True)
+    options = at.selectbox(key="cm_pair").options
+    last = options[-1]
+    at.selectbox(key="cm_pair").set_value(last).run()
+    assert not at.exception
+    true, pred = re.match(r"(.+) → (.+) \((\d+)\)", last).group(1, 2)
+    assert any(f"of *{true}* predicted as *{pred}*" in m.value for m in at.markdown)
+    at.radio(key="cm_scale").set_value("row-normalized").run()
+    at.radio(key="cm_order").set_value("grouped by confusion").run()
+    assert not at.exception
+    assert at.selectbox(key="cm_pair").value == last
+    at.button(key="cm_to_gallery").click().run()
+    assert [t.value for t in at.title] == ["Misclassifications"]
+    assert at.multiselect(key="gal_pred").value == [pred]
+
+
+def test_compare_walks_the_gallery(normal, monkeypatch):
+    url, run_id, _ = normal
+    at = app(url, monkeypatch, "views/compare.py")
+    first = at.session_state["image"]
+    at.button(key="cmp_next").click().run()
+    assert not at.exception
+    assert at.session_state["image"] != first
+    at.button(key="cmp_prev").click().run()
+    assert at.session_state["image"] == first
+    for norm in ("shared across both maps", "none (raw values)"):
+        at.radio(key="cmp_norm").set_value(norm).run()
+        assert not at.exception
+    at.selectbox(key="cmp_cmap").set_value("viridis").run()
+    assert not at.exception
+    assert param(at, "image") == [str(first)]
+
+
+def test_compare_from_link_on_a_correct_image(normal, monkeypatch):
+    url, run_id, _ = normal
+    with session_for(url) as s:
+        p = queries.predictions_frame(s, run_id)
+    right = int(p.loc[p["label"] == p["pred"], "image_id"].iloc[0])
+    at = app(url, monkeypatch, "views/compare.py", image=str(right))
+    assert not at.exception
+    assert any("correct" in m.value for m in at.markdown)
+
+
+# --------------------------------------------------------------------------- queries
+
+def test_queries_counts_and_pairs(normal):
+    url, run_id, _ = normal
+    with session_for(url) as s:
+        info = queries.run_info(s, run_id)
+        preds = queries.predictions_frame(s, run_id)
+        cm = queries.confusion_matrix(s, run_id, len(info.classes))
+        cm_valid = queries.confusion_matrix(s, run_id, len(info.classes), ["valid"])
+        errors = queries.errors_frame(s, run_id)
+        assert queries.prediction_splits(s, run_id) == ["valid", "test"]
+        assert len(queries.epochs_frame(s, run_id)) == 7
+        assert set(queries.epochs_frame(s, run_id)["phase"]) == {1, 2}
+        assert queries.image_detail(s, run_id, 10**6) is None
+        one = queries.errors_frame(s, run_id, true_classes=[0], pred_classes=[1], confidence=(0.5, 1.0))
+    assert len(preds) == 2 * 10 * 4
+    assert cm.sum() == len(preds) and cm_valid.sum() == 40
+    assert np.trace(cm) == int((preds["label"] == preds["pred"]).sum())
+    assert len(errors) == cm.sum() - np.trace(cm)
+    assert list(errors["confidence"]) == sorted(errors["confidence"], reverse=True)
+    assert ((one["label"] == 0) & (one["pred"] == 1) & (one["confidence"] >= 0.5)).all()
+
+    pairs = queries.confused_pairs(cm, info.classes, limit=None)
+    assert pairs["count"].sum() == len(errors)
+    assert list(pairs["count"]) == sorted(pairs["count"], reverse=True)
+    top = pairs.iloc[0]
+    assert cm[top.true_idx, top.pred_idx] == top["count"]
+    assert top.reverse_count == cm[top.pred_idx, top.true_idx]
+
+
+def test_confused_pairs_by_hand():
+    cm = np.array([[5, 3, 0], [1, 4, 0], [0, 3, 2]])
+    pairs = queries.confused_pairs(cm, ["a", "b", "c"])
+    assert list(zip(pairs["true"], pairs["predicted"], pairs["count"])) == [("a", "b", 3), ("c", "b", 3), ("b", "a", 1)]
+    assert pairs["share_of_true"].iloc[0] == pytest.approx(3 / 8)
+    assert queries.confused_pairs(np.eye(3, dtype=int), ["a", "b", "c"]).empty
+
+
+def test_per_class_metrics_worst_first():
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    preds = np.array([0, 0, 1, 0, 1, 1])
+    df = queries.per_class_metrics(labels, preds, ["a", "b", "c"])
+    assert df["class"].iloc[0] == "c" and df["f1"].iloc[0] == 0
+    row = df.set_index("class").loc["a"]
+    assert row.precision == pytest.approx(2 / 3) and row.recall == 1.0 and row.support == 2
+
+
+def test_default_run_prefers_complete(tmp_path):
+    url, run_id, _ = build_store(tmp_path, n_classes=3, n_per_class=1)
+    from db.store import create_run
+
+    Session = make_sessionmaker(make_engine(url))
+    with Session.begin() as s:
+        newer = create_run(s, name="later", config={}, data_root=str(tmp_path), device="cpu", weights="none",
+                           image_size=32, cam_layer=None, class_names=["x"], absent_splits={}).id
+    with Session() as s:
+        assert queries.default_run_id(s) == run_id
+        runs = queries.list_runs(s)
+    assert list(runs["id"]) == [newer, run_id]
+    assert list(runs["status"]) == ["running", "complete"]
+
+
+def test_filter_errors_matches_query(normal):
+    url, run_id, _ = normal
+    with session_for(url) as s:
+        names = queries.run_info(s, run_id).classes
+        all_errors = queries.errors_frame(s, run_id)
+        by_sql = queries.errors_frame(s, run_id, splits=["test"], true_classes=[1, 2], confidence=(0.4, 0.9))
+    by_pandas = filter_errors(all_errors, names, splits=["test"], true=[names[1], names[2]], conf=(0.4, 0.9))
+    assert list(by_pandas["image_id"]) == list(by_sql["image_id"])
+
+
+def test_argv_db_option():
+    assert db_url_from_argv(["--db", "sqlite:///x.db"]) == "sqlite:///x.db"
+    assert db_url_from_argv(["-q", "tests"]) is None
+
+
+# --------------------------------------------------------------------------- images
+
+@pytest.fixture()
+def root(tmp_path):
+    (tmp_path / "root" / "a").mkdir(parents=True)
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "root" / "a" / "x.jpg")
+    Image.new("RGB", (4, 4)).save(tmp_path / "secret.jpg")
+    return tmp_path / "root"
+
+
+def test_safe_path_inside(root):
+    assert safe_image_path(root, "a/x.jpg") == (root / "a" / "x.jpg").resolve()
+    with pytest.raises(FileNotFoundError):
+        safe_image_path(root, "a/missing.jpg")
+
+
+@pytest.mark.parametrize("bad", ["../secret.jpg", "a/../../secret.jpg", "/etc/passwd", "", "C:\\x.jpg", "\\\\srv\\x.jpg"])
+def test_safe_path_refuses_escapes(root, bad):
+    with pytest.raises(ValueError) as err:
+        safe_image_path(root, bad)
+    assert repr(bad) in str(err.value)
+
+
+def test_safe_path_refuses_symlink_out(root):
+    os.symlink(root.parent / "secret.jpg", root / "a" / "link.jpg")
+    with pytest.raises(ValueError, match="outside the data root"):
+        safe_image_path(root, "a/link.jpg")
+    os.symlink(root / "a" / "x.jpg", root / "inner.jpg")
+    assert safe_image_path(root, "inner.jpg") == (root / "a" / "x.jpg").resolve()
+
+
+def test_load_display_image(root):
+    img = load_display_image(root, "a/x.jpg", 24)
+    assert img.shape == (24, 24, 3) and img.dtype == np.uint8
+    assert img[..., 0].mean() > 150 and img[..., 2].mean() < 60
+    with pytest.raises(ValueError):
+        load_display_image(root, "../secret.jpg", 24)
+
+
+# --------------------------------------------------------------------------- maps and figures
+
+def test_decode_and_overlay():
+    maps = np.random.default_rng(0).random((2, 7, 7)).astype(np.float16)
+    out = _cam.decode_maps(maps.tobytes(), 2, 7, 7)
+    assert out.dtype == np.float32 and np.array_equal(out, maps.astype(np.float32))
+    with pytest.raises(ValueError):
+        _cam.decode_maps(maps.tobytes(), 1, 7, 7)
+    rgb = np.full((32, 32, 3), 128, np.uint8)
+    before = rgb.copy()
+    for norm in ("image", "none", ("fixed", 2.0)):
+        o = _cam.overlay(rgb, out[0], alpha=0.5, normalize=norm)
+        assert o.shape == rgb.shape and o.dtype == np.uint8
+    assert np.array_equal(rgb, before)
+    assert np.array_equal(_cam.overlay(rgb, out[0], alpha=0.0), rgb)
+    with pytest.raises(ValueError):
+        _cam.overlay(rgb, out[0], colormap="rainbow-unicorn")
+
+
+def test_confusion_order_is_a_permutation_grouping_confused_classes():
+    names = [f"c{i}" for i in range(6)]
+    cm = np.eye(6, dtype=int) * 10
+    cm[0, 5] = cm[5, 0] = 6  # c0 and c5 are confused with each other
+    cm[1, 3] = cm[3, 1] = 6
+    order = figures.confusion_order(cm, names, "confusion")
+    assert sorted(order) == list(range(6))
+    pos = {c: i for i, c in enumerate(order)}
+    assert abs(pos[0] - pos[5]) == 1 and abs(pos[1] - pos[3]) == 1
+    assert list(figures.confusion_order(cm, ["b", "a", "c", "f", "e", "d"])) == [1, 0, 2, 5, 4, 3]
+
+
+def test_confusion_heatmap_readable_at_100(hundred):
+    url, run_id, _ = hundred
+    with session_for(url) as s:
+        names = queries.run_info(s, run_id).classes
+        cm = queries.confusion_matrix(s, run_id, len(names))
+    fig = figures.confusion_heatmap(cm, names, normalize=True, order="confusion", hide_diagonal=True)
+    heat, pairs = fig.data
+    assert len(heat.x) == 100 and fig.layout.xaxis.dtick == 1  # every class labelled
+    assert fig.layout.height >= 12 * 100
+    off = cm.copy()
+    np.fill_diagonal(off, 0)
+    assert len(pairs.customdata) == np.count_nonzero(off)
+    t, p = (int(v) for v in pairs.customdata[0][:2])
+    assert cm[t, p] > 0 and t != p
+
+
+def test_training_curves_mark_phase_boundary(normal):
+    url, run_id, _ = normal
+    with session_for(url) as s:
+        epochs = queries.epochs_frame(s, run_id)
+    fig = figures.training_curves(epochs)
+    lines = [sh for sh in fig.layout.shapes if sh.type == "line"]
+    assert len(lines) == 2 and lines[0].x0 == pytest.approx(3.5)
+    assert {tr.name for tr in fig.data} >= {"train loss", "val loss", "train acc", "val acc"}
+    assert len(figures.training_curves(epochs[epochs.phase == 1]).layout.shapes) == 0
+
+
+def test_other_figures_handle_empty_input():
+    empty = pd.DataFrame(columns=["label", "pred", "confidence"])
+    for fig in (figures.confidence_histogram(empty), figures.training_curves(pd.DataFrame()),
+                figures.per_class_bars(pd.DataFrame())):
+        assert fig.layout.annotations
+
+
+def test_dashboard_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, dashboard.common, dashboard._cam, core.figures, core.images, db.queries; "
+            "sys.exit('torch' in sys.modules)")
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    assert subprocess.run([sys.executable, "-c", code], cwd=repo, env=env).returncode == 0
