@@ -51,7 +51,7 @@ def store_url() -> str:
 
 @st.cache_resource(show_spinner=False)
 def get_engine(url: str) -> Engine:
-    return make_engine(url, create=False)
+    return make_engine(url, readonly=True)
 
 
 def _session(url: str):

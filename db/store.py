@@ -50,10 +50,10 @@ def resolve_url(url: Optional[str] = None) -> str:
     return url
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:
+def _sqlite_writer_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
     # WAL lets the dashboard read while a job writes; busy_timeout waits for a writer instead of
-    # failing with "database is locked".
+    # failing with "database is locked". WAL is a property of the file: set once, readers inherit it.
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA foreign_keys=ON")
@@ -61,14 +61,23 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
-def make_engine(url: Optional[str] = None, create: bool = True) -> Engine:
+def _sqlite_reader_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA query_only=ON")  # a reader (the dashboard) can never change the store
+    cur.close()
+
+
+def make_engine(url: Optional[str] = None, create: bool = True, readonly: bool = False) -> Engine:
     """Create the engine for ``url`` and make sure the schema is there and of our version.
 
-    ``create=False`` opens an existing store read-only in spirit: a missing schema is then an error
-    rather than created (the dashboard uses it so that it never writes).
+    ``create=False`` opens an existing store only: a missing file or schema is then an error rather than
+    created. ``readonly=True`` (implies ``create=False``) also makes SQLite refuse every write on the
+    connection, which the dashboard and ``jobs.runs`` use.
     """
     url = resolve_url(url)
     u = make_url(url)
+    create = create and not readonly
     kwargs: dict[str, Any] = {}
     if u.get_backend_name() == "sqlite":
         db = u.database
@@ -83,7 +92,7 @@ def make_engine(url: Optional[str] = None, create: bool = True) -> Engine:
         kwargs["pool_pre_ping"] = True
     engine = create_engine(url, **kwargs)
     if u.get_backend_name() == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", _sqlite_reader_pragmas if readonly else _sqlite_writer_pragmas)
     ensure_schema(engine, create=create)
     return engine
 

@@ -44,7 +44,7 @@ def format_table(runs: list[dict]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    engine = store.make_engine(args.db, create=False)
+    engine = store.make_engine(args.db, readonly=True)
     with store.make_sessionmaker(engine)() as s:
         runs = store.run_summaries(s)
     if args.json:
