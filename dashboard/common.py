@@ -24,7 +24,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from core.images import load_display_image
-from dashboard._cam import decode_maps, overlay
+from core.cammaps import decode_maps, overlay
 from db import queries
 from db.store import ENV_VAR, StoreError, make_engine, make_sessionmaker, resolve_url
 

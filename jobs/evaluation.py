@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core import dist
 from core.data import DatasetIndex, ImageDataset, collate
 from core.engine import BatchResult, Skipped, predict_batches
-from core.gradcam import encode_maps, pred_true_explainer
+from core.gradcam import encode_maps, predict_and_explain
 from core.model import ModelMeta
 from db import store
 
@@ -32,6 +32,16 @@ def make_eval_loader(index: DatasetIndex, split: str, meta: ModelMeta, env: dist
     loader = torch.utils.data.DataLoader(sub, batch_size=batch_size, shuffle=False, num_workers=workers,
                                          collate_fn=collate, pin_memory=torch.cuda.is_available())
     return ds, loader
+
+
+def pred_true_explainer(layer: str):
+    """``explain_fn`` for ``predict_batches``: logits and the maps of [predicted, true] class per image."""
+
+    def explain_fn(model, x, y):
+        e = predict_and_explain(model, x, y, layer=layer)
+        return e.logits, e.maps
+
+    return explain_fn
 
 
 def _rows(res: BatchResult, ids: list[int], run_id: int, layer: Optional[str]) -> tuple[list[dict], list[dict]]:

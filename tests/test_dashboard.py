@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 
 from core import figures
 from core.images import load_display_image, safe_image_path
-from dashboard import _cam
+from core import cammaps as _cam
 from dashboard.common import db_url_from_argv, filter_errors
 from db import queries
 from db.store import make_engine, make_sessionmaker
@@ -425,7 +425,7 @@ def test_dashboard_does_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys, dashboard.common, dashboard._cam, core.figures, core.images, db.queries; "
+    code = ("import sys, dashboard.common, core.cammaps, core.figures, core.images, db.queries; "
             "sys.exit('torch' in sys.modules)")
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(repo)}

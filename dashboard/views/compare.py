@@ -4,7 +4,7 @@ import streamlit as st
 
 from core.figures import top5_bars
 from dashboard import common
-from dashboard._cam import COLORMAPS, decode_maps
+from core.cammaps import COLORMAPS, decode_maps
 
 st.title("Heatmap comparison")
 ctx = common.require_run()

@@ -1,0 +1,102 @@
+"""Stored Grad-CAM maps: float16 bytes for the store, and their rendering as overlays.
+
+Numpy and OpenCV only (no torch), so that the dashboard and the report export can draw maps without
+loading the model's framework. ``core.gradcam`` computes the maps and re-exports these functions.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+# Bytes per stored value: maps are kept as little-endian float16.
+_STORE_DTYPE = np.dtype("<f2")
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+COLORMAPS = {
+    name[len("COLORMAP_"):].lower(): getattr(cv2, name) for name in dir(cv2) if name.startswith("COLORMAP_")
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Storage
+# --------------------------------------------------------------------------------------------------
+def encode_maps(maps: np.ndarray) -> bytes:
+    """Raw maps (K, h, w) -> little-endian float16 bytes (2 * K * h * w; 784 for two 14x14 maps)."""
+    maps = np.asarray(maps)
+    if maps.ndim != 3 or not np.issubdtype(maps.dtype, np.floating):
+        raise ValueError(f"maps must be a float array (K, h, w), got {maps.dtype} {maps.shape}")
+    if not np.isfinite(maps).all():
+        raise ValueError("maps must be finite, got NaN or inf values")
+    peak = float(np.abs(maps).max()) if maps.size else 0.0
+    if peak > _FLOAT16_MAX:
+        raise ValueError(f"maps must fit float16 (|value| <= {_FLOAT16_MAX:g}), got a peak of {peak:g}")
+    return maps.astype(_STORE_DTYPE).tobytes()
+
+
+def decode_maps(data: bytes, k: int, h: int, w: int) -> np.ndarray:
+    """Bytes from ``encode_maps`` -> float32 array (k, h, w)."""
+    expected = k * h * w * _STORE_DTYPE.itemsize
+    if len(data) != expected:
+        raise ValueError(f"map data for ({k}, {h}, {w}) float16 must be {expected} bytes, got {len(data)}")
+    return np.frombuffer(data, dtype=_STORE_DTYPE).astype(np.float32).reshape(k, h, w)
+
+
+# --------------------------------------------------------------------------------------------------
+# Rendering
+# --------------------------------------------------------------------------------------------------
+def upsample(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a raw map (h, w) to ``size`` = (H, W); float32."""
+    cam = np.asarray(cam, dtype=np.float32)
+    if cam.ndim != 2 or cam.size == 0:
+        raise ValueError(f"cam must be a 2-D map (h, w), got shape {cam.shape}")
+    height, width = (int(s) for s in size)
+    if height < 1 or width < 1:
+        raise ValueError(f"size must be (H, W) with positive sides, got {size}")
+    return cv2.resize(cam, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def _normalise(cam: np.ndarray, normalize) -> np.ndarray:
+    """Map a non-negative raw map to [0, 1] for display."""
+    if normalize == "image":
+        peak = float(cam.max())
+        return cam / peak if peak > 0 else np.zeros_like(cam)
+    if normalize == "none":
+        return np.clip(cam, 0.0, 1.0)
+    if isinstance(normalize, (tuple, list)) and len(normalize) == 2 and normalize[0] == "fixed":
+        vmax = float(normalize[1])
+        if not vmax > 0:
+            raise ValueError(f"normalize=('fixed', vmax) needs vmax > 0, got {normalize[1]!r}")
+        return np.clip(cam / vmax, 0.0, 1.0)
+    raise ValueError(f"normalize must be 'image', 'none' or ('fixed', vmax), got {normalize!r}")
+
+
+def overlay(
+    rgb: np.ndarray,
+    cam: np.ndarray,
+    *,
+    colormap: str = "jet",
+    alpha: float = 0.5,
+    normalize: str | tuple[str, float] = "image",
+) -> np.ndarray:
+    """Blend a colour-mapped Grad-CAM onto an RGB image; returns a new uint8 (H, W, 3).
+
+    The raw map is upsampled to the image's own size, scaled to [0, 1] by ``normalize`` ("image":
+    divided by its own peak; "none": taken as already in [0, 1]; ("fixed", vmax): divided by vmax, so
+    images share one scale), coloured with an OpenCV colormap and blended:
+    ``(1 - alpha) * rgb + alpha * heat``. alpha=0 gives the image, alpha=1 the heat map.
+    """
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"rgb must be a uint8 image (H, W, 3), got {rgb.dtype} {rgb.shape}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    if colormap not in COLORMAPS:
+        raise ValueError(f"colormap must be one of {sorted(COLORMAPS)}, got {colormap!r}")
+    cam = np.asarray(cam, dtype=np.float32)
+    if cam.ndim != 2 or not np.isfinite(cam).all():
+        raise ValueError(f"cam must be a finite 2-D map (h, w), got shape {cam.shape}")
+    level = _normalise(upsample(cam, rgb.shape[:2]), normalize)
+    heat = cv2.applyColorMap(np.round(level * 255).astype(np.uint8), COLORMAPS[colormap])
+    heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
+    blended = (1.0 - alpha) * rgb.astype(np.float32) + alpha * heat.astype(np.float32)
+    return np.clip(np.round(blended), 0, 255).astype(np.uint8)
