@@ -13,7 +13,7 @@ import pandas as pd
 from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
-from db.models import CamRow, EpochRow, EvalRow, ImageRow, Prediction, Run, RunClass
+from db.models import AuditRow, CamRow, EpochRow, EvalRow, ImageRow, Prediction, Run, RunClass
 from db.store import class_names
 
 PREDICTION_COLUMNS = ["image_id", "split", "relpath", "label", "pred", "confidence", "loss", "has_cam"]
@@ -331,3 +331,100 @@ def cams_for(session: Session, run_id: int, image_ids: Iterable[int]) -> dict[in
         CamRow.run_id == run_id, CamRow.image_id.in_(ids)
     )
     return {i: (tuple(int(c) for c in cls), h, w, bytes(d)) for i, cls, h, w, d in session.execute(stmt).all()}
+
+
+# --------------------------------------------------------------------------- data audit
+
+FLAG_COLUMNS = ["image_id", "split", "relpath", "label", "flags", "note"]
+FLAG_KINDS = ("duplicate", "leak", "conflict", "suspect")
+
+
+def audit_stamp(session: Session, run_id: int) -> Optional[str]:
+    """When the run's data audit was written (ISO time), ``None`` when it has none; cheap to poll."""
+    when = session.scalar(select(AuditRow.created_at).where(AuditRow.run_id == run_id))
+    return when.isoformat(timespec="seconds") if when is not None else None
+
+
+def audit_report(session: Session, run_id: int) -> Optional[dict[str, Any]]:
+    """The run's data audit (``AuditReport.to_dict()`` plus ``class_names``) with ``leakage_accuracy``,
+    ``created_at`` and ``seconds`` added; ``None`` when the run has not been audited."""
+    row = session.get(AuditRow, run_id)
+    if row is None:
+        return None
+    report = dict(row.report or {})
+    for key in ("groups", "leakage", "conflicts", "suspects", "skipped"):
+        report.setdefault(key, [])
+    report.setdefault("stats", {})
+    report.setdefault("class_names", class_names(session, run_id))
+    report["leakage_accuracy"] = list(row.leakage_accuracy or [])
+    report["created_at"] = row.created_at.isoformat(timespec="seconds") if row.created_at else None
+    report["seconds"] = float(row.seconds)
+    return report
+
+
+def flagged_images(session: Session, run_id: int) -> pd.DataFrame:
+    """The images the run's data audit involves (see :func:`flags_from_report`); empty without an audit."""
+    return flags_from_report(audit_report(session, run_id))
+
+
+def flags_from_report(report: Optional[dict[str, Any]]) -> pd.DataFrame:
+    """One row per image the audit involves: image_id, split, relpath, label, ``flags`` (the findings,
+    comma-separated, from ``FLAG_KINDS``) and ``note``, a short reason for a tile caption.
+
+    ``report`` is what :func:`audit_report` returns; images without a store id are left out.
+    """
+    if not report:
+        return _empty(FLAG_COLUMNS)
+    names = list(report.get("class_names") or [])
+    rows: dict[int, dict[str, Any]] = {}
+
+    def entry(ref: dict[str, Any]) -> Optional[dict[str, Any]]:
+        if ref.get("image_id") is None:
+            return None
+        return rows.setdefault(int(ref["image_id"]), {
+            "image_id": int(ref["image_id"]), "split": ref["split"], "relpath": ref["relpath"],
+            "label": int(ref["label"]), "flags": set(), "dup": None, "leak": None, "suspect": None})
+
+    conflicting = {int(c["group"]) for c in report.get("conflicts", [])}
+    for g in report.get("groups", []):
+        for m in g["members"]:
+            e = entry(m)
+            if e is None:
+                continue
+            others = [o["relpath"] for o in g["members"] if o is not m]
+            e["flags"].add("duplicate")
+            e["dup"] = others[0] + (f" (+{len(others) - 1} more)" if len(others) > 1 else "")
+            if int(g["id"]) in conflicting:
+                e["flags"].add("conflict")
+    for lk in report.get("leakage", []):
+        e = entry(lk["image"])
+        if e is not None:
+            e["flags"].add("leak")
+            e["leak"] = lk["duplicate_of"]
+    for sp in report.get("suspects", []):
+        e = entry(sp)
+        if e is not None:
+            e["flags"].add("suspect")
+            e["suspect"] = sp
+    if not rows:
+        return _empty(FLAG_COLUMNS)
+    out = []
+    for e in rows.values():
+        parts = []
+        if e["leak"] is not None:
+            parts.append(f"duplicate of {e['leak']['relpath']} (leaked from {e['leak']['split']})")
+        elif e["dup"] is not None:
+            parts.append(f"duplicate of {e['dup']}")
+        if "conflict" in e["flags"]:
+            parts.append("its duplicates are labelled differently")
+        if e["suspect"] is not None:
+            p = int(e["suspect"]["pred_label"])
+            name = names[p] if 0 <= p < len(names) else str(p)
+            parts.append(f"suspect label (model: {name}, {float(e['suspect']['pred_prob']):.0%})")
+        out.append({**{k: e[k] for k in ("image_id", "split", "relpath", "label")},
+                    "flags": ", ".join(k for k in FLAG_KINDS if k in e["flags"]),
+                    "note": "⚠ " + "; ".join(parts)})
+    df = pd.DataFrame(out, columns=FLAG_COLUMNS).sort_values("image_id", kind="stable").reset_index(drop=True)
+    df["image_id"] = df["image_id"].astype(np.int64)
+    df["label"] = df["label"].astype(np.int64)
+    return df

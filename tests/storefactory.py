@@ -7,13 +7,26 @@ pattern (class ``i`` is mostly taken for ``i + 1``) so that confused pairs are p
 """
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 
+from core.audit import (
+    AuditReport,
+    ImageRef,
+    accuracy_without_leakage,
+    find_conflicts,
+    find_leakage,
+    find_suspect_labels,
+    group_pairs,
+)
+from db.models import AuditRow
 from db.store import (
     ImageRecord,
     add_epoch,
@@ -76,6 +89,62 @@ def _blob(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (0.25 * max(h, w)) ** 2)) * rng.uniform(0.5, 3.0)
 
 
+def _full_probs(idx: list[int], top: list[float], n_classes: int) -> np.ndarray:
+    """All classes' probabilities from the top-k: the rest of the mass spread evenly, as ``jobs.audit`` does."""
+    p = np.full(n_classes, max(0.0, 1.0 - sum(top)) / max(1, n_classes - len(idx)))
+    p[idx] = top
+    return p / p.sum()
+
+
+def plant_audit(data_root: Path, records: list[ImageRecord], ids: dict, full: dict[int, tuple[int, np.ndarray]],
+                names: Sequence[str], run_id: int) -> AuditRow:
+    """Copy a few files over others and return the audit of that: the findings are known in advance.
+
+    Planted, by position in the first split's list (``a``) and the last split's (``b``): ``b[0]`` is a byte
+    copy of ``a[0]`` (same class: an exact duplicate, leaked when the splits differ); ``b`` of the third
+    class is a copy of ``a`` of the second (exact, conflicting labels); ``a[1]`` is ``a[0]`` a little
+    brighter (near, score 0.95). Suspect labels come from ``core.audit`` on the stored probabilities.
+    """
+    first = [r for r in records if r.split == records[0].split]
+    last = [r for r in records if r.split == records[-1].split]
+    by_class = lambda rs, c: [r for r in rs if r.label == c]  # noqa: E731
+    planted = [
+        (first[0], last[0] if last[0] is not first[0] else last[-1], "exact"),
+        (by_class(first, 1)[0], by_class(last, 2)[-1], "exact"),
+        (first[0], first[1], "near"),
+    ]
+    for src, dst, kind in planted:
+        if kind == "exact":
+            shutil.copyfile(data_root / src.relpath, data_root / dst.relpath)
+        else:
+            with Image.open(data_root / src.relpath) as im:
+                arr = np.clip(np.asarray(im.convert("RGB"), np.float32) * 1.08, 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(data_root / dst.relpath, quality=90)
+    refs = [ImageRef(r.split, r.relpath, r.label, ids[(r.split, r.relpath)]) for r in records]
+    pos = {(r.split, r.relpath): i for i, r in enumerate(records)}
+    pairs = pd.DataFrame(
+        sorted((min(pos[(a.split, a.relpath)], pos[(b.split, b.relpath)]),
+                max(pos[(a.split, a.relpath)], pos[(b.split, b.relpath)]), kind, 1.0 if kind == "exact" else 0.95)
+               for a, b, kind in planted),
+        columns=["i", "j", "kind", "score"],
+    )
+    groups = group_pairs(pairs, len(refs))
+    leakage = find_leakage(refs, groups, pairs)
+    scored = [i for i, r in enumerate(refs) if r.image_id in full]
+    suspects = find_suspect_labels(np.array([refs[i].label for i in scored]),
+                                   np.stack([full[refs[i].image_id][1] for i in scored]))
+    suspects["index"] = np.asarray(scored, dtype=int)[suspects["index"].to_numpy(int)]
+    report = AuditReport(images=refs, groups=groups, pairs=pairs, leakage=leakage,
+                         conflicts=find_conflicts(refs, groups), suspects=suspects.reset_index(drop=True),
+                         skipped=[], stats={"n_images": len(refs), "n_readable": len(refs), "hash_seconds": 0.1,
+                                            "search_seconds": 0.1, "n_pairs": len(pairs), "n_groups": len(groups)})
+    preds = pd.DataFrame([(r.split, r.relpath, r.label, full[r.image_id][0]) for r in refs],
+                         columns=["split", "relpath", "label", "pred"])
+    acc = accuracy_without_leakage(preds, report.to_frames()["leakage"])
+    return AuditRow(run_id=run_id, seconds=0.2, report={**report.to_dict(), "class_names": list(names)},
+                    leakage_accuracy=json.loads(acc.to_json(orient="records")))
+
+
 def build_store(
     tmp_path: Path,
     *,
@@ -90,12 +159,14 @@ def build_store(
     reuse_files: Optional[int] = None,
     cam_size: int = 7,
     name: str = "synthetic",
+    audit: bool = False,
 ) -> tuple[str, int, Path]:
     """Build a store with one complete run; returns ``(db_url, run_id, data_root)``.
 
     ``n_per_class`` images per class and split (or a dict of them by split). ``reuse_files`` writes only
     that many JPEGs and hard-links the rest to them (fast large stores for the benchmark); ``file_size`` is the JPEG side (default
     ``image_size``).
+    ``audit`` plants duplicates among the files (see :func:`plant_audit`) and stores a data audit of them.
     """
     tmp_path = Path(tmp_path)
     rng = np.random.default_rng(seed)
@@ -143,6 +214,7 @@ def build_store(
                 )
         ids = upsert_images(s, run_id, records)
 
+    full: dict[int, tuple[int, np.ndarray]] = {}  # image id -> (pred, all classes' probabilities)
     metrics: dict = {"best_val_acc": 0.0}
     by_split: dict[str, list[ImageRecord]] = {}
     for r in records:
@@ -169,6 +241,7 @@ def build_store(
             top5 += r.label in idx
             image_id = ids[(r.split, r.relpath)]
             p_true = conf if pred == r.label else float(rest[idx.index(r.label) - 1]) if r.label in idx else 1e-3
+            full[image_id] = (pred, _full_probs(idx, probs, n_classes))
             rows.append(dict(image_id=image_id, run_id=run_id, pred=pred, confidence=conf, top5_idx=idx,
                              top5_prob=probs, loss=float(-np.log(max(p_true, 1e-6)))))
             classes = [pred] if pred == r.label else [pred, r.label]
@@ -184,5 +257,8 @@ def build_store(
     metrics["best_val_acc"] = metrics.get("valid", {}).get("top1", 0.0)
     with Session.begin() as s:
         finish_run(s, run_id, "complete", metrics=metrics, best_epoch=7)
+    if audit:
+        with Session.begin() as s:
+            s.add(plant_audit(data_root, records, ids, full, names, run_id))
     engine.dispose()
     return url, run_id, data_root
