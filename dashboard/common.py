@@ -123,6 +123,30 @@ def load_cams(url: str, run_id: int, image_ids: tuple[int, ...], stamp: str) -> 
         return queries.cams_for(s, run_id, image_ids)
 
 
+@st.cache_data(ttl=5, show_spinner=False)
+def load_audit_stamp(url: str, run_id: int) -> Optional[str]:
+    """When the run was last audited; polled, since an audit can be written after the run has finished."""
+    with _session(url) as s:
+        return queries.audit_stamp(s, run_id)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def load_audit(url: str, run_id: int, audit_stamp: Optional[str]) -> Optional[dict]:
+    with _session(url) as s:
+        return queries.audit_report(s, run_id)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def load_flags(url: str, run_id: int, audit_stamp: Optional[str]) -> pd.DataFrame:
+    return queries.flags_from_report(load_audit(url, run_id, audit_stamp))
+
+
+def flag_notes(ctx: "Ctx") -> dict[int, str]:
+    """``{image_id: note}`` of the images the run's data audit flags; empty without an audit."""
+    flags = load_flags(ctx.url, ctx.run_id, load_audit_stamp(ctx.url, ctx.run_id))
+    return dict(zip(flags["image_id"].astype(int), flags["note"]))
+
+
 def _jpeg(rgb: np.ndarray) -> bytes:
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 88])
     if not ok:
@@ -154,6 +178,7 @@ SHARED: dict[str, Callable[[list[str]], Any]] = {
     "run": lambda v: int(v[-1]),
     "split": lambda v: v[-1],
     "sport": lambda v: [x for x in v if x],
+    "kind": lambda v: [x for x in v if x],
     "pred": lambda v: [x for x in v if x],
     "conf": lambda v: tuple(sorted(float(x) for x in v[-1].split(",")))[:2],
     "image": lambda v: int(v[-1]),
@@ -366,8 +391,11 @@ def tile_images(ctx: Ctx, rows: pd.DataFrame, size: int = TILE_PX, alpha: float 
     return out
 
 
-def show_tiles(ctx: Ctx, rows: pd.DataFrame, *, per_row: int = 6, key: str, compare_button: bool = True) -> Optional[int]:
-    """Draw error tiles in a grid; returns the image id whose *Compare* button was pressed."""
+def show_tiles(ctx: Ctx, rows: pd.DataFrame, *, per_row: int = 6, key: str, compare_button: bool = True,
+               notes: Optional[dict[int, str]] = None) -> Optional[int]:
+    """Draw error tiles in a grid; returns the image id whose *Compare* button was pressed.
+
+    ``notes``: a line added to the caption of those images (the data audit's findings)."""
     names = ctx.names
     pics = tile_images(ctx, rows)
     chosen = None
@@ -377,6 +405,8 @@ def show_tiles(ctx: Ctx, rows: pd.DataFrame, *, per_row: int = 6, key: str, comp
         for col, r, pic in zip(cols, records[start : start + per_row], pics[start : start + per_row]):
             with col:
                 caption = f"true: {names[r.label]}  \npred: {names[r.pred]} ({r.confidence:.0%})"
+                if notes and int(r.image_id) in notes:
+                    caption += f"  \n{notes[int(r.image_id)]}"
                 if isinstance(pic, bytes):
                     st.image(pic, width="stretch")
                 else:

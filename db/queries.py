@@ -375,7 +375,6 @@ def flags_from_report(report: Optional[dict[str, Any]]) -> pd.DataFrame:
     """
     if not report:
         return _empty(FLAG_COLUMNS)
-    names = list(report.get("class_names") or [])
     rows: dict[int, dict[str, Any]] = {}
 
     def entry(ref: dict[str, Any]) -> Optional[dict[str, Any]]:
@@ -418,9 +417,7 @@ def flags_from_report(report: Optional[dict[str, Any]]) -> pd.DataFrame:
         if "conflict" in e["flags"]:
             parts.append("its duplicates are labelled differently")
         if e["suspect"] is not None:
-            p = int(e["suspect"]["pred_label"])
-            name = names[p] if 0 <= p < len(names) else str(p)
-            parts.append(f"suspect label (model: {name}, {float(e['suspect']['pred_prob']):.0%})")
+            parts.append(f"suspect label (given label at {float(e['suspect']['given_prob']):.0%})")
         out.append({**{k: e[k] for k in ("image_id", "split", "relpath", "label")},
                     "flags": ", ".join(k for k in FLAG_KINDS if k in e["flags"]),
                     "note": "⚠ " + "; ".join(parts)})

@@ -54,7 +54,7 @@ shown = errors.iloc[start : start + size]
 n2.caption(f"Showing {start + 1}–{start + len(shown)}, most confident mistakes first. "
            "The overlay is the Grad-CAM map of the predicted sport.")
 
-chosen = common.show_tiles(ctx, shown, per_row=common.TILES_PER_ROW, key="gal_tile")
+chosen = common.show_tiles(ctx, shown, per_row=common.TILES_PER_ROW, key="gal_tile", notes=common.flag_notes(ctx))
 common.publish(run=ctx.run_id, split=ss.get("split"), sport=true, pred=pred, conf=None if tuple(conf) == (0.0, 1.0) else tuple(conf), page=int(page))
 if chosen is not None:
     ss["image"] = chosen

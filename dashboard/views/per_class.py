@@ -18,9 +18,14 @@ descending = c3.toggle("Best first", key="pc_desc")
 table = common.load_per_class(ctx.url, ctx.run_id, names, splits, ctx.stamp)
 table = table.sort_values(sort_by, ascending=not descending, kind="stable")
 table = table.assign(errors=table["support"] - (table["recall"] * table["support"]).round().astype(int))
+flags = common.load_flags(ctx.url, ctx.run_id, common.load_audit_stamp(ctx.url, ctx.run_id))
+if not flags.empty:  # images the data audit involves, in the splits the table counts
+    flags = flags[flags["split"].isin(splits or set(preds["split"]))]
+    table = table.assign(flagged=table["class_idx"].map(flags["label"].value_counts()).fillna(0).astype(int))
 
 st.dataframe(
-    table[["class", "precision", "recall", "f1", "support", "errors", "predicted"]],
+    table[["class", "precision", "recall", "f1", "support", "errors", "predicted"]
+          + (["flagged"] if "flagged" in table else [])],
     hide_index=True,
     key="pc_table",
     height=min(460, 38 + 35 * len(table)),
@@ -29,6 +34,9 @@ st.dataframe(
         "recall": st.column_config.ProgressColumn("recall", min_value=0.0, max_value=1.0, format="%.3f"),
         "f1": st.column_config.ProgressColumn("F1", min_value=0.0, max_value=1.0, format="%.3f"),
         "predicted": st.column_config.NumberColumn("predicted", help="images predicted as this sport"),
+        "flagged": st.column_config.NumberColumn(
+            "flagged images", help="images of this sport the data audit flags: duplicate, leaked, "
+            "conflicting or suspect label"),
     },
 )
 
@@ -48,6 +56,9 @@ with right:
     if st.button("Show its misclassified images", key="pc_to_gallery", type="primary"):
         ss["sport"], ss["pred"], ss["conf"], ss["page"] = [sport], [], (0.0, 1.0), 1
         st.switch_page("views/gallery.py")
+    if "flagged" in table and row.flagged and st.button(f"Its {int(row.flagged)} flagged images", key="pc_to_issues"):
+        ss["sport"] = [sport]
+        st.switch_page("views/data_issues.py")
 with left:
     chart = table
     if len(table) > 40:

@@ -1,0 +1,225 @@
+"""Data issues: duplicates, leakage between splits, conflicting and suspect labels, from the run's data audit.
+
+These are problems of the data, not of the model; the page reads what ``jobs.audit`` stored and draws it.
+"""
+import math
+from typing import Optional
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import common
+
+KINDS = ["exact", "near"]
+GROUP_PAGE_SIZES = (10, 25, 50)
+THUMB_PX = 160
+
+st.title("Data issues")
+ctx = common.require_run()
+names = list(ctx.names)
+ss = st.session_state
+
+report = common.load_audit(ctx.url, ctx.run_id, common.load_audit_stamp(ctx.url, ctx.run_id))
+if report is None:
+    st.info(
+        f"Run #{ctx.run_id} has no data audit yet. Run `python -m jobs.audit --run {ctx.run_id}` "
+        "(or train with `python -m jobs.train --audit`), then reload this page."
+    )
+    st.stop()
+
+
+def label_name(i: int) -> str:
+    return names[i] if 0 <= i < len(names) else f"class {i}"
+
+
+stats = report.get("stats", {})
+st.caption(
+    f"What the model is not to blame for. Audited {report.get('created_at') or '?'} over "
+    f"{stats.get('n_images', '?'):,} images ({report.get('seconds', 0):.1f} s)"
+    + (f"; {len(report['skipped'])} could not be read." if report["skipped"] else ".")
+)
+groups, leaks, suspects = report["groups"], report["leakage"], report["suspects"]
+conflict_labels = {int(c["group"]): c["labels"] for c in report["conflicts"]}
+m1, m2, m3, m4 = st.columns(4)
+n_exact = sum(g["kind"] == "exact" for g in groups)
+m1.metric("Duplicate groups", f"{len(groups):,}", help=f"{n_exact:,} exact, {len(groups) - n_exact:,} near")
+m2.metric("Leaked images", f"{len(leaks):,}", help="valid/test images that also appear in an earlier split")
+m3.metric("Label conflicts", f"{len(conflict_labels):,}", help="duplicate groups whose members carry different labels")
+m4.metric("Suspect labels", f"{len(suspects):,}", help="given labels the model's out-of-sample probabilities doubt")
+
+# ------------------------------------------------------------------------------------------- filters
+with st.container(border=True):
+    c1, c2, c3 = st.columns([1, 2, 1])
+    common.seed("di_kind", "kind", [], valid=lambda v: all(x in KINDS for x in v))
+    kinds = c1.multiselect("Kind of duplicate", KINDS, key="di_kind", placeholder="any kind")
+    common.seed("di_sport", "sport", [], valid=lambda v: all(x in names for x in v))
+    sports = c2.multiselect("Sport", names, key="di_sport", placeholder="any sport")
+    size = c3.selectbox("Per page", GROUP_PAGE_SIZES, key="di_size")
+ss["kind"], ss["sport"] = kinds, sports
+wanted = {names.index(s) for s in sports}
+
+
+def kind_ok(kind: str) -> bool:
+    return not kinds or kind in kinds
+
+
+def sport_ok(*labels: int) -> bool:
+    return not wanted or any(int(x) in wanted for x in labels)
+
+
+shown_groups = [g for g in groups if kind_ok(g["kind"]) and sport_ok(*(m["label"] for m in g["members"]))]
+shown_leaks = [lk for lk in leaks if kind_ok(lk["kind"]) and sport_ok(lk["image"]["label"], lk["duplicate_of"]["label"])]
+shown_conflicts = [g for g in shown_groups if int(g["id"]) in conflict_labels]
+shown_suspects = [sp for sp in suspects if sport_ok(sp["label"], sp["pred_label"])]
+
+# A change of filter goes back to the first page of every list.
+signature = (tuple(kinds), tuple(sports), size)
+if ss.get("_di_sig") != signature:
+    if "_di_sig" in ss:
+        for k in ("di_groups_page", "di_conflicts_page", "di_suspects_page"):
+            ss.pop(k, None)
+    ss["_di_sig"] = signature
+
+
+def paged(items: list, key: str) -> list:
+    """The items of the page chosen with a page number input (drawn only when there is more than one)."""
+    pages = max(1, math.ceil(len(items) / size))
+    if pages == 1:
+        return items
+    if not 1 <= ss.get(key, 1) <= pages:
+        ss[key] = 1
+    n1, n2 = st.columns([1, 4])
+    page = int(n1.number_input(f"Page (of {pages})", min_value=1, max_value=pages, step=1, key=key))
+    start = (page - 1) * size
+    n2.caption(f"Showing {start + 1}–{min(start + size, len(items))} of {len(items):,}.")
+    return items[start : start + size]
+
+
+def picture(relpath: str, cam: Optional[tuple] = None):
+    """JPEG bytes of the file as the model saw it (with a map over it), or a text saying why not."""
+    try:
+        return common.render_view(ctx.info.data_root, relpath, min(THUMB_PX, ctx.info.image_size), cam,
+                                  "jet", 0.45, "image")
+    except (OSError, ValueError) as exc:
+        return f"cannot show {relpath}: {exc}"
+
+
+def show_picture(pic) -> None:
+    if isinstance(pic, bytes):
+        st.image(pic, width="stretch")
+    else:
+        st.error(pic)
+
+
+def show_group(g: dict) -> None:
+    members = g["members"]
+    labels = sorted({int(m["label"]) for m in members})
+    splits = [s for s in ("train", "valid", "test") if s in {m["split"] for m in members}]
+    extra = []
+    if int(g["id"]) in conflict_labels:
+        extra.append("⚠ labels disagree: " + ", ".join(
+            f"{label_name(int(k))} ×{n}" for k, n in conflict_labels[int(g["id"])].items()))
+    if len(splits) > 1:
+        extra.append("⚠ spans " + " / ".join(splits))
+    with st.container(border=True):
+        st.markdown(
+            f"**Group {g['id']}** · {g['kind']} · score {g['score']:.3f} · {len(members)} images · "
+            f"{', '.join(label_name(x) for x in labels)}" + "".join(f"  \n{e}" for e in extra)
+        )
+        per_row = common.TILES_PER_ROW + 1
+        for start in range(0, len(members), per_row):
+            for col, m in zip(st.columns(per_row), members[start : start + per_row]):
+                with col:
+                    show_picture(picture(m["relpath"]))
+                    st.caption(f"**{m['split']}** · {label_name(int(m['label']))}  \n`{m['relpath']}`")
+
+
+def show_groups(items: list, key: str, none: str) -> None:
+    if not items:
+        st.info(none)
+        return
+    for g in paged(items, key):
+        show_group(g)
+
+
+no_match = "None match the filters." if (kinds or sports) else "None found."
+t_dup, t_leak, t_conf, t_sus = st.tabs([
+    f"Duplicates ({len(shown_groups):,})", f"Leakage ({len(shown_leaks):,})",
+    f"Label conflicts ({len(shown_conflicts):,})", f"Suspect labels ({len(shown_suspects):,})",
+])
+
+with t_dup:
+    st.caption("Groups of identical (exact) or nearly identical (near: re-encoded, resized, cropped, shifted, "
+               "brighter) images; the score is the weakest similarity that holds a group together.")
+    show_groups(shown_groups, "di_groups_page", f"No duplicate groups. {no_match}")
+
+with t_leak:
+    acc = pd.DataFrame(report.get("leakage_accuracy") or [])
+    if not acc.empty:
+        st.markdown("**Accuracy as measured and with the leaked images removed** (whole run, unfiltered)")
+        acc = acc.assign(**{c: 100 * pd.to_numeric(acc[c], errors="coerce") for c in
+                            ("accuracy", "accuracy_clean", "change")})
+        st.dataframe(
+            acc[["split", "n", "accuracy", "n_leaked", "n_clean", "accuracy_clean", "change"]],
+            hide_index=True, key="di_acc",
+            column_config={
+                "accuracy": st.column_config.NumberColumn("accuracy", format="%.1f%%"),
+                "n_leaked": st.column_config.NumberColumn("leaked"),
+                "n_clean": st.column_config.NumberColumn("n without leaked"),
+                "accuracy_clean": st.column_config.NumberColumn("accuracy without leaked", format="%.1f%%"),
+                "change": st.column_config.NumberColumn("change (points)", format="%+.1f"),
+            },
+        )
+    if shown_leaks:
+        st.markdown("**Leaked images**: a valid or test image with a duplicate in an earlier split")
+        st.dataframe(
+            pd.DataFrame([{
+                "split": lk["image"]["split"], "image": lk["image"]["relpath"],
+                "label": label_name(int(lk["image"]["label"])),
+                "duplicate of": lk["duplicate_of"]["relpath"], "its split": lk["duplicate_of"]["split"],
+                "its label": label_name(int(lk["duplicate_of"]["label"])),
+                "kind": lk["kind"], "score": lk["score"], "group": lk["group"],
+            } for lk in shown_leaks]),
+            hide_index=True, key="di_leaks",
+            column_config={"score": st.column_config.NumberColumn("score", format="%.3f")},
+        )
+    else:
+        st.info(f"No leaked images. {no_match}")
+
+with t_conf:
+    st.caption("Duplicate groups whose members carry different labels: at least one of them is wrong.")
+    show_groups(shown_conflicts, "di_conflicts_page", f"No label conflicts. {no_match}")
+
+with t_sus:
+    st.caption("Images whose given label the model's out-of-sample probabilities doubt (confident learning), "
+               "the least likely given label first. The overlay is the Grad-CAM map of the model's class.")
+    if not shown_suspects:
+        st.info(f"No suspect labels. {no_match}")
+    else:
+        page = paged(shown_suspects, "di_suspects_page")
+        rank = {id(sp): i + 1 for i, sp in enumerate(suspects)}
+        cams = common.load_cams(ctx.url, ctx.run_id, tuple(int(sp["image_id"]) for sp in page if "image_id" in sp),
+                                ctx.stamp)
+        per_row = common.TILES_PER_ROW
+        for start in range(0, len(page), per_row):
+            for col, sp in zip(st.columns(per_row), page[start : start + per_row]):
+                spec = None
+                cam = cams.get(int(sp.get("image_id", -1)))
+                if cam is not None:
+                    classes, h, w, data = cam
+                    idx = common.cam_index(classes, int(sp["pred_label"]))
+                    if idx is not None:
+                        spec = (data, len(classes), h, w, idx)
+                with col:
+                    show_picture(picture(sp["relpath"], spec))
+                    st.caption(
+                        f"#{rank[id(sp)]} · **{sp['split']}** · `{sp['relpath']}`  \n"
+                        f"given: {label_name(int(sp['label']))} ({sp['given_prob']:.0%})  \n"
+                        f"model: {label_name(int(sp['pred_label']))} ({sp['pred_prob']:.0%})"
+                        + ("" if spec else "  \nno stored map for the model's class")
+                    )
+                    if "image_id" in sp and st.button("Compare", key=f"di_sus_{sp['image_id']}", width="stretch"):
+                        ss["image"] = int(sp["image_id"])
+                        st.switch_page("views/compare.py")
+
+common.publish(run=ctx.run_id, sport=sports, kind=kinds)
