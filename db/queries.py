@@ -411,13 +411,13 @@ def flags_from_report(report: Optional[dict[str, Any]]) -> pd.DataFrame:
     for e in rows.values():
         parts = []
         if e["leak"] is not None:
-            parts.append(f"duplicate of {e['leak']['relpath']} (leaked from {e['leak']['split']})")
+            parts.append(f"leaked: duplicate of {e['leak']['relpath']}")
         elif e["dup"] is not None:
             parts.append(f"duplicate of {e['dup']}")
         if "conflict" in e["flags"]:
-            parts.append("its duplicates are labelled differently")
+            parts.append("labelled differently")
         if e["suspect"] is not None:
-            parts.append(f"suspect label (given label at {float(e['suspect']['given_prob']):.0%})")
+            parts.append("suspect label")
         out.append({**{k: e[k] for k in ("image_id", "split", "relpath", "label")},
                     "flags": ", ".join(k for k in FLAG_KINDS if k in e["flags"]),
                     "note": "⚠ " + "; ".join(parts)})

@@ -27,6 +27,7 @@ PAGES = [
     ("per_class", "Per-class accuracy", "per_class"),
     ("gallery", "Misclassifications", "gallery"),
     ("compare", "Heatmap comparison", "compare"),
+    ("data_issues", "Data issues", "data_issues"),
 ]
 
 pytestmark = pytest.mark.browser
@@ -67,7 +68,8 @@ def server(tmp_path_factory):
     except ImportError:
         _need(False, "the playwright package is not installed")
     _need(CHROMIUM.exists(), f"{CHROMIUM} not found (install Debian's chromium)")
-    url, _, _ = build_store(tmp_path_factory.mktemp("browser"), n_classes=100, n_per_class=3, image_size=96, seed=3)
+    url, _, _ = build_store(tmp_path_factory.mktemp("browser"), n_classes=100, n_per_class=3, image_size=96, seed=3,
+                             audit=True)
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     log = tmp_path_factory.mktemp("log") / "streamlit.log"
@@ -125,14 +127,35 @@ def test_page_in_browser(server, browser, path, heading, shot):
         page.set_viewport_size({"width": 1500, "height": min(int(height) + 80, 6000)})
         page.wait_for_timeout(1500)
         assert page.locator('[data-testid="stException"]').count() == 0
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        target = ARTIFACTS / f"{shot}.png"
-        page.screenshot(path=str(target), full_page=True)
-        extra = os.environ.get("SPORTS_SCREENSHOTS_DIR")
-        if extra:
-            Path(extra).mkdir(parents=True, exist_ok=True)
-            # A 256-colour copy keeps the documentation's pictures small.
-            Image.open(target).convert("RGB").quantize(colors=256).save(Path(extra) / target.name, optimize=True)
+        _save_screenshot(page, shot)
+    finally:
+        page.close()
+
+
+def _save_screenshot(page, shot: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    target = ARTIFACTS / f"{shot}.png"
+    page.screenshot(path=str(target), full_page=True)
+    extra = os.environ.get("SPORTS_SCREENSHOTS_DIR")
+    if extra:
+        Path(extra).mkdir(parents=True, exist_ok=True)
+        # A 256-colour copy keeps the documentation's pictures small.
+        Image.open(target).convert("RGB").quantize(colors=256).save(Path(extra) / target.name, optimize=True)
+
+
+def test_data_issues_suspects_tab_shows_maps(server, browser):
+    page = browser.new_page(viewport={"width": 1500, "height": 1400})
+    try:
+        page.goto(f"{server}/data_issues", wait_until="domcontentloaded")
+        page.get_by_role("heading", name="Data issues").first.wait_for(timeout=60_000)
+        page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for(timeout=60_000)
+        page.get_by_role("tab", name="Suspect labels").click()
+        panel = page.get_by_role("tabpanel").filter(has_text="given:")
+        panel.locator("img").first.wait_for(timeout=30_000)
+        page.wait_for_timeout(1000)
+        assert panel.locator("img").count() == 10  # one page of suspects, each with its map
+        assert page.locator('[data-testid="stException"]').count() == 0
+        _save_screenshot(page, "data_issues_suspects")
     finally:
         page.close()
 

@@ -20,9 +20,10 @@ from db.store import make_engine, make_sessionmaker
 from tests.storefactory import build_empty_store, build_store
 
 HOME = Path(__file__).resolve().parents[1] / "dashboard" / "Home.py"
-PAGES = ["views/overview.py", "views/confusion.py", "views/per_class.py", "views/gallery.py", "views/compare.py"]
+PAGES = ["views/overview.py", "views/confusion.py", "views/per_class.py", "views/gallery.py", "views/compare.py",
+         "views/data_issues.py"]
 TITLES = dict(zip(PAGES, ["Overview", "Confusion matrix", "Per-class accuracy", "Misclassifications",
-                          "Heatmap comparison"]))
+                          "Heatmap comparison", "Data issues"]))
 
 
 # --------------------------------------------------------------------------- stores
@@ -40,6 +41,11 @@ def no_errors(tmp_path_factory):
 @pytest.fixture(scope="module")
 def hundred(tmp_path_factory):
     return build_store(tmp_path_factory.mktemp("hundred"), n_classes=100, n_per_class=2, seed=2)
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory):
+    return build_store(tmp_path_factory.mktemp("audited"), n_classes=10, n_per_class=4, seed=1, audit=True)
 
 
 @pytest.fixture(scope="module")
@@ -430,3 +436,138 @@ def test_dashboard_does_not_import_torch():
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(repo)}
     assert subprocess.run([sys.executable, "-c", code], cwd=repo, env=env).returncode == 0
+
+
+# --------------------------------------------------------------------------- data audit
+
+def audit_of(url, run_id):
+    with session_for(url) as s:
+        return queries.audit_report(s, run_id), queries.flagged_images(s, run_id), queries.run_info(s, run_id).classes
+
+
+def test_page_renders_with_an_audit(audited, monkeypatch):
+    url, _, _ = audited
+    for page in ("views/data_issues.py", "views/gallery.py", "views/per_class.py"):
+        at = app(url, monkeypatch, page)
+        assert not at.exception, [e.value for e in at.exception]
+        assert not at.error, [e.value for e in at.error]
+
+
+def test_data_issues_without_audit_says_how_to_run_it(normal, monkeypatch):
+    url, run_id, _ = normal
+    at = app(url, monkeypatch, "views/data_issues.py")
+    assert not at.exception
+    assert any(f"python -m jobs.audit --run {run_id}" in i.value for i in at.info)
+    assert not at.tabs and not at.metric
+
+
+def test_audit_queries(audited, normal):
+    url, run_id, _ = audited
+    report, flags, names = audit_of(url, run_id)
+    # planted: an exact copy valid -> test, an exact copy across classes (conflict), a brighter near copy
+    assert sorted(g["kind"] for g in report["groups"]) == ["exact", "near"]
+    assert len(report["leakage"]) == 2 and len(report["conflicts"]) == 1
+    assert [a["split"] for a in report["leakage_accuracy"]] == ["valid", "test"]
+    assert report["class_names"] == list(names) and report["created_at"]
+    assert flags["image_id"].is_unique
+    leaked = {lk["image"]["image_id"] for lk in report["leakage"]}
+    by_id = flags.set_index("image_id")
+    for i in leaked:
+        assert "leak" in by_id.loc[i, "flags"] and by_id.loc[i, "note"].startswith("⚠ leaked: duplicate of valid/")
+    for sp in report["suspects"]:
+        assert "suspect" in by_id.loc[sp["image_id"], "flags"]
+    members = {m["image_id"] for g in report["groups"] for m in g["members"]}
+    assert set(flags.loc[flags["flags"].str.contains("duplicate"), "image_id"]) == members
+    with session_for(normal[0]) as s:
+        assert queries.audit_report(s, normal[1]) is None and queries.audit_stamp(s, normal[1]) is None
+        assert queries.flagged_images(s, normal[1]).empty
+
+
+def table_with(at, column: str) -> pd.DataFrame:
+    return next(d.value for d in at.dataframe if column in d.value.columns)
+
+
+def group_headers(at) -> list[str]:
+    return [m.value for m in at.markdown if m.value.startswith("**Group ")]
+
+
+def test_data_issues_filters_by_kind_and_sport(audited, monkeypatch):
+    url, run_id, _ = audited
+    report, _, names = audit_of(url, run_id)
+    at = app(url, monkeypatch, "views/data_issues.py")
+    # each group is drawn on the duplicates tab, conflicting ones again on theirs
+    n_conf = len(report["conflicts"])
+    assert len(group_headers(at)) == len(report["groups"]) + n_conf
+    assert at.tabs[1].label == f"Leakage ({len(report['leakage'])})"
+    assert len(table_with(at, "duplicate of")) == len(report["leakage"])
+    acc = table_with(at, "accuracy_clean")
+    assert list(acc["split"]) == ["valid", "test"] and list(acc["n_leaked"]) == [0, 2]
+
+    at.multiselect(key="di_kind").set_value(["near"]).run()
+    assert not at.exception
+    headers = group_headers(at)
+    assert headers and all(" · near · " in h for h in headers)
+    assert at.tabs[1].label == "Leakage (0)"  # both leaks are exact copies
+    assert param(at, "kind") == ["near"]
+
+    at.multiselect(key="di_kind").set_value([]).run()
+    conflict = next(g for g in report["groups"] if g["id"] == report["conflicts"][0]["group"])
+    sport = names[conflict["members"][-1]["label"]]
+    at.multiselect(key="di_sport").set_value([sport]).run()
+    assert not at.exception
+    headers = group_headers(at)
+    assert headers and all(h.startswith(f"**Group {conflict['id']}**") for h in headers)
+    wanted = names.index(sport)
+    n_sus = sum(wanted in (sp["label"], sp["pred_label"]) for sp in report["suspects"])
+    assert at.tabs[3].label == f"Suspect labels ({n_sus})"
+    assert param(at, "sport") == [sport]
+    # the sport filter is the shared one: the gallery opens with it
+    at.switch_page("views/gallery.py").run()
+    assert at.multiselect(key="gal_true").value == [sport]
+
+
+def test_data_issues_suspects_paged_with_maps(audited, monkeypatch):
+    url, run_id, _ = audited
+    report, _, _ = audit_of(url, run_id)
+    n = len(report["suspects"])
+    assert n > 10, "the generated store should have more suspects than one page"
+    at = app(url, monkeypatch, "views/data_issues.py")
+    captions = [c.value for c in at.caption if c.value.startswith("#")]
+    assert len(captions) == 10 and captions[0].startswith("#1 ")
+    assert all("given:" in c and "model:" in c for c in captions)
+    first = report["suspects"][0]
+    assert first["relpath"] in captions[0]
+    at.number_input(key="di_suspects_page").set_value(2).run()
+    assert not at.exception
+    captions = [c.value for c in at.caption if c.value.startswith("#")]
+    assert len(captions) == n - 10 and captions[0].startswith("#11 ")
+    at.button(key=f"di_sus_{report['suspects'][10]['image_id']}").click().run()
+    assert [t.value for t in at.title] == ["Heatmap comparison"]
+
+
+def test_flags_on_gallery_and_per_class(audited, normal, monkeypatch):
+    url, run_id, _ = audited
+    report, flags, names = audit_of(url, run_id)
+    at = app(url, monkeypatch, "views/gallery.py")
+    badges = [c.value for c in at.caption if "⚠" in c.value]
+    with session_for(url) as s:
+        errors = queries.errors_frame(s, run_id)
+    expected = errors["image_id"].isin(flags["image_id"]).head(25).sum()
+    assert expected > 0 and len(badges) == expected
+
+    at = app(url, monkeypatch, "views/per_class.py")
+    table = at.dataframe[0].value.set_index("class")
+    predicted = flags[flags["split"].isin(["valid", "test"])]
+    assert table["flagged"].sum() == len(predicted)
+    leaked = report["leakage"][0]["image"]
+    assert table.loc[names[leaked["label"]], "flagged"] >= 1
+    at.selectbox(key="pc_sport").set_value(names[leaked["label"]]).run()
+    at.button(key="pc_to_issues").click().run()
+    assert [t.value for t in at.title] == ["Data issues"]
+    assert at.multiselect(key="di_sport").value == [names[leaked["label"]]]
+
+    # without an audit, no badge and no column
+    at = app(normal[0], monkeypatch, "views/per_class.py")
+    assert "flagged" not in at.dataframe[0].value.columns
+    at = app(normal[0], monkeypatch, "views/gallery.py")
+    assert not [c.value for c in at.caption if "⚠" in c.value]

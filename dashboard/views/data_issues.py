@@ -34,7 +34,7 @@ def label_name(i: int) -> str:
 
 stats = report.get("stats", {})
 st.caption(
-    f"What the model is not to blame for. Audited {report.get('created_at') or '?'} over "
+    f"What the model is not to blame for. Audited {(report.get('created_at') or '?').replace('T', ' ')} UTC over "
     f"{stats.get('n_images', '?'):,} images ({report.get('seconds', 0):.1f} s)"
     + (f"; {len(report['skipped'])} could not be read." if report["skipped"] else ".")
 )
@@ -131,7 +131,7 @@ def show_group(g: dict) -> None:
             for col, m in zip(st.columns(per_row), members[start : start + per_row]):
                 with col:
                     show_picture(picture(m["relpath"]))
-                    st.caption(f"**{m['split']}** · {label_name(int(m['label']))}  \n`{m['relpath']}`")
+                    st.caption(f"**{m['split']}** · {label_name(int(m['label']))}  \n{m['relpath']}")
 
 
 def show_groups(items: list, key: str, none: str) -> None:
@@ -213,7 +213,7 @@ with t_sus:
                 with col:
                     show_picture(picture(sp["relpath"], spec))
                     st.caption(
-                        f"#{rank[id(sp)]} · **{sp['split']}** · `{sp['relpath']}`  \n"
+                        f"#{rank[id(sp)]} · {sp['relpath']}  \n"
                         f"given: {label_name(int(sp['label']))} ({sp['given_prob']:.0%})  \n"
                         f"model: {label_name(int(sp['pred_label']))} ({sp['pred_prob']:.0%})"
                         + ("" if spec else "  \nno stored map for the model's class")
