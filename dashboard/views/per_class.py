@@ -56,7 +56,7 @@ with right:
     if st.button("Show its misclassified images", key="pc_to_gallery", type="primary"):
         ss["sport"], ss["pred"], ss["conf"], ss["page"] = [sport], [], (0.0, 1.0), 1
         st.switch_page("views/gallery.py")
-    if "flagged" in table and row.flagged and st.button(f"Its {int(row.flagged)} flagged images", key="pc_to_issues"):
+    if "flagged" in table and row.flagged and st.button(f"Show its {int(row.flagged)} flagged images", key="pc_to_issues"):
         ss["sport"] = [sport]
         st.switch_page("views/data_issues.py")
 with left:
