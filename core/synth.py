@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 # Bump when the drawings change, so old caches are not mistaken for current ones.
-VERSION = 1
+VERSION = 2
 SPLITS = ("train", "valid", "test")
 CLASS_NAMES = (
     "demo ball",
@@ -233,15 +233,12 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 # One example
 # --------------------------------------------------------------------------------------------------
-def _pick_colours(rng: np.random.Generator, bg_mean: np.ndarray) -> tuple[Colour, Colour]:
-    """A main colour that stands out from the background, and a different detail colour."""
-    dist = np.linalg.norm(PALETTE - bg_mean, axis=1)
-    ok = np.flatnonzero(dist > 90)
-    if len(ok) == 0:
-        ok = np.argsort(dist)[-3:]
-    i = int(rng.choice(ok))
+def _pick_colours(rng: np.random.Generator, class_index: int) -> tuple[Colour, Colour]:
+    """The class's own main colour, jittered, and a different detail colour from the palette."""
+    i = class_index % len(PALETTE)
+    main = np.clip(PALETTE[i] + rng.uniform(-25, 25, size=3), 0, 255)
     j = int(rng.choice([k for k in range(len(PALETTE)) if k != i]))
-    return tuple(int(v) for v in PALETTE[i]), tuple(int(v) for v in PALETTE[j])
+    return tuple(int(v) for v in main), tuple(int(v) for v in PALETTE[j])
 
 
 def render_example(
@@ -258,7 +255,7 @@ def render_example(
     # The object is drawn at twice its final size and scaled down, which smooths its edges.
     side = rng.uniform(0.3, 0.55) * image_size
     big = max(8, round(2 * side))
-    c1, c2 = _pick_colours(rng, bg.reshape(-1, 3).mean(0))
+    c1, c2 = _pick_colours(rng, class_index)
     layer = Image.new("RGBA", (big, big), (0, 0, 0, 0))
     DRAWERS[class_index](ImageDraw.Draw(layer), float(big), rng, c1 + (255,), c2 + (255,))
     if rng.random() < 0.5:
