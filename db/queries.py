@@ -13,7 +13,7 @@ import pandas as pd
 from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
-from db.models import CamRow, EpochRow, EvalRow, ImageRow, Prediction, Run, RunClass
+from db.models import AuditRow, CamRow, EpochRow, EvalRow, ImageRow, Prediction, Run, RunClass
 from db.store import class_names
 
 PREDICTION_COLUMNS = ["image_id", "split", "relpath", "label", "pred", "confidence", "loss", "has_cam"]
@@ -331,3 +331,19 @@ def cams_for(session: Session, run_id: int, image_ids: Iterable[int]) -> dict[in
         CamRow.run_id == run_id, CamRow.image_id.in_(ids)
     )
     return {i: (tuple(int(c) for c in cls), h, w, bytes(d)) for i, cls, h, w, d in session.execute(stmt).all()}
+
+
+# --------------------------------------------------------------------------- data audit
+
+LEAKAGE_COLUMNS = ["split", "n", "accuracy", "n_leaked", "n_clean", "accuracy_clean", "change"]
+
+
+def audit_for(session: Session, run_id: int) -> Optional[tuple[dict[str, Any], pd.DataFrame]]:
+    """The run's latest data audit: its report (groups, leakage, ...) and the accuracy with leaked images
+    removed, one row per split; ``None`` when the run was never audited."""
+    row = session.get(AuditRow, run_id)
+    if row is None:
+        return None
+    leakage = pd.DataFrame(list(row.leakage_accuracy or []))
+    leakage = leakage.reindex(columns=LEAKAGE_COLUMNS) if not leakage.empty else _empty(LEAKAGE_COLUMNS)
+    return dict(row.report or {}), leakage
