@@ -29,6 +29,7 @@ import time
 import unicodedata
 import zipfile
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -439,7 +440,7 @@ def _svg_embedding(png: bytes, w: int, h: int, dpi: int) -> str:
 def _write_sheet(sheet: Sheet, out: Path, options: ExportOptions) -> list[Path]:
     written = []
     buf = io.BytesIO()
-    sheet.image.save(buf, format="PNG", dpi=(options.dpi, options.dpi), compress_level=6)
+    sheet.image.save(buf, format="PNG", dpi=(options.dpi, options.dpi), compress_level=1)  # photos barely compress; level 1 is 5x faster
     png = buf.getvalue()
     for fmt in options.formats:
         path = out / f"{sheet.stem}.{fmt}"
@@ -508,6 +509,14 @@ def _plot_opts(plot: Plot, fmt: str, dpi: int) -> dict[str, Any]:
     return {"format": fmt, "width": css_w, "height": css_h, "scale": dpi / CSS_DPI}
 
 
+def _rendered_size(plot: Plot, fmt: str, dpi: int, data: bytes) -> tuple[int, int]:
+    """Pixel size of a rendered plot: read from a PNG's header, else the size it was laid out at."""
+    if fmt == "png":
+        return struct.unpack(">II", data[16:24])
+    opts = _plot_opts(plot, fmt, dpi)
+    return int(opts["width"] * opts["scale"]), int(opts["height"] * opts["scale"])
+
+
 def write_figure_set(data: RunData, out: str | os.PathLike, options: ExportOptions = ExportOptions()) -> Manifest:
     """Write the figure set of ``data`` into the folder ``out`` (created; files of the same names replaced)
     and return its manifest, also written as ``out/manifest.json``."""
@@ -532,40 +541,46 @@ def write_figure_set(data: RunData, out: str | os.PathLike, options: ExportOptio
     def record(path: Path, art: Artifact, kind: str, **extra: Any) -> None:
         manifest.files.append({"file": path.name, "caption": art.caption, "kind": kind, **extra})
 
-    for art in artifacts:
-        if isinstance(art, Table):
-            path = out / f"{art.stem}.csv"
-            art.frame.to_csv(path, index=False, encoding="utf-8")
-            record(path, art, "table", rows=len(art.frame))
-        elif isinstance(art, Sheet):
-            w, h = art.image.size
-            for path in _write_sheet(art, out, options):
-                record(path, art, "sheet", width_px=w, height_px=h, dpi=options.dpi)
-
+    # The browser renders the plots in its own process while this one draws the sheets.
     plots = [a for a in artifacts if isinstance(a, Plot)]
+    jobs = [(p, fmt) for p in plots for fmt in options.formats]
     browser = find_browser(options.browser)
-    if plots and browser is None:
-        why = ("plots not requested" if options.browser is None else
-               f"no Chromium found (tried {options.browser if options.browser != 'auto' else 'BROWSER_PATH, ' + DEFAULT_BROWSER + ', PATH'})")
-        log.warning("%s: skipping %d plots; tables and image sheets are still written", why, len(plots))
-        manifest.skipped += [{"item": p.stem, "reason": why} for p in plots]
-    elif plots:
-        jobs = [(p, fmt) for p in plots for fmt in options.formats]
-        try:
-            results = render_plots([(p.fig, _plot_opts(p, fmt, options.dpi)) for p, fmt in jobs], browser)
-        except Exception as exc:  # a browser that does not start: the rest of the set is still useful
-            log.warning("plot rendering failed (%s: %s); tables and image sheets are still written",
-                        type(exc).__name__, exc)
-            results = [exc] * len(jobs)
-        for (plot, fmt), res in zip(jobs, results):
-            path = out / f"{plot.stem}.{fmt}"
-            if isinstance(res, BaseException):
-                manifest.skipped.append({"item": path.name, "reason": f"{type(res).__name__}: {res}"})
-                continue
-            opts = _plot_opts(plot, fmt, options.dpi)
-            path.write_bytes(png_with_dpi(res, options.dpi) if fmt == "png" else res)
-            record(path, plot, "plot", width_px=round(opts["width"] * opts["scale"]),
-                   height_px=round(opts["height"] * opts["scale"]), dpi=options.dpi, width_in=plot.width_in)
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plots")
+    pending = None
+    if jobs and browser is not None:
+        pending = pool.submit(render_plots, [(p.fig, _plot_opts(p, fmt, options.dpi)) for p, fmt in jobs], browser)
+    try:
+        for art in artifacts:
+            if isinstance(art, Table):
+                path = out / f"{art.stem}.csv"
+                art.frame.to_csv(path, index=False, encoding="utf-8")
+                record(path, art, "table", rows=len(art.frame))
+            elif isinstance(art, Sheet):
+                w, h = art.image.size
+                for path in _write_sheet(art, out, options):
+                    record(path, art, "sheet", width_px=w, height_px=h, dpi=options.dpi)
+        if jobs and pending is None:
+            why = ("plots not requested" if options.browser is None else
+                   f"no Chromium found (tried {options.browser if options.browser != 'auto' else 'BROWSER_PATH, ' + DEFAULT_BROWSER + ', PATH'})")
+            log.warning("%s: skipping %d plots; tables and image sheets are still written", why, len(plots))
+            manifest.skipped += [{"item": p.stem, "reason": why} for p in plots]
+        elif pending is not None:
+            try:
+                results = pending.result()
+            except Exception as exc:  # a browser that does not start: the rest of the set is still useful
+                log.warning("plot rendering failed (%s: %s); tables and image sheets are still written",
+                            type(exc).__name__, exc)
+                results = [exc] * len(jobs)
+            for (plot, fmt), res in zip(jobs, results):
+                path = out / f"{plot.stem}.{fmt}"
+                if isinstance(res, BaseException):
+                    manifest.skipped.append({"item": path.name, "reason": f"{type(res).__name__}: {res}"})
+                    continue
+                path.write_bytes(png_with_dpi(res, options.dpi) if fmt == "png" else res)
+                w, h = _rendered_size(plot, fmt, options.dpi, res)
+                record(path, plot, "plot", width_px=w, height_px=h, dpi=options.dpi, width_in=plot.width_in)
+    finally:
+        pool.shutdown(wait=True)
 
     order = {s: i for i, s in enumerate(stems)}
     manifest.files.sort(key=lambda f: (order.get(Path(f["file"]).stem, len(order)), f["file"]))
@@ -581,5 +596,7 @@ def zip_folder(folder: str | os.PathLike) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for path in sorted(p for p in folder.iterdir() if p.is_file()):
-            zf.write(path, arcname=path.name)
+            # PNG and PDF are compressed already: storing them saves seconds and costs nothing.
+            kind = zipfile.ZIP_STORED if path.suffix in (".png", ".pdf") else zipfile.ZIP_DEFLATED
+            zf.write(path, arcname=path.name, compress_type=kind)
     return buf.getvalue()

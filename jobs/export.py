@@ -91,6 +91,8 @@ def load_run_data(session: Session, run_id: int, splits: Optional[Sequence[str]]
 
 def main(args: argparse.Namespace) -> int:
     setup_logging(args.verbose)
+    for noisy in ("choreographer", "kaleido", "logistro"):  # the browser's own progress lines
+        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     options = ExportOptions(
         formats=tuple(args.format), sports=tuple(args.sports) if args.sports is not None else None,
         max_sports=args.max_sports, worst=args.worst, per_sheet=args.per_sheet, top_confused=args.top_confused,
