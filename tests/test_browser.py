@@ -27,6 +27,7 @@ PAGES = [
     ("per_class", "Per-class accuracy", "per_class"),
     ("gallery", "Misclassifications", "gallery"),
     ("compare", "Heatmap comparison", "compare"),
+    ("export", "Export", "export"),
 ]
 
 pytestmark = pytest.mark.browser
