@@ -314,10 +314,11 @@ def confusion_section(data: RunData, options: ExportOptions) -> Iterator[Artifac
     if len(top) >= 2:
         sub = data.cm[np.ix_(top, top)]
         names = [data.names[i] for i in top]
-        fig = figures.print_layout(figures.confusion_heatmap(sub, names, order="confusion"),
-                                   f"The {len(top)} most confused classes")
-        yield Plot("confusion-top", f"Confusion matrix restricted to the {len(top)} classes with the most "
-                   "mistakes made on them or into them.", fig, options.width_in)
+        fig = figures.print_layout(figures.confusion_heatmap(sub, names, order="confusion", hide_diagonal=True),
+                                   f"The {len(top)} most confused classes (correct predictions left blank)")
+        yield Plot("confusion-top", f"Mistakes among the {len(top)} classes with the most mistakes made on them "
+                   "or into them; the diagonal (correct predictions) is left blank so the mistakes set the "
+                   "colour scale.", fig, options.width_in)
     yield Table("confused-pairs", "Off-diagonal cells of the confusion matrix, most frequent first.",
                 data.pairs.drop(columns=["true_idx", "pred_idx"], errors="ignore"))
 
