@@ -138,6 +138,30 @@ def confusion_heatmap(
     return fig
 
 
+def most_confused_classes(cm: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the ``n`` classes with the most mistakes made on them or into them (off-diagonal row plus
+    column sums), most first; classes without a mistake are left out."""
+    cm = np.asarray(cm)
+    if n < 1:
+        raise ValueError(f"n must be a positive number of classes, got {n}")
+    off = cm.astype(np.int64).copy()
+    np.fill_diagonal(off, 0)
+    involved = off.sum(axis=0) + off.sum(axis=1)
+    order = np.lexsort((np.arange(len(involved)), -involved))
+    return order[involved[order] > 0][:n].astype(np.int64)
+
+
+def print_layout(fig: go.Figure, title: Optional[str] = None) -> go.Figure:
+    """A copy of a dashboard figure styled for paper: white background, an optional title, no interaction."""
+    out = go.Figure(fig)
+    out.update_layout(template="plotly_white", clickmode="none", hovermode=False, paper_bgcolor="white",
+                      plot_bgcolor="white")
+    if title:
+        top = max(60, (out.layout.margin.t or 0) + 30)
+        out.update_layout(title=dict(text=title, x=0.01, xanchor="left", font=dict(size=15)), margin=dict(t=top))
+    return out
+
+
 # --------------------------------------------------------------------------- per class
 
 def per_class_bars(df: pd.DataFrame, *, sort_by: str = "f1", ascending: bool = True) -> go.Figure:

@@ -17,6 +17,7 @@ page = st.navigation(
         st.Page("views/gallery.py", title="Misclassifications", icon=":material/photo_library:"),
         st.Page("views/compare.py", title="Heatmap comparison", icon=":material/compare:"),
         st.Page("views/data_issues.py", title="Data issues", icon=":material/report:"),
+        st.Page("views/export.py", title="Export", icon=":material/download:"),
     ]
 )
 try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import sys
 import time
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from core.images import load_display_image
 from core.cammaps import decode_maps, overlay
+from core.report import ExportOptions, RunData, write_figure_set, zip_folder
 from db import queries
 from db.store import ENV_VAR, StoreError, make_engine, make_sessionmaker, resolve_url
 
@@ -145,6 +147,36 @@ def flag_notes(ctx: "Ctx") -> dict[int, str]:
     """``{image_id: note}`` of the images the run's data audit flags; empty without an audit."""
     flags = load_flags(ctx.url, ctx.run_id, load_audit_stamp(ctx.url, ctx.run_id))
     return dict(zip(flags["image_id"].astype(int), flags["note"]))
+
+
+@st.cache_data(show_spinner=False)
+def load_audit_tables(url: str, run_id: int, stamp: str):
+    with _session(url) as s:
+        return queries.audit_for(s, run_id)
+
+
+def figure_set_zip(ctx: "Ctx", options: ExportOptions) -> tuple[bytes, dict]:
+    """The run's figure set (the same files as ``python -m jobs.export``) as zip bytes, and its manifest."""
+    splits = options.splits
+    preds = load_predictions(ctx.url, ctx.run_id, ctx.stamp)
+    errors = load_errors(ctx.url, ctx.run_id, ctx.stamp)
+    if splits is not None:
+        preds, errors = preds[preds["split"].isin(splits)], errors[errors["split"].isin(splits)]
+    names = ctx.names
+    cm = load_confusion(ctx.url, ctx.run_id, len(names), splits, ctx.stamp)
+    audit = load_audit_tables(ctx.url, ctx.run_id, load_audit_stamp(ctx.url, ctx.run_id) or "")
+    data = RunData(
+        run_id=ctx.run_id, run_name=ctx.info.name, names=names, predictions=preds, errors=errors, cm=cm,
+        per_class=load_per_class(ctx.url, ctx.run_id, names, splits, ctx.stamp),
+        pairs=queries.confused_pairs(cm, names, limit=None),
+        epochs=load_epochs(ctx.url, ctx.run_id, ctx.stamp),
+        load_image=lambda relpath, size: load_display_image(ctx.info.data_root, relpath, size),
+        load_cams=lambda ids: load_cams(ctx.url, ctx.run_id, tuple(int(i) for i in ids), ctx.stamp),
+        audit=audit[0] if audit else None, leakage=audit[1] if audit else None,
+    )
+    with tempfile.TemporaryDirectory(prefix="figure-set-") as tmp:
+        manifest = write_figure_set(data, tmp, options)
+        return zip_folder(tmp), manifest.to_dict()
 
 
 def _jpeg(rgb: np.ndarray) -> bytes:

@@ -425,3 +425,17 @@ def flags_from_report(report: Optional[dict[str, Any]]) -> pd.DataFrame:
     df["image_id"] = df["image_id"].astype(np.int64)
     df["label"] = df["label"].astype(np.int64)
     return df
+
+
+LEAKAGE_COLUMNS = ["split", "n", "accuracy", "n_leaked", "n_clean", "accuracy_clean", "change"]
+
+
+def audit_for(session: Session, run_id: int) -> Optional[tuple[dict[str, Any], pd.DataFrame]]:
+    """The run's latest data audit (:func:`audit_report`) and its accuracy with leaked images removed as a
+    DataFrame, one row per split; ``None`` when the run was never audited."""
+    report = audit_report(session, run_id)
+    if report is None:
+        return None
+    leakage = pd.DataFrame(report["leakage_accuracy"])
+    leakage = leakage.reindex(columns=LEAKAGE_COLUMNS) if not leakage.empty else _empty(LEAKAGE_COLUMNS)
+    return report, leakage

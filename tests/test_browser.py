@@ -28,6 +28,7 @@ PAGES = [
     ("gallery", "Misclassifications", "gallery"),
     ("compare", "Heatmap comparison", "compare"),
     ("data_issues", "Data issues", "data_issues"),
+    ("export", "Export", "export"),
 ]
 
 pytestmark = pytest.mark.browser

@@ -1,0 +1,117 @@
+"""Export a run's figure set for a report: plots, image sheets, CSV tables and a manifest.
+
+    python -m jobs.export --run RUN --out DIR [--db URL] [--sports NAME ...] [--format png,svg,pdf]
+
+The set holds the confusion matrix (all classes and the most confused ones), per-class precision/recall/F1,
+the training curves, a grid of the most confident mistakes with both Grad-CAM maps, a sheet of errors per
+chosen sport, the tables behind them and, for an audited run, the leakage table and the duplicate groups.
+``manifest.json`` lists every file with its caption. Plots need a Chromium (``--browser``); without one
+they are skipped and the rest is written.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+from pathlib import Path
+from typing import Optional, Sequence
+
+from sqlalchemy.orm import Session
+
+from core.images import load_display_image
+from core.report import FORMATS, ExportOptions, RunData, write_figure_set
+from db import queries, store
+from jobs.common import add_db_arg, run_cli, setup_logging
+
+log = logging.getLogger("jobs.export")
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m jobs.export", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--run", default="latest", help="run id, run name, or 'latest'")
+    p.add_argument("--out", default=None, help="folder to write into (default: runs/export-<run id>)")
+    add_db_arg(p)
+    p.add_argument("--sports", nargs="*", default=None, metavar="NAME",
+                   help="sports that get an error sheet, each one argument (quote names with spaces); "
+                        "default: the sports with the most errors, up to --max-sports")
+    p.add_argument("--format", default="png", type=_csv,
+                   help=f"comma-separated formats of plots and sheets, among {','.join(FORMATS)}")
+    p.add_argument("--splits", default=None, type=_csv, help="comma-separated splits to use (default: all)")
+    p.add_argument("--max-sports", type=int, default=10, help="sport sheets when --sports is not given")
+    p.add_argument("--worst", type=int, default=12, help="mistakes in the worst-errors grid")
+    p.add_argument("--per-sheet", type=int, default=12, help="mistakes on each sport's sheet")
+    p.add_argument("--top-confused", type=int, default=20, help="classes in the most-confused matrix")
+    p.add_argument("--dpi", type=int, default=300, help="print resolution of plots and sheets")
+    p.add_argument("--width", type=float, default=7.0, help="width of a figure in inches")
+    p.add_argument("--browser", default="auto",
+                   help="Chromium executable for the plots; 'auto': $BROWSER_PATH, /usr/bin/chromium, PATH")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def load_run_data(session: Session, run_id: int, splits: Optional[Sequence[str]] = None) -> RunData:
+    """Everything the figure set is drawn from, read in ``session`` (which must stay open while it is drawn:
+    maps are read on demand)."""
+    info = queries.run_info(session, run_id)
+    if info is None:
+        raise store.StoreError(f"no run {run_id} in the store")
+    names = info.classes
+    present = queries.prediction_splits(session, run_id)
+    if splits is not None:
+        unknown = [s for s in splits if s not in present]
+        if unknown:
+            raise ValueError(f"--splits: run {run_id} has no predictions for {', '.join(unknown)}; "
+                             f"it has {', '.join(present) or 'none'}")
+    preds = queries.predictions_frame(session, run_id, splits)
+    if preds.empty:
+        raise ValueError(f"run {run_id} ({info.name}) has no predictions to export; evaluate it first")
+    cm = queries.confusion_matrix(session, run_id, len(names), splits)
+    audit = queries.audit_for(session, run_id)
+    return RunData(
+        run_id=run_id,
+        run_name=info.name,
+        names=names,
+        predictions=preds,
+        errors=queries.errors_frame(session, run_id, splits=splits),
+        cm=cm,
+        per_class=queries.per_class_metrics(preds["label"].to_numpy(), preds["pred"].to_numpy(), names),
+        pairs=queries.confused_pairs(cm, names, limit=None),
+        epochs=queries.epochs_frame(session, run_id),
+        load_image=functools.partial(load_display_image, info.data_root),
+        load_cams=lambda ids: queries.cams_for(session, run_id, ids),
+        audit=audit[0] if audit else None,
+        leakage=audit[1] if audit else None,
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    setup_logging(args.verbose)
+    for noisy in ("choreographer", "kaleido", "logistro"):  # the browser's own progress lines
+        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    options = ExportOptions(
+        formats=tuple(args.format), sports=tuple(args.sports) if args.sports is not None else None,
+        max_sports=args.max_sports, worst=args.worst, per_sheet=args.per_sheet, top_confused=args.top_confused,
+        dpi=args.dpi, width_in=args.width, splits=tuple(args.splits) if args.splits else None,
+        browser=args.browser,
+    )
+    engine = store.make_engine(args.db, readonly=True)
+    try:
+        with store.make_sessionmaker(engine)() as s:
+            run = store.resolve_run(s, args.run)
+            out = Path(args.out) if args.out else Path("runs") / f"export-{run.id}"
+            data = load_run_data(s, run.id, options.splits)
+            manifest = write_figure_set(data, out, options)
+    finally:
+        engine.dispose()
+    log.info("run #%d %s: %d files in %s (%.1f s), %d skipped; see %s", manifest.run["id"], manifest.run["name"],
+             len(manifest.files), out, manifest.seconds, len(manifest.skipped), out / "manifest.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main, get_args_parser()))

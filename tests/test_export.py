@@ -1,0 +1,283 @@
+"""Figure sets: ``jobs.export`` on generated stores, the pieces of ``core.report``, and the Export page's zip."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+from sqlalchemy import update
+from streamlit.testing.v1 import AppTest
+from streamlit.testing.v1 import app_test as app_test_module
+
+from core import report
+from db.models import RunClass
+from db.store import make_engine, make_sessionmaker
+from jobs import export
+from tests.storefactory import add_audit, build_store
+
+HOME = Path(__file__).resolve().parents[1] / "dashboard" / "Home.py"
+CHROMIUM = Path("/usr/bin/chromium")
+ODD = '../évil/ski "jump".日本'
+NO_BROWSER = ["--browser", "/nonexistent/chromium"]
+
+
+def _need_browser() -> None:
+    if CHROMIUM.is_file():
+        return
+    if os.environ.get("CI", "").lower() in ("true", "1"):
+        pytest.fail(f"{CHROMIUM} is missing under CI; the plots of a figure set need it")
+    pytest.skip(f"{CHROMIUM} is missing: plots cannot be rendered (apt-get install chromium)")
+
+
+def _export(url: str, out: Path, *extra: str) -> int:
+    return export.run_cli(export.main, export.get_args_parser(), ["--db", url, "--out", str(out), *extra])
+
+
+def _manifest(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory):
+    url, run_id, root = build_store(tmp_path_factory.mktemp("export"), n_classes=8, n_per_class=4, seed=3,
+                                    name="export-test")
+    add_audit(url, run_id, [[("valid", "valid/archery/001.jpg", 2), ("test", "test/archery/002.jpg", 2)],
+                            [("valid", "valid/baseball/001.jpg", 7), ("test", "test/baseball/001.jpg", 7),
+                             ("test", "test/baseball/003.jpg", 7)]])
+    return url, run_id, root
+
+
+@pytest.fixture(scope="module")
+def odd_names(tmp_path_factory):
+    """A run whose first class is named with a slash, '..', quotes, a dot and non-ASCII characters."""
+    url, run_id, root = build_store(tmp_path_factory.mktemp("odd"), n_classes=5, n_per_class=4, seed=4,
+                                    error_rate=0.5)
+    engine = make_engine(url)
+    with make_sessionmaker(engine).begin() as s:
+        s.execute(update(RunClass).where(RunClass.run_id == run_id, RunClass.index == 0).values(name=ODD))
+    engine.dispose()
+    return url, run_id, root
+
+
+@pytest.fixture(scope="module")
+def full_set(audited, tmp_path_factory):
+    """The whole figure set in every format, plots included (skipped when there is no browser)."""
+    _need_browser()
+    out = tmp_path_factory.mktemp("full") / "set"
+    url, _, _ = audited
+    assert _export(url, out, "--format", "png,svg,pdf") == 0
+    return out
+
+
+# --------------------------------------------------------------------------- the command line
+
+def test_every_listed_file_is_written_and_nothing_else(full_set, audited):
+    url, run_id, _ = audited
+    m = _manifest(full_set)
+    listed = {f["file"] for f in m["files"]}
+    assert listed | {"manifest.json"} == {p.name for p in full_set.iterdir()}
+    assert m["skipped"] == []
+    assert m["run"] == {"id": run_id, "name": "export-test"}
+    assert m["formats"] == ["png", "svg", "pdf"] and m["filters"]["splits"] == "all"
+    assert all(f["caption"] for f in m["files"])
+    stems = {Path(f).stem for f in listed}
+    for stem in ("confusion-all", "confusion-top", "per-class", "training-curves", "worst-errors",
+                 "duplicate-groups"):
+        assert {f"{stem}.{x}" for x in ("png", "svg", "pdf")} <= listed, stem
+    for table in ("per-class-metrics", "confused-pairs", "predictions", "leakage-accuracy"):
+        assert f"{table}.csv" in listed
+    assert len([s for s in stems if s.startswith("sport-")]) == len(m["filters"]["sports"]) > 0
+
+
+def test_pngs_have_the_print_size_and_dpi(full_set):
+    m = _manifest(full_set)
+    pngs = [f for f in m["files"] if f["file"].endswith(".png")]
+    assert {f["kind"] for f in pngs} == {"plot", "sheet"}
+    for f in pngs:
+        with Image.open(full_set / f["file"]) as im:
+            assert im.size == (f["width_px"], f["height_px"]), f["file"]
+            assert im.info["dpi"] == pytest.approx((300, 300), abs=0.01), f["file"]
+        expected = round(f.get("width_in", 7.0) * 300)
+        assert f["width_px"] == expected, f["file"]
+    with Image.open(full_set / "worst-errors.png") as im:
+        assert im.width == 2100
+    for f in m["files"]:
+        if f["file"].endswith(".pdf"):
+            assert (full_set / f["file"]).read_bytes().startswith(b"%PDF")
+        if f["file"].endswith(".svg"):
+            assert "<svg" in (full_set / f["file"]).read_text(encoding="utf-8")[:2000]
+
+
+def test_tables_hold_the_run(full_set, audited):
+    url, run_id, _ = audited
+    preds = pd.read_csv(full_set / "predictions.csv")
+    assert len(preds) == 8 * 4 * 2  # 8 classes, 4 images, valid and test
+    assert set(preds.columns) >= {"relpath", "true", "predicted", "confidence", "correct"}
+    per_class = pd.read_csv(full_set / "per-class-metrics.csv")
+    assert len(per_class) == 8 and per_class["support"].sum() == len(preds)
+    pairs = pd.read_csv(full_set / "confused-pairs.csv")
+    assert pairs["count"].sum() == int((~preds["correct"]).sum())
+    leak = pd.read_csv(full_set / "leakage-accuracy.csv")
+    assert list(leak.columns[:3]) == ["split", "n", "accuracy"]
+
+
+def test_without_a_browser_tables_and_sheets_are_still_written(audited, tmp_path, capsys):
+    url, _, _ = audited
+    out = tmp_path / "set"
+    assert _export(url, out, *NO_BROWSER) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "Chromium" in line or "plots" in line]
+    assert len(lines) == 1 and "no Chromium found (tried /nonexistent/chromium)" in lines[0], err
+    assert "WARNING" in lines[0] and "Traceback" not in err
+    m = _manifest(out)
+    assert {s["item"] for s in m["skipped"]} == {"confusion-all", "confusion-top", "per-class", "training-curves"}
+    files = {f["file"] for f in m["files"]}
+    assert files | {"manifest.json"} == {p.name for p in out.iterdir()}
+    assert {"worst-errors.png", "duplicate-groups.png", "predictions.csv", "per-class-metrics.csv"} <= files
+    assert not any(f["kind"] == "plot" for f in m["files"])
+
+
+def test_sports_restrict_the_sheets(audited, tmp_path):
+    url, _, _ = audited
+    out = tmp_path / "set"
+    assert _export(url, out, *NO_BROWSER, "--sports", "baseball", "air hockey") == 0
+    m = _manifest(out)
+    assert m["filters"]["sports"] == ["baseball", "air hockey"]
+    sheets = sorted(f["file"] for f in m["files"] if f["file"].startswith("sport-"))
+    assert sheets == sorted([f"sport-{report.slug('baseball')}.png", f"sport-{report.slug('air hockey')}.png"])
+
+
+def test_default_sports_are_those_with_the_most_errors(audited, tmp_path):
+    url, _, _ = audited
+    out = tmp_path / "set"
+    assert _export(url, out, *NO_BROWSER, "--max-sports", "2", "--splits", "valid") == 0
+    m = _manifest(out)
+    errors = pd.read_csv(out / "predictions.csv").query("not correct")
+    assert set(pd.read_csv(out / "predictions.csv")["split"]) == {"valid"}
+    counts = errors["true"].value_counts()
+    assert [counts[s] for s in m["filters"]["sports"]] == sorted(counts, reverse=True)[:2]
+    assert len([f for f in m["files"] if f["file"].startswith("sport-")]) == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--sports", "no such sport"], "not among the run's"),
+    (["--run", "999"], "no run '999'"),
+    (["--format", "png,gif"], "formats must be among"),
+    (["--splits", "train"], "no predictions for train"),
+])
+def test_bad_input_is_one_line(audited, tmp_path, capsys, argv, message):
+    url, _, _ = audited
+    assert _export(url, tmp_path / "set", *NO_BROWSER, *argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_odd_class_names_give_safe_file_names(odd_names, tmp_path):
+    url, _, _ = odd_names
+    out = tmp_path / "set"
+    assert _export(url, out, *NO_BROWSER, "--sports", ODD) == 0
+    m = _manifest(out)
+    (sheet,) = [f["file"] for f in m["files"] if f["file"].startswith("sport-")]
+    assert re.fullmatch(r"sport-[a-z0-9-]+\.png", sheet), sheet
+    assert (out / sheet).resolve().parent == out.resolve()
+    assert {p.name for p in out.iterdir()} == {f["file"] for f in m["files"]} | {"manifest.json"}
+    assert all(p.parent == out for p in tmp_path.rglob("*") if p.is_file())  # nothing written beside DIR
+    assert ODD in m["files"][[f["file"] for f in m["files"]].index(sheet)]["caption"]
+    assert ODD in set(pd.read_csv(out / "per-class-metrics.csv")["class"])
+
+
+# --------------------------------------------------------------------------- core.report pieces
+
+@pytest.mark.parametrize("name", ["a/b", "a.b", "a b", "..", ".", "", "Pétanque", "日本", '"quoted"', "x" * 300])
+def test_slug_is_safe(name):
+    s = report.slug(name)
+    assert re.fullmatch(r"[a-z0-9][a-z0-9-]*-[0-9a-f]{6}", s), s
+    assert len(s) <= 48 and s == report.slug(name)
+
+
+def test_slug_keeps_distinct_names_distinct():
+    names = ["a/b", "a.b", "a b", "A B", "a-b", "ab", "..", ".", "", "日本", "中国"]
+    assert len({report.slug(n) for n in names}) == len(names)
+
+
+def test_png_with_dpi_keeps_pixels():
+    buf = io.BytesIO()
+    Image.new("RGB", (30, 20), (10, 200, 30)).save(buf, "PNG", dpi=(72, 72))
+    out = report.png_with_dpi(buf.getvalue(), 300)
+    with Image.open(io.BytesIO(out)) as im:
+        assert im.size == (30, 20) and im.info["dpi"] == pytest.approx((300, 300), abs=0.01)
+        assert im.getpixel((5, 5)) == (10, 200, 30)
+    with pytest.raises(ValueError):
+        report.png_with_dpi(b"GIF89a", 300)
+
+
+def test_a_new_section_is_one_entry(audited, tmp_path, monkeypatch):
+    def trust_section(data, options):
+        yield report.Table("trust-scores", "A later table.", pd.DataFrame({"class": list(data.names)}))
+
+    monkeypatch.setattr(report, "SECTIONS", [*report.SECTIONS, trust_section])
+    url, _, _ = audited
+    assert _export(url, tmp_path / "set", *NO_BROWSER) == 0
+    assert "trust-scores.csv" in {f["file"] for f in _manifest(tmp_path / "set")["files"]}
+
+
+@pytest.mark.parametrize("kwargs", [{"formats": ()}, {"formats": ("jpg",)}, {"worst": 0}, {"dpi": 10}])
+def test_options_are_checked(kwargs):
+    with pytest.raises(ValueError):
+        report.ExportOptions(**kwargs)
+
+
+# --------------------------------------------------------------------------- the Export page
+
+class _KeptFiles(app_test_module.MemoryMediaFileStorage):
+    """Media storage whose files outlive the AppTest run, so a download button's bytes can be read."""
+
+    kept: dict[str, bytes] = {}
+
+    def load_and_get_id(self, path_or_data, mimetype, kind, filename=None):
+        file_id = super().load_and_get_id(path_or_data, mimetype, kind, filename)
+        _KeptFiles.kept[file_id] = self.get_file(file_id).content
+        return file_id
+
+
+def _page(url: str, monkeypatch) -> AppTest:
+    monkeypatch.setenv("SPORTS_DB", url)
+    monkeypatch.setattr(app_test_module, "MemoryMediaFileStorage", _KeptFiles)
+    at = AppTest.from_file(str(HOME), default_timeout=120)
+    at.run()
+    at.switch_page("views/export.py").run()
+    return at
+
+
+def test_export_page_renders(audited, monkeypatch):
+    at = _page(audited[0], monkeypatch)
+    assert not at.exception, [e.value for e in at.exception]
+    assert [t.value for t in at.title] == ["Export"]
+    assert not at.download_button  # built only on request
+
+
+def test_download_button_returns_the_same_files(full_set, audited, monkeypatch):
+    at = _page(audited[0], monkeypatch)
+    at.multiselect(key="exp_formats").set_value(["png", "svg", "pdf"]).run()
+    at.button(key="exp_build").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    (button,) = at.download_button
+    file_id = button.proto.url.rsplit("/", 1)[-1].split(".")[0]
+    data = _KeptFiles.kept[file_id]
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        assert zf.testzip() is None
+        names = set(zf.namelist())
+        manifest = json.loads(zf.read("manifest.json"))
+        with Image.open(io.BytesIO(zf.read("worst-errors.png"))) as im:
+            assert im.width == 2100
+    assert names == {p.name for p in full_set.iterdir()}
+    assert {f["file"] for f in manifest["files"]} == {f["file"] for f in _manifest(full_set)["files"]}
+    # a changed choice hides the stale zip until it is built again
+    at.multiselect(key="exp_formats").set_value(["png"]).run()
+    assert not at.download_button
