@@ -80,10 +80,34 @@ def resolve_module(model: nn.Module, path: str) -> nn.Module:
         raise ValueError(f"no module at path {path!r} in {type(model).__name__}") from exc
 
 
+def looks_linear_init_(features: nn.Sequential) -> None:
+    """Mirrored ("looks linear") initialisation of a plain ReLU conv stack (Balduzzi et al., 2017, "The
+    Shattered Gradients Problem", sec. 5).
+
+    Every conv emits channel pairs (z, -z) and reads its input pairs with weights (V, -V), so that
+    V relu(z) - V relu(-z) = V z: at initialisation the 16 ReLU convs of VGG-19 act as one linear map and
+    do not collapse different inputs onto nearly the same features, which the usual random initialisation
+    of a deep network without BatchNorm does. V is orthogonal, so activations keep their scale.
+    """
+    pairs_in = False
+    for conv in (m for m in features if isinstance(m, nn.Conv2d)):
+        out_c, in_c, kh, kw = conv.weight.shape
+        if out_c % 2 or (pairs_in and in_c % 2):
+            raise ValueError(f"looks-linear init needs even channel counts, got conv {in_c}->{out_c}")
+        v = torch.empty(out_c // 2, in_c // 2 if pairs_in else in_c, kh, kw)
+        nn.init.orthogonal_(v.view(v.shape[0], -1))
+        w = torch.cat([v, -v], dim=1) if pairs_in else v
+        with torch.no_grad():
+            conv.weight.copy_(torch.cat([w, -w], dim=0))
+            conv.bias.zero_()
+        pairs_in = True
+
+
 def load_imagenet_base(model: SportsVGG, weights: str) -> str:
     """Fill ``model.features`` from ``weights`` ('imagenet', 'none' or a file path); return a description."""
     if weights == "none":
-        return "none (random initialisation)"
+        looks_linear_init_(model.features)
+        return "none (looks-linear random initialisation)"
     if weights == "imagenet":
         from torchvision.models import VGG19_Weights
 
