@@ -373,6 +373,7 @@ def train(model, args, index, meta, device, env, Session_, run_id, run_dir, resu
         va = evaluate(model, val_loader, device, amp=args.amp, env=env, skipped=Skipped()) \
             if val_loader is not None else None
         seconds = time.perf_counter() - t0
+        skipped_here = dist.gather_to_main(env, skipped.items)  # each rank meets the bad files of its own shard
         acc = va["acc"] if va else tr["acc"]
         improved = acc > best["acc"]
         if improved:
@@ -383,10 +384,11 @@ def train(model, args, index, meta, device, env, Session_, run_id, run_dir, resu
                  " (best)" if improved else "")
         if env.is_main:
             with Session_.begin() as s:
-                if skipped.items:
+                bad = {i: r for items in skipped_here for i, r in items.items()}
+                if bad:
                     store.upsert_images(s, run_id, [
                         store.ImageRecord("train", train_ds.samples[i].relpath, train_ds.samples[i].label,
-                                          skipped=True, skip_reason=r) for i, r in skipped.items.items()])
+                                          skipped=True, skip_reason=r) for i, r in bad.items()])
                 store.add_epoch(s, run_id, phase=phase, epoch=epoch_in_phase, global_epoch=g + 1,
                                 train_loss=tr["loss"], train_acc=tr["acc"],
                                 val_loss=va["loss"] if va else None, val_acc=va["acc"] if va else None,
