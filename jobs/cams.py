@@ -1,7 +1,7 @@
 """Recompute the predictions and Grad-CAM maps of an existing run from its checkpoint, without retraining.
 
     python -m jobs.cams --run RUN [--layer PATH] [--split valid,test] [--db URL]
-    torchrun --nproc_per_node=N -m jobs.cams --run RUN ...
+    torchrun --nproc_per_node=N -m jobs.cams --run-id RUN ...   # torchrun claims a bare --run
 
 RUN is a run id, a run name, or ``latest``. The images are those the run recorded; the evaluation of each
 split is replaced as a whole, so running this again (after an interruption, say) leaves no duplicates.
@@ -30,7 +30,9 @@ log = logging.getLogger("jobs.cams")
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.cams", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--run", default="latest", help="run id, run name, or 'latest'")
+    # torchrun reads a bare --run as an abbreviation of its own --run-path and stops; --run-id passes through.
+    p.add_argument("--run", "--run-id", dest="run", default="latest",
+                   help="run id, run name, or 'latest' (under torchrun spell it --run-id)")
     add_db_arg(p)
     p.add_argument("--layer", default=None, help="module path of the Grad-CAM target layer "
                    "(default: the layer the run used)")
