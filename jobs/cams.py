@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from core import dist
 from core.data import DatasetIndex, Sample
-from core.model import load_checkpoint, resolve_module
+from core.model import build_model, load_checkpoint, resolve_module
 from db import store
 from db.models import EvalRow, ImageRow
 from jobs.common import add_db_arg, run_cli, setup_logging
@@ -87,10 +87,15 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
                 raise ValueError(f"run {run.id} ({run.name}) has no checkpoint yet (status {run.status})")
             plan = dict(run_id=run.id, name=run.name, splits=splits, index=index, checkpoint=ckpt)
     plan = dist.broadcast_from_main(env, plan)
-    model, meta = load_checkpoint(plan["checkpoint"])
+    # As in jobs.train, only rank 0 need see the checkpoint; the others get its weights over the process group.
+    model, meta = load_checkpoint(plan["checkpoint"]) if env.is_main else (None, None)
+    meta = dist.broadcast_from_main(env, meta)
+    if model is None:
+        model = build_model(meta).eval()
     layer = args.layer or meta.cam_layer
     resolve_module(model, layer)
     model.to(device)
+    dist.broadcast_module(env, model)
     log.info("run %d (%s): recomputing %s with layer %s", plan["run_id"], plan["name"], plan["splits"], layer)
     for split in plan["splits"]:
         evaluate_split(Session_, plan["run_id"], model, meta, plan["index"], split, device=device, env=env,

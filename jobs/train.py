@@ -245,15 +245,17 @@ def main(args: argparse.Namespace) -> int:
 def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> int:
     resume_state: Optional[dict[str, Any]] = None
     if args.resume:
-        ckpt_path = find_resume_checkpoint(args)
-        resume_state = read_checkpoint(ckpt_path)
+        if env.is_main:  # rank 0 alone writes checkpoints, so it alone need see them (other nodes may not)
+            ckpt_path = find_resume_checkpoint(args)
+            resume_state = read_checkpoint(ckpt_path)
+            log.info("resuming from %s (%d epochs done)", ckpt_path, resume_state["epochs_done"])
+        resume_state = dist.broadcast_from_main(env, resume_state)
         saved = resume_state.get("args", {})
         # The run continues with its own configuration; only where-to-run flags may change.
         keep = {"device", "amp", "workers", "db", "out", "verbose", "resume"}
         for k, v in saved.items():
             if k not in keep and hasattr(args, k):
                 setattr(args, k, v)
-        log.info("resuming from %s (%d epochs done)", ckpt_path, resume_state["epochs_done"])
     args = resolve_defaults(args)
     if args.amp and device.type != "cuda":
         log.warning("--amp has no effect on the CPU; training in float32")

@@ -116,3 +116,17 @@ def test_cams_under_torchrun_predicts_each_image_once(ddp_run):
     with S() as s:
         assert s.scalar(select(func.count()).select_from(CamRow)) == 18
         assert {e.status for e in s.scalars(select(EvalRow))} == {"complete"}
+
+
+def test_resume_under_torchrun(ddp_run):
+    """Rank 0 reads the checkpoint and hands it to rank 1; resuming a finished run evaluates it again."""
+    tmp, db = ddp_run
+    before = predictions(db, 1)
+    torchrun("jobs.train", "--db", db, "--out", str(tmp / "ck"), "--resume", str(tmp / "ck" / "ddp" / "last.pt"),
+             "--workers", "0", "--device", "cpu")
+    assert_same_predictions(before, predictions(db, 1))
+    S = store.make_sessionmaker(store.make_engine(db, create=False))
+    with S() as s:
+        (run,) = s.scalars(select(Run)).all()
+        assert run.status == "complete"
+        assert s.scalar(select(func.count()).select_from(EpochRow)) == 2
