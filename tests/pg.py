@@ -95,7 +95,7 @@ class Cluster:
 
     def stop(self) -> None:
         if (self.data / "postmaster.pid").exists():
-            subprocess.run(self._cmd("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop"),
+            subprocess.run(self._cmd("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop"),
                            capture_output=True, cwd=self.root)
         shutil.rmtree(self.root, ignore_errors=True)
 
