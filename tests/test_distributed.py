@@ -19,10 +19,12 @@ TINY = ["--image-size", "32", "--epochs-frozen", "1", "--epochs-finetune", "1", 
         "--workers", "0", "--weights", "none", "--device", "cpu", "--seed", "3"]
 # Odd split sizes, so that two ranks get shards of different lengths: 3 classes x 3 images, plus one
 # unreadable file in valid. In train, unreadable files (caught when the run starts) and truncated ones (whose
-# header reads, caught only by the rank that decodes them); with 2 images a batch, some batch is all bad.
+# header reads, caught only by the rank that decodes them). With seed 3 and 2 images a batch, one of rank 1's
+# batches holds nothing but bad files.
 PER_SPLIT = {"train": 4, "valid": 3, "test": 3}
 UNREADABLE = ["train/alpha/zz-broken.jpg", "train/beta/zz-broken.jpg", "valid/beta/zz-broken.jpg"]
 TRUNCATED = ["train/alpha/000.jpg", "train/beta/001.jpg", "train/gamma/002.jpg", "train/gamma/003.jpg"]
+
 
 def env() -> dict:
     e = {k: v for k, v in os.environ.items() if k not in ("SPORTS_DB", "RANK", "WORLD_SIZE", "LOCAL_RANK")}

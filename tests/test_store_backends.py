@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -139,7 +140,9 @@ def test_evaluating_again_leaves_no_duplicates(db_url):
     with S.begin() as s:  # upserting the same images again adds none
         assert store.upsert_images(s, run_id, recs) == ids
     with S() as s:
-        count = lambda model, rid: s.scalar(select(func.count()).select_from(model).where(model.run_id == rid))  # noqa: E731
+        def count(model, rid: int) -> int:
+            return s.scalar(select(func.count()).select_from(model).where(model.run_id == rid))
+
         assert (count(ImageRow, run_id), count(Prediction, run_id), count(CamRow, run_id)) == (8, 8, 8)
         assert (count(ImageRow, other), count(Prediction, other), count(CamRow, other)) == (8, 4, 4)
         assert s.get(EvalRow, (run_id, "valid")).status == "complete"
@@ -165,8 +168,6 @@ def test_train_into_postgres_then_list_runs(tmp_path, pg_url):  # noqa: F811
 
 
 def _env() -> dict:
-    import os
-
     env = {k: v for k, v in os.environ.items() if k != "SPORTS_DB"}
     env["OMP_NUM_THREADS"] = "1"
     return env
