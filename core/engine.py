@@ -64,12 +64,19 @@ def train_one_epoch(
     loss_sum = correct = seen = 0.0
     for x, y, _idx, bad, _sizes in tqdm(loader, desc=desc, leave=False, disable=not env.is_main):
         skipped.add(bad)
-        if x is None:
-            continue
+        blank = x is None
+        if blank:
+            if not env.distributed:
+                continue
+            # Every file of this batch was skipped, but under DDP the other ranks' backward waits for this
+            # rank's gradient all-reduce: skipping the step would pair different collectives and abort the
+            # job. Take part with one blank image whose loss counts zero.
+            size = loader.dataset.size
+            x, y = torch.zeros(1, 3, size, size), torch.zeros(1, dtype=torch.long)
         x, y = _to_device(x, device), y.to(device, non_blocking=True)
         with _autocast(device, scaler is not None):
             logits = model(x, frozen_base=frozen_base)
-            loss = F.cross_entropy(logits, y)
+            loss = F.cross_entropy(logits, y) * (0.0 if blank else 1.0)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -83,6 +90,8 @@ def train_one_epoch(
             if clip_norm:
                 nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
             optimizer.step()
+        if blank:
+            continue
         n = y.numel()
         loss_sum += loss.item() * n
         correct += (logits.argmax(1) == y).sum().item()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from sqlalchemy import Engine, create_engine, delete, event, func, inspect, select
+from sqlalchemy import Connection, Engine, create_engine, delete, event, func, insert, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
@@ -97,34 +97,42 @@ def make_engine(url: Optional[str] = None, create: bool = True, readonly: bool =
     return engine
 
 
+# Any constant shared by every process that opens a store; names the PostgreSQL advisory lock below.
+_SCHEMA_LOCK_KEY = 0x5350_4F52  # "SPOR"
+
+
 def ensure_schema(engine: Engine, create: bool = True) -> None:
-    insp = inspect(engine)
-    tables = set(insp.get_table_names())
+    with engine.begin() as conn:
+        if create and conn.dialect.name == "postgresql":
+            # Two jobs that open an empty database together would both run CREATE TABLE, and the second
+            # fails on the catalog ("duplicate key ... pg_type_typname_nsp_index"). The lock lasts until
+            # this transaction ends, so they take turns and the second finds the schema made.
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+        elif create and conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")  # the same race on SQLite: take the write lock first
+        _check_or_create_schema(conn, create)
+
+
+def _check_or_create_schema(conn: Connection, create: bool) -> None:
+    where = conn.engine.url.render_as_string(hide_password=True)
+    tables = set(inspect(conn).get_table_names())
     if "schema_info" not in tables:
         if tables & {"runs", "images", "predictions"}:
-            raise StoreError(
-                f"store {engine.url.render_as_string(hide_password=True)} has tables but no schema version; "
-                "it was not written by this tool"
-            )
+            raise StoreError(f"store {where} has tables but no schema version; it was not written by this tool")
         if not create:
-            raise StoreError(
-                f"store {engine.url.render_as_string(hide_password=True)} is empty; "
-                "run 'python -m jobs.train' to create a run"
-            )
-        Base.metadata.create_all(engine)
-        with Session(engine) as s, s.begin():
-            s.merge(SchemaInfo(key="version", value=str(SCHEMA_VERSION)))
+            raise StoreError(f"store {where} is empty; run 'python -m jobs.train' to create a run")
+        Base.metadata.create_all(conn)
+        conn.execute(insert(SchemaInfo).values(key="version", value=str(SCHEMA_VERSION)))
         return
-    with Session(engine) as s:
-        row = s.get(SchemaInfo, "version")
-    found = int(row.value) if row is not None else None
+    found = conn.scalar(select(SchemaInfo.value).where(SchemaInfo.key == "version"))
+    found = int(found) if found is not None else None
     if found != SCHEMA_VERSION:
         raise StoreError(
-            f"store {engine.url.render_as_string(hide_password=True)} has schema version {found}, this tool "
+            f"store {where} has schema version {found}, this tool "
             f"expects {SCHEMA_VERSION}; run 'python -m jobs.upgrade --db URL' to upgrade it"
         )
     if create:
-        Base.metadata.create_all(engine)  # adds tables that a newer minor feature brought; no-op otherwise
+        Base.metadata.create_all(conn)  # adds tables that a newer minor feature brought; no-op otherwise
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

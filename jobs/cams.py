@@ -1,7 +1,7 @@
 """Recompute the predictions and Grad-CAM maps of an existing run from its checkpoint, without retraining.
 
     python -m jobs.cams --run RUN [--layer PATH] [--split valid,test] [--db URL]
-    torchrun --nproc_per_node=N -m jobs.cams --run RUN ...
+    torchrun --nproc_per_node=N -m jobs.cams --run-id RUN ...   # torchrun claims a bare --run
 
 RUN is a run id, a run name, or ``latest``. The images are those the run recorded; the evaluation of each
 split is replaced as a whole, so running this again (after an interruption, say) leaves no duplicates.
@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from core import dist
 from core.data import DatasetIndex, Sample
-from core.model import load_checkpoint, resolve_module
+from core.model import build_model, load_checkpoint, resolve_module
 from db import store
 from db.models import EvalRow, ImageRow
 from jobs.common import add_db_arg, run_cli, setup_logging
@@ -30,7 +30,9 @@ log = logging.getLogger("jobs.cams")
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.cams", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--run", default="latest", help="run id, run name, or 'latest'")
+    # torchrun reads a bare --run as an abbreviation of its own --run-path and stops; --run-id passes through.
+    p.add_argument("--run", "--run-id", dest="run", default="latest",
+                   help="run id, run name, or 'latest' (under torchrun spell it --run-id)")
     add_db_arg(p)
     p.add_argument("--layer", default=None, help="module path of the Grad-CAM target layer "
                    "(default: the layer the run used)")
@@ -85,10 +87,15 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
                 raise ValueError(f"run {run.id} ({run.name}) has no checkpoint yet (status {run.status})")
             plan = dict(run_id=run.id, name=run.name, splits=splits, index=index, checkpoint=ckpt)
     plan = dist.broadcast_from_main(env, plan)
-    model, meta = load_checkpoint(plan["checkpoint"])
+    # As in jobs.train, only rank 0 need see the checkpoint; the others get its weights over the process group.
+    model, meta = load_checkpoint(plan["checkpoint"]) if env.is_main else (None, None)
+    meta = dist.broadcast_from_main(env, meta)
+    if model is None:
+        model = build_model(meta).eval()
     layer = args.layer or meta.cam_layer
     resolve_module(model, layer)
     model.to(device)
+    dist.broadcast_module(env, model)
     log.info("run %d (%s): recomputing %s with layer %s", plan["run_id"], plan["name"], plan["splits"], layer)
     for split in plan["splits"]:
         evaluate_split(Session_, plan["run_id"], model, meta, plan["index"], split, device=device, env=env,

@@ -247,15 +247,17 @@ def main(args: argparse.Namespace) -> int:
 def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> int:
     resume_state: Optional[dict[str, Any]] = None
     if args.resume:
-        ckpt_path = find_resume_checkpoint(args)
-        resume_state = read_checkpoint(ckpt_path)
+        if env.is_main:  # rank 0 alone writes checkpoints, so it alone need see them (other nodes may not)
+            ckpt_path = find_resume_checkpoint(args)
+            resume_state = read_checkpoint(ckpt_path)
+            log.info("resuming from %s (%d epochs done)", ckpt_path, resume_state["epochs_done"])
+        resume_state = dist.broadcast_from_main(env, resume_state)
         saved = resume_state.get("args", {})
         # The run continues with its own configuration; only where-to-run flags may change.
         keep = {"device", "amp", "workers", "db", "out", "verbose", "resume"}
         for k, v in saved.items():
             if k not in keep and hasattr(args, k):
                 setattr(args, k, v)
-        log.info("resuming from %s (%d epochs done)", ckpt_path, resume_state["epochs_done"])
     args = resolve_defaults(args)
     if args.amp and device.type != "cuda":
         log.warning("--amp has no effect on the CPU; training in float32")
@@ -375,6 +377,7 @@ def train(model, args, index, meta, device, env, Session_, run_id, run_dir, resu
         va = evaluate(model, val_loader, device, amp=args.amp, env=env, skipped=Skipped()) \
             if val_loader is not None else None
         seconds = time.perf_counter() - t0
+        skipped_here = dist.gather_to_main(env, skipped.items)  # each rank meets the bad files of its own shard
         acc = va["acc"] if va else tr["acc"]
         improved = acc > best["acc"]
         if improved:
@@ -385,10 +388,11 @@ def train(model, args, index, meta, device, env, Session_, run_id, run_dir, resu
                  " (best)" if improved else "")
         if env.is_main:
             with Session_.begin() as s:
-                if skipped.items:
+                bad = {i: r for items in skipped_here for i, r in items.items()}
+                if bad:
                     store.upsert_images(s, run_id, [
                         store.ImageRecord("train", train_ds.samples[i].relpath, train_ds.samples[i].label,
-                                          skipped=True, skip_reason=r) for i, r in skipped.items.items()])
+                                          skipped=True, skip_reason=r) for i, r in bad.items()])
                 store.add_epoch(s, run_id, phase=phase, epoch=epoch_in_phase, global_epoch=g + 1,
                                 train_loss=tr["loss"], train_acc=tr["acc"],
                                 val_loss=va["loss"] if va else None, val_acc=va["acc"] if va else None,
