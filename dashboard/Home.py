@@ -16,6 +16,7 @@ page = st.navigation(
         st.Page("views/per_class.py", title="Per-class accuracy", icon=":material/bar_chart:"),
         st.Page("views/gallery.py", title="Misclassifications", icon=":material/photo_library:"),
         st.Page("views/compare.py", title="Heatmap comparison", icon=":material/compare:"),
+        st.Page("views/trust.py", title="Can the maps be trusted?", icon=":material/verified:"),
     ]
 )
 try:
