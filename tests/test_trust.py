@@ -72,7 +72,7 @@ def trained():
     model = small_cnn()
     x, y = squares(256, g)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(60):
+    for _ in range(40):
         idx = torch.randint(0, len(y), (32,), generator=g)
         loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
         opt.zero_grad()
