@@ -5,6 +5,8 @@ the colour, so the evidence sits where the square is); VGG-19 runs only in the e
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -270,10 +272,17 @@ def tiny_run(tmp_path_factory):
 JOB = ["--steps", "4", "--sample", "4", "--sanity-sample", "2", "--sanity-depth", "conv5_4", "--device", "cpu"]
 
 
-def test_job_writes_scores_and_prints_json(tiny_run, capsys):
-    args = trust_job.get_args_parser().parse_args(["--db", tiny_run, "--json", *JOB])
-    assert trust_job.main(args) == 0
-    out = json.loads(capsys.readouterr().out)
+@pytest.fixture(scope="module")
+def scored_run(tiny_run):
+    """The tiny run after one ``jobs.trust --json``; returns (db, the printed JSON)."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert trust_job.main(trust_job.get_args_parser().parse_args(["--db", tiny_run, "--json", *JOB])) == 0
+    return tiny_run, json.loads(buf.getvalue())
+
+
+def test_job_writes_scores_and_prints_json(scored_run, capsys):
+    tiny_run, out = scored_run
     pred = out["scores"]["pred"]
     assert pred["n_images"] == 4 and set(pred["methods"]) == {"gradcam", "random", "centre"}
     assert set(pred["gradcam_beats"]) == {"random", "centre"}
@@ -307,8 +316,8 @@ def page(url: str, monkeypatch) -> AppTest:
     return at
 
 
-def test_page_with_scores(tiny_run, monkeypatch, capsys):
-    at = page(tiny_run, monkeypatch)
+def test_page_with_scores(scored_run, monkeypatch):
+    at = page(scored_run[0], monkeypatch)
     assert not at.exception
     assert [t.value for t in at.title] == ["Can the maps be trusted?"]
     assert [m.label for m in at.metric][:3] == ["gradcam: deletion AUC", "random: deletion AUC",
@@ -321,6 +330,18 @@ def test_page_with_scores(tiny_run, monkeypatch, capsys):
 
 def test_page_empty_state(tmp_path, monkeypatch):
     url, _, _ = build_store(tmp_path, n_classes=3, n_per_class=1, splits=("valid",))
+    at = page(url, monkeypatch)
+    assert not at.exception
+    assert any("python -m jobs.trust --run" in i.value for i in at.info)
+
+
+def test_page_on_a_store_without_the_trust_tables(tmp_path, monkeypatch):
+    import sqlite3
+
+    url, _, _ = build_store(tmp_path, n_classes=3, n_per_class=1, splits=("valid",))
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as con:  # as a store from before these tables
+        con.execute("DROP TABLE trust_scores")
+        con.execute("DROP TABLE sanity_checks")
     at = page(url, monkeypatch)
     assert not at.exception
     assert any("python -m jobs.trust --run" in i.value for i in at.info)

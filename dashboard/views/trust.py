@@ -4,6 +4,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 import streamlit as st
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from core.figures import sanity_cascade, trust_curves, trust_distribution
 from dashboard import common
@@ -21,8 +22,11 @@ def load_trust(url: str, run_id: int, stamp: str, version: str) -> pd.DataFrame:
 @st.cache_data(ttl=5, show_spinner=False)
 def load_trust_version(url: str, run_id: int) -> Optional[str]:
     """When the run's latest trust job ran (``None``: never); part of the cache key of the scores."""
-    with common._session(url) as s:
-        check = queries.sanity_check(s, run_id)
+    try:
+        with common._session(url) as s:
+            check = queries.sanity_check(s, run_id)
+    except (OperationalError, ProgrammingError):
+        return None  # a store written before these tables existed: no job has scored it yet
     return None if check is None else str(check["created_at"])
 
 
