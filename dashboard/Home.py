@@ -18,6 +18,7 @@ page = st.navigation(
         st.Page("views/compare.py", title="Heatmap comparison", icon=":material/compare:"),
         st.Page("views/data_issues.py", title="Data issues", icon=":material/report:"),
         st.Page("views/export.py", title="Export", icon=":material/download:"),
+        st.Page("views/trust.py", title="Can the maps be trusted?", icon=":material/verified:"),
     ]
 )
 try:

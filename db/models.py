@@ -162,3 +162,44 @@ class AuditRow(Base):
     report: Mapped[dict[str, Any]] = mapped_column(JSON)
     # accuracy per split as measured and with leaked images removed: list of row dicts
     leakage_accuracy: Mapped[list[Any]] = mapped_column(JSON)
+
+
+class TrustScore(Base):
+    """Faithfulness of one map of one image: deletion and insertion curves (class probability per step).
+
+    ``method`` is the map scored: "gradcam" or a baseline ("random", "centre"); ``target`` the class the
+    map explains: "pred", or "true" (only for a misclassified image: otherwise it is the "pred" map).
+    """
+
+    __tablename__ = "trust_scores"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    target: Mapped[str] = mapped_column(String(8))
+    class_index: Mapped[int] = mapped_column(Integer)
+    method: Mapped[str] = mapped_column(String(16))
+    deletion_auc: Mapped[float] = mapped_column(Float)
+    insertion_auc: Mapped[float] = mapped_column(Float)
+    deletion_curve: Mapped[list[Any]] = mapped_column(JSON)
+    insertion_curve: Mapped[list[Any]] = mapped_column(JSON)
+    __table_args__ = (
+        UniqueConstraint("run_id", "image_id", "target", "method", name="uq_trust_score"),
+        Index("ix_trust_scores_run", "run_id", "method"),
+    )
+
+
+class SanityCheck(Base):
+    """The latest trust job of a run: its settings and the cascading-randomisation similarities.
+
+    ``stages``: rows {stage, kind ("reference" | "randomised"), modules, n, spearman_mean, spearman_std,
+    ssim_mean, ssim_std}, references ("repeat", "noise") first, then the cascade from the top down.
+    """
+
+    __tablename__ = "sanity_checks"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    layer: Mapped[str] = mapped_column(String(120))
+    n_images: Mapped[int] = mapped_column(Integer)
+    stages: Mapped[list[Any]] = mapped_column(JSON)
+    # faithfulness settings of the same job: steps, fill, blur_sigma, split, sample, seed, seconds
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON)

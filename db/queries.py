@@ -14,6 +14,9 @@ from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
 from db.models import AuditRow, CamRow, EpochRow, EvalRow, ImageRow, Prediction, Run, RunClass
+
+
+from db.models import CamRow, EpochRow, EvalRow, ImageRow, Prediction, Run, RunClass, SanityCheck, TrustScore
 from db.store import class_names
 
 PREDICTION_COLUMNS = ["image_id", "split", "relpath", "label", "pred", "confidence", "loss", "has_cam"]
@@ -439,3 +442,82 @@ def audit_for(session: Session, run_id: int) -> Optional[tuple[dict[str, Any], p
     leakage = pd.DataFrame(report["leakage_accuracy"])
     leakage = leakage.reindex(columns=LEAKAGE_COLUMNS) if not leakage.empty else _empty(LEAKAGE_COLUMNS)
     return report, leakage
+
+
+# --------------------------------------------------------------------------- trust
+
+TRUST_COLUMNS = ["image_id", "split", "relpath", "label", "pred", "target", "class_index", "method",
+                 "deletion_auc", "insertion_auc", "deletion_curve", "insertion_curve"]
+
+
+def trust_frame(session: Session, run_id: int, *, curves: bool = True) -> pd.DataFrame:
+    """One row per scored map of the run (``TRUST_COLUMNS``; the curve columns hold lists, or None
+    without ``curves``), ordered by image, target and method."""
+    cols = [TrustScore.deletion_curve, TrustScore.insertion_curve] if curves else []
+    stmt = (
+        select(ImageRow.id, ImageRow.split, ImageRow.relpath, ImageRow.label, Prediction.pred, TrustScore.target,
+               TrustScore.class_index, TrustScore.method, TrustScore.deletion_auc, TrustScore.insertion_auc, *cols)
+        .join(ImageRow, ImageRow.id == TrustScore.image_id)
+        .outerjoin(Prediction, Prediction.image_id == ImageRow.id)
+        .where(TrustScore.run_id == run_id)
+        .order_by(ImageRow.id, TrustScore.target, TrustScore.method)
+    )
+    rows = session.execute(stmt).all()
+    if not rows:
+        return _empty(TRUST_COLUMNS)
+    names = TRUST_COLUMNS if curves else TRUST_COLUMNS[:-2]
+    df = pd.DataFrame(rows, columns=names)
+    if not curves:
+        df["deletion_curve"] = None
+        df["insertion_curve"] = None
+    df["pred"] = pd.to_numeric(df["pred"], errors="coerce").astype("Int64")
+    return df
+
+
+def sanity_check(session: Session, run_id: int) -> Optional[dict[str, Any]]:
+    """The run's latest sanity check: created_at, layer, n_images, stages (list of dicts), settings."""
+    row = session.get(SanityCheck, run_id)
+    if row is None:
+        return None
+    return dict(created_at=row.created_at, layer=row.layer, n_images=row.n_images, stages=list(row.stages),
+                settings=dict(row.settings))
+
+
+def trust_summary(frame: pd.DataFrame, target: str = "pred") -> dict[str, Any]:
+    """Aggregate scores of one target: per method the mean AUCs and count, and how often Grad-CAM beats
+    each baseline on the same image (deletion: lower AUC; insertion: higher AUC)."""
+    f = frame[frame["target"] == target]
+    methods = {
+        m: dict(n=int(len(g)), deletion_auc=float(g["deletion_auc"].mean()),
+                insertion_auc=float(g["insertion_auc"].mean()))
+        for m, g in f.groupby("method", sort=True)
+    }
+    wide = f.pivot_table(index="image_id", columns="method", values=["deletion_auc", "insertion_auc"])
+    beats: dict[str, dict[str, float]] = {}
+    if "gradcam" in methods:
+        for base in (m for m in methods if m != "gradcam"):
+            d, i = wide["deletion_auc"], wide["insertion_auc"]
+            beats[base] = dict(deletion=float((d["gradcam"] < d[base]).mean()),
+                               insertion=float((i["gradcam"] > i[base]).mean()))
+    return dict(target=target, n_images=int(f["image_id"].nunique()), methods=methods, gradcam_beats=beats)
+
+
+def trust_per_class(frame: pd.DataFrame, names: Sequence[str], target: str = "pred") -> pd.DataFrame:
+    """Per true class: images, mean deletion / insertion AUC per method (columns ``del_<m>``, ``ins_<m>``)
+    and the share of images where Grad-CAM's deletion AUC is below the random map's (``beats_random``)."""
+    f = frame[frame["target"] == target]
+    if f.empty:
+        return _empty(["class", "images", "beats_random"])
+    means = f.pivot_table(index="label", columns="method", values=["deletion_auc", "insertion_auc"], aggfunc="mean")
+    out = pd.DataFrame(index=means.index)
+    out.insert(0, "class", [names[int(i)] if 0 <= int(i) < len(names) else str(i) for i in means.index])
+    out["images"] = f.groupby("label")["image_id"].nunique()
+    for kind, short in (("deletion_auc", "del"), ("insertion_auc", "ins")):
+        for m in means[kind].columns:
+            out[f"{short}_{m}"] = means[kind][m]
+    wide = f.pivot_table(index=["label", "image_id"], columns="method", values="deletion_auc")
+    if {"gradcam", "random"} <= set(wide.columns):
+        out["beats_random"] = (wide["gradcam"] < wide["random"]).groupby(level="label").mean()
+    else:
+        out["beats_random"] = np.nan
+    return out.reset_index(drop=True)

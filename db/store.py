@@ -26,7 +26,9 @@ from db.models import (
     Prediction,
     Run,
     RunClass,
+    SanityCheck,
     SchemaInfo,
+    TrustScore,
     utcnow,
 )
 
@@ -345,3 +347,22 @@ def run_summaries(session: Session) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+# --------------------------------------------------------------------------- trust
+
+def replace_trust_scores(session: Session, run_id: int, image_ids: Iterable[int], rows: list[dict[str, Any]]) -> None:
+    """Drop the run's earlier scores of ``image_ids`` and insert ``rows`` (dicts of ``TrustScore`` columns)."""
+    ids = [int(i) for i in image_ids]
+    for lo in range(0, len(ids), 500):
+        session.execute(
+            delete(TrustScore).where(TrustScore.run_id == run_id, TrustScore.image_id.in_(ids[lo : lo + 500]))
+        )
+    if rows:
+        session.execute(TrustScore.__table__.insert(), rows)
+
+
+def replace_sanity_check(session: Session, run_id: int, **fields: Any) -> None:
+    """Keep one sanity check per run: the latest."""
+    session.execute(delete(SanityCheck).where(SanityCheck.run_id == run_id))
+    session.add(SanityCheck(run_id=run_id, created_at=utcnow(), **fields))
