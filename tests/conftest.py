@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# The PostgreSQL server fixture (pg_url), shared by every module that needs it: one server per session.
+pytest_plugins = ["tests.pg"]
+
 
 def write_image(path: Path, rng: np.random.Generator, size: int = 32, colour: int = 0) -> None:
     """A small JPEG whose dominant colour channel depends on ``colour`` so classes are learnable."""

@@ -1,7 +1,7 @@
 """A throwaway PostgreSQL server for the tests: ``pg_url`` starts one per test session, ``new_database`` adds
 an empty database to it.
 
-Use it from a test module with ``from tests.pg import pg_url  # noqa: F401`` (pytest finds the fixture by
+Registered for every test module by ``pytest_plugins`` in ``tests/conftest.py`` (pytest finds the fixture by
 name). The cluster lives in a temporary folder, listens on 127.0.0.1 at a free port with its unix socket in
 that folder, trusts local connections and runs with ``fsync=off``; it is stopped and deleted at the end.
 Without the PostgreSQL server binaries the tests skip, except under ``CI=true`` where that is a failure.

@@ -15,7 +15,7 @@ from sqlalchemy import func, select, text
 from db import store
 from db.models import SCHEMA_VERSION, CamRow, EpochRow, EvalRow, ImageRow, Prediction, Run
 from tests.conftest import make_dataset
-from tests.pg import new_database, pg_url  # noqa: F401  (pytest fixture)
+from tests.pg import new_database
 
 TINY = ["--image-size", "32", "--epochs-frozen", "1", "--epochs-finetune", "1", "--batch-size", "4",
         "--workers", "0", "--weights", "none", "--device", "cpu"]
