@@ -95,7 +95,7 @@ def make_engine(url: Optional[str] = None, create: bool = True, readonly: bool =
     engine = create_engine(url, **kwargs)
     if u.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_reader_pragmas if readonly else _sqlite_writer_pragmas)
-    ensure_schema(engine, create=create)
+    ensure_schema(engine, create=create, add_tables=not readonly)
     return engine
 
 
@@ -103,19 +103,22 @@ def make_engine(url: Optional[str] = None, create: bool = True, readonly: bool =
 _SCHEMA_LOCK_KEY = 0x5350_4F52  # "SPOR"
 
 
-def ensure_schema(engine: Engine, create: bool = True) -> None:
+def ensure_schema(engine: Engine, create: bool = True, add_tables: bool = True) -> None:
+    """Check the schema version; ``create`` makes the schema in an empty store, ``add_tables`` adds the
+    tables that a newer feature brought (``create_all`` is a no-op for tables that exist)."""
+    writes = create or add_tables
     with engine.begin() as conn:
-        if create and conn.dialect.name == "postgresql":
+        if writes and conn.dialect.name == "postgresql":
             # Two jobs that open an empty database together would both run CREATE TABLE, and the second
             # fails on the catalog ("duplicate key ... pg_type_typname_nsp_index"). The lock lasts until
             # this transaction ends, so they take turns and the second finds the schema made.
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
-        elif create and conn.dialect.name == "sqlite":
+        elif writes and conn.dialect.name == "sqlite":
             conn.exec_driver_sql("BEGIN IMMEDIATE")  # the same race on SQLite: take the write lock first
-        _check_or_create_schema(conn, create)
+        _check_or_create_schema(conn, create, add_tables)
 
 
-def _check_or_create_schema(conn: Connection, create: bool) -> None:
+def _check_or_create_schema(conn: Connection, create: bool, add_tables: bool) -> None:
     where = conn.engine.url.render_as_string(hide_password=True)
     tables = set(inspect(conn).get_table_names())
     if "schema_info" not in tables:
@@ -133,7 +136,7 @@ def _check_or_create_schema(conn: Connection, create: bool) -> None:
             f"store {where} has schema version {found}, this tool "
             f"expects {SCHEMA_VERSION}; run 'python -m jobs.upgrade --db URL' to upgrade it"
         )
-    if create:
+    if add_tables:
         Base.metadata.create_all(conn)  # adds tables that a newer minor feature brought; no-op otherwise
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from sqlalchemy import select
 from core.audit import ImageRef, accuracy_without_leakage, audit
 from db import store
 from db.models import AuditRow, ImageRow, Prediction
-from jobs.common import add_db_arg, run_cli, setup_logging
+from jobs.common import add_db_arg, add_run_arg, run_cli, setup_logging
 
 log = logging.getLogger("jobs.audit")
 
@@ -32,7 +33,7 @@ log = logging.getLogger("jobs.audit")
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.audit", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--run", default="latest", help="run id, run name, or 'latest'")
+    add_run_arg(p)
     add_db_arg(p)
     p.add_argument("--json", action="store_true", help="print the findings as JSON")
     p.add_argument("--workers", type=int, default=1, help="threads that decode and hash images")
@@ -118,8 +119,10 @@ def format_summary(run_id: int, report: dict, acc: list[dict]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun the audit (no model, no collectives) runs once, on rank 0
     setup_logging(args.verbose)
-    engine = store.make_engine(args.db)
+    engine = store.make_engine(args.db, create=False)
     with store.make_sessionmaker(engine).begin() as s:
         run_id, report, acc = audit_run(s, args.run, workers=args.workers, min_score=args.min_score)
     if args.json:

@@ -20,7 +20,7 @@ from core.data import DatasetIndex, Sample
 from core.model import build_model, load_checkpoint, resolve_module
 from db import store
 from db.models import EvalRow, ImageRow
-from jobs.common import add_db_arg, run_cli, setup_logging
+from jobs.common import add_db_arg, add_run_arg, run_cli, setup_logging
 from jobs.evaluation import evaluate_split
 from jobs.train import pick_device
 
@@ -30,9 +30,7 @@ log = logging.getLogger("jobs.cams")
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.cams", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    # torchrun reads a bare --run as an abbreviation of its own --run-path and stops; --run-id passes through.
-    p.add_argument("--run", "--run-id", dest="run", default="latest",
-                   help="run id, run name, or 'latest' (under torchrun spell it --run-id)")
+    add_run_arg(p)
     add_db_arg(p)
     p.add_argument("--layer", default=None, help="module path of the Grad-CAM target layer "
                    "(default: the layer the run used)")

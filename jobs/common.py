@@ -22,6 +22,13 @@ def add_db_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_run_arg(parser: argparse.ArgumentParser) -> None:
+    # torchrun takes any unambiguous prefix of its own flags, even after the module name, and reads
+    # "--run" as its "--run-path"; "--run-id" is the spelling that survives a torchrun launch.
+    parser.add_argument("--run", "--run-id", dest="run", default="latest",
+                        help="run id, run name, or 'latest' (under torchrun spell it --run-id)")
+
+
 def setup_logging(verbose: bool = False, rank: int = 0) -> None:
     level = logging.DEBUG if verbose else (logging.INFO if rank == 0 else logging.WARNING)
     fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"

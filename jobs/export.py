@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from core.images import load_display_image
 from core.report import FORMATS, ExportOptions, RunData, write_figure_set
 from db import queries, store
-from jobs.common import add_db_arg, run_cli, setup_logging
+from jobs.common import add_db_arg, add_run_arg, run_cli, setup_logging
 
 log = logging.getLogger("jobs.export")
 
@@ -33,8 +33,7 @@ def _csv(text: str) -> tuple[str, ...]:
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.export", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--run", default="latest", help="run id, run name, or 'latest'")
-    p.add_argument("--out", default=None, help="folder to write into (default: runs/export-<run id>)")
+    add_run_arg(p)
     add_db_arg(p)
     p.add_argument("--sports", nargs="*", default=None, metavar="NAME",
                    help="sports that get an error sheet, each one argument (quote names with spaces); "

@@ -28,7 +28,7 @@ from core.gradcam import predict_and_explain
 from core.model import load_checkpoint, resolve_module
 from db import queries, store
 from db.models import ImageRow
-from jobs.common import add_db_arg, run_cli, setup_logging
+from jobs.common import add_db_arg, add_run_arg, run_cli, setup_logging
 from jobs.train import pick_device
 
 log = logging.getLogger("jobs.trust")
@@ -37,7 +37,7 @@ log = logging.getLogger("jobs.trust")
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.trust", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--run", default="latest", help="run id, run name, or 'latest'")
+    add_run_arg(p)
     add_db_arg(p)
     p.add_argument("--split", default="valid", help="split whose images are scored")
     p.add_argument("--sample", type=int, default=0, help="score a seeded random sample of this many images "
@@ -157,7 +157,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> int:
     t0 = time.perf_counter()
-    engine = store.make_engine(args.db, create=True) if env.is_main else None  # create=True adds our tables
+    engine = store.make_engine(args.db, create=False) if env.is_main else None
     Session_ = store.make_sessionmaker(engine) if engine is not None else None
     plan = None
     if env.is_main:
