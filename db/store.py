@@ -51,21 +51,27 @@ def resolve_url(url: Optional[str] = None) -> str:
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
-    cur = dbapi_conn.cursor()
     # WAL lets the dashboard read while a job writes; busy_timeout waits for a writer instead of
-    # failing with "database is locked".
-    cur.execute("PRAGMA journal_mode=WAL")
+    # failing with "database is locked". WAL is a property of the file, set by the writer that creates it.
+    dbapi_conn.execute("PRAGMA journal_mode=WAL")
+    _sqlite_reader_pragmas(dbapi_conn, _record)
+
+
+def _sqlite_reader_pragmas(dbapi_conn, _record) -> None:
+    # Connection settings only: setting journal_mode would write the header of an empty file.
+    cur = dbapi_conn.cursor()
     cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
 
 
-def make_engine(url: Optional[str] = None, create: bool = True) -> Engine:
+def make_engine(url: Optional[str] = None, create: bool = True, check: bool = True) -> Engine:
     """Create the engine for ``url`` and make sure the schema is there and of our version.
 
     ``create=False`` opens an existing store read-only in spirit: a missing schema is then an error
-    rather than created (the dashboard uses it so that it never writes).
+    rather than created (the dashboard uses it so that it never writes). ``check=False`` skips the
+    schema check and creation (``jobs.upgrade`` opens older stores with it).
     """
     url = resolve_url(url)
     u = make_url(url)
@@ -83,8 +89,9 @@ def make_engine(url: Optional[str] = None, create: bool = True) -> Engine:
         kwargs["pool_pre_ping"] = True
     engine = create_engine(url, **kwargs)
     if u.get_backend_name() == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas)
-    ensure_schema(engine, create=create)
+        event.listen(engine, "connect", _sqlite_pragmas if create else _sqlite_reader_pragmas)
+    if check:
+        ensure_schema(engine, create=create)
     return engine
 
 
@@ -110,10 +117,10 @@ def ensure_schema(engine: Engine, create: bool = True) -> None:
         row = s.get(SchemaInfo, "version")
     found = int(row.value) if row is not None else None
     if found != SCHEMA_VERSION:
-        raise StoreError(
-            f"store {engine.url.render_as_string(hide_password=True)} has schema version {found}, this tool "
-            f"expects {SCHEMA_VERSION}; run 'python -m jobs.upgrade --db URL' to upgrade it"
-        )
+        shown = engine.url.render_as_string(hide_password=True)
+        advice = ("it was written by a newer version of this tool" if (found or 0) > SCHEMA_VERSION
+                  else f"run 'python -m jobs.upgrade --db {shown}' to upgrade it")
+        raise StoreError(f"store {shown} has schema version {found}, this tool expects {SCHEMA_VERSION}; {advice}")
     if create:
         Base.metadata.create_all(engine)  # adds tables that a newer minor feature brought; no-op otherwise
 
