@@ -129,8 +129,8 @@ def test_kill_during_evaluation_then_rerun(tmp_path, eval_data, rerun):
 def test_dashboard_reads_while_a_job_writes(tmp_path):
     data = make_dataset(tmp_path / "data", per_split={"train": 2, "valid": 4})
     db = tmp_path / "s.db"
-    proc = subprocess.Popen(train_cmd(data, tmp_path, "--epochs-frozen", "1", "--epochs-finetune", "1",
-                                      "--batch-size", "2"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    cmd = train_cmd(data, tmp_path, "--epochs-frozen", "1", "--epochs-finetune", "1", "--batch-size", "2")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     errors: list[str] = []
     seen: set[str] = set()
     reads = 0
@@ -152,7 +152,7 @@ def test_dashboard_reads_while_a_job_writes(tmp_path):
                 reads += 1
             except Exception as exc:  # any error a page would show
                 errors.append(f"{type(exc).__name__}: {exc}")
-            time.sleep(0.01)
+            time.sleep(0.05)
 
     reader = threading.Thread(target=read_loop)
     reader.start()
