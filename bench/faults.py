@@ -1,8 +1,7 @@
 """Fault scenarios on a small demo-like set: what each tried, and what survived.
 
-``python -m bench.faults [--workdir DIR] [--keep]`` writes a small data set (the synthetic demo set when
-``core.synth`` is there, otherwise coloured squares in the Kaggle layout) and runs ``jobs.train`` on it in
-subprocesses:
+``python -m bench.faults [--workdir DIR] [--keep]`` writes a small demo-like data set (coloured squares in
+the Kaggle layout) and runs ``jobs.train`` on it in subprocesses:
 
 - an uninterrupted reference run, with a dashboard-style reader polling the store while it writes;
 - kill -9 after an epoch of phase 1, then ``--resume``;
@@ -53,14 +52,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- data
 
 def make_data(root: Path) -> Path:
-    """The demo set when ``core.synth`` exists; otherwise 3 classes of coloured 32 px squares."""
-    try:
-        from core.synth import generate_demo_dataset
-    except ImportError:
-        generate_demo_dataset = None
-    if generate_demo_dataset is not None:
-        generate_demo_dataset(root, seed=0)
-        return root
+    """3 classes of coloured 32 px squares in the Kaggle layout: 12 train, 6 valid, 48 test images.
+
+    Smaller than the synthetic demo set on purpose: ten runs of it must fit in a few minutes, and the
+    test split must be long enough for a kill to land between two written chunks.
+    """
     rng = np.random.default_rng(0)
     for ci, cls in enumerate(("archery", "bobsled", "curling")):
         for split, n in (("train", 4), ("valid", 2), ("test", 16)):

@@ -88,6 +88,10 @@ def finished_training(run: store.Run) -> Optional[dict[str, Any]]:
     return state
 
 
+def run_no_cams(s, run_id: int) -> bool:
+    return bool((s.get(store.Run, run_id).config or {}).get("no_cams"))
+
+
 def complete_if_done(s, run_id: int) -> bool:
     """Mark a run complete when its training finished and every split it evaluates has a complete evaluation.
 
@@ -157,7 +161,9 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
         with Session_.begin() as s:
             if not args.no_cams:
                 s.get(store.Run, plan["run_id"]).cam_layer = layer
-            if args.checkpoint is None and complete_if_done(s, plan["run_id"]):
+            # Only a pass like the training job's own (its checkpoint, maps unless it went without) completes it.
+            like_training = args.checkpoint is None and (not args.no_cams or run_no_cams(s, plan["run_id"]))
+            if like_training and complete_if_done(s, plan["run_id"]):
                 log.info("run %d (%s): training had finished; the run is complete", plan["run_id"], plan["name"])
     return 0
 
