@@ -253,7 +253,7 @@ def render_example(
         raise ValueError(f"class_index must be in [0, {len(DRAWERS)}), got {class_index}")
     bg = _background(rng, image_size)
     # The object is drawn at twice its final size and scaled down, which smooths its edges.
-    side = rng.uniform(0.3, 0.55) * image_size
+    side = rng.uniform(0.45, 0.7) * image_size
     big = max(8, round(2 * side))
     c1, c2 = _pick_colours(rng, class_index)
     layer = Image.new("RGBA", (big, big), (0, 0, 0, 0))

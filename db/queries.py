@@ -13,10 +13,18 @@ import pandas as pd
 from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
-from db.models import AuditRow, CamRow, EpochRow, EvalRow, ImageRow, Prediction, Run, RunClass
-
-
-from db.models import CamRow, EpochRow, EvalRow, ImageRow, Prediction, Run, RunClass, SanityCheck, TrustScore
+from db.models import (
+    AuditRow,
+    CamRow,
+    EpochRow,
+    EvalRow,
+    ImageRow,
+    Prediction,
+    Run,
+    RunClass,
+    SanityCheck,
+    TrustScore,
+)
 from db.store import class_names
 
 PREDICTION_COLUMNS = ["image_id", "split", "relpath", "label", "pred", "confidence", "loss", "has_cam"]

@@ -64,18 +64,21 @@ def _sqlite_writer_pragmas(dbapi_conn, _record) -> None:
 
 
 def _sqlite_reader_pragmas(dbapi_conn, _record) -> None:
+    # Connection settings only: setting journal_mode would write the header of an empty file.
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA query_only=ON")  # a reader (the dashboard) can never change the store
     cur.close()
 
 
-def make_engine(url: Optional[str] = None, create: bool = True, readonly: bool = False) -> Engine:
+def make_engine(url: Optional[str] = None, create: bool = True, readonly: bool = False,
+                check: bool = True) -> Engine:
     """Create the engine for ``url`` and make sure the schema is there and of our version.
 
     ``create=False`` opens an existing store only: a missing file or schema is then an error rather than
     created. ``readonly=True`` (implies ``create=False``) also makes SQLite refuse every write on the
-    connection, which the dashboard and ``jobs.runs`` use.
+    connection, which the dashboard and ``jobs.runs`` use. ``check=False`` skips the schema check and
+    creation (``jobs.upgrade`` opens older stores with it).
     """
     url = resolve_url(url)
     u = make_url(url)
@@ -95,7 +98,8 @@ def make_engine(url: Optional[str] = None, create: bool = True, readonly: bool =
     engine = create_engine(url, **kwargs)
     if u.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_reader_pragmas if readonly else _sqlite_writer_pragmas)
-    ensure_schema(engine, create=create, add_tables=not readonly)
+    if check:
+        ensure_schema(engine, create=create, add_tables=not readonly)
     return engine
 
 
@@ -132,10 +136,10 @@ def _check_or_create_schema(conn: Connection, create: bool, add_tables: bool) ->
     found = conn.scalar(select(SchemaInfo.value).where(SchemaInfo.key == "version"))
     found = int(found) if found is not None else None
     if found != SCHEMA_VERSION:
-        raise StoreError(
-            f"store {where} has schema version {found}, this tool "
-            f"expects {SCHEMA_VERSION}; run 'python -m jobs.upgrade --db URL' to upgrade it"
-        )
+        shown = conn.engine.url.render_as_string(hide_password=True)
+        advice = ("it was written by a newer version of this tool" if (found or 0) > SCHEMA_VERSION
+                  else f"run 'python -m jobs.upgrade --db {shown}' to upgrade it")
+        raise StoreError(f"store {shown} has schema version {found}, this tool expects {SCHEMA_VERSION}; {advice}")
     if add_tables:
         Base.metadata.create_all(conn)  # adds tables that a newer minor feature brought; no-op otherwise
 

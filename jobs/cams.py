@@ -5,24 +5,28 @@
 
 RUN is a run id, a run name, or ``latest``. The images are those the run recorded; the evaluation of each
 split is replaced as a whole, so running this again (after an interruption, say) leaves no duplicates.
+
+A run whose training finished but whose evaluation was interrupted (its ``last.pt`` counts every epoch,
+its status still reads ``running`` or ``failed``) is marked ``complete`` once every split it evaluates is.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 from pathlib import Path
+from typing import Any, Optional
 
 import torch
 from sqlalchemy import select
 
 from core import dist
 from core.data import DatasetIndex, Sample
-from core.model import build_model, load_checkpoint, resolve_module
+from core.model import CheckpointError, build_model, load_checkpoint, read_checkpoint, resolve_module
 from db import store
 from db.models import EvalRow, ImageRow
 from jobs.common import add_db_arg, add_run_arg, run_cli, setup_logging
 from jobs.evaluation import evaluate_split
-from jobs.train import pick_device
+from jobs.train import pick_device, slug
 
 log = logging.getLogger("jobs.cams")
 
@@ -57,6 +61,62 @@ def run_index(s, run: store.Run, splits: list[str]) -> DatasetIndex:
     return DatasetIndex(root=Path(run.data_root), classes=store.class_names(s, run.id), splits=by_split)
 
 
+def run_splits(s, run: store.Run) -> list[str]:
+    """The splits the run's training job evaluates (or has begun to), among those it has images of."""
+    have = set(s.scalars(select(ImageRow.split).where(ImageRow.run_id == run.id).distinct()))
+    begun = set(s.scalars(select(EvalRow.split).where(EvalRow.run_id == run.id)))
+    wanted = set((run.config or {}).get("eval_splits", "valid,test").split(",")) | begun
+    return [sp for sp in ("train", "valid", "test") if sp in wanted and sp in have]
+
+
+def run_dir(run: store.Run) -> Path:
+    """The run's checkpoint folder: recorded in its config, else where ``jobs.train`` would have put it."""
+    cfg = run.config or {}
+    return Path(cfg.get("run_dir") or Path(cfg.get("out", "runs/checkpoints")) / slug(run.name))
+
+
+def finished_training(run: store.Run) -> Optional[dict[str, Any]]:
+    """The ``last.pt`` state when it counts every epoch of the run, else None (training not over)."""
+    path = run_dir(run) / "last.pt"
+    if not path.is_file():
+        return None
+    state = read_checkpoint(path)
+    a = state.get("args", {})
+    total = int(a.get("epochs_frozen") or 0) + int(a.get("epochs_finetune") or 0)
+    if state.get("run_id") != run.id or int(state.get("epochs_done", -1)) < total:
+        return None
+    return state
+
+
+def run_no_cams(s, run_id: int) -> bool:
+    return bool((s.get(store.Run, run_id).config or {}).get("no_cams"))
+
+
+def complete_if_done(s, run_id: int) -> bool:
+    """Mark a run complete when its training finished and every split it evaluates has a complete evaluation.
+
+    Only ``last.pt`` can tell that training finished: the epoch rows go in before the checkpoint, so
+    they can count an epoch whose weights were never saved.
+    """
+    run = s.get(store.Run, run_id)
+    if run.status == "complete":
+        return False
+    state = finished_training(run)
+    splits = run_splits(s, run)
+    evals = {e.split: e for e in s.scalars(select(EvalRow).where(EvalRow.run_id == run_id))}
+    if state is None or not splits or any(sp not in evals or evals[sp].status != "complete" for sp in splits):
+        return False
+    best = state.get("best") or {}
+    metrics: dict[str, Any] = {"best_val_acc": best.get("acc") if "valid" in splits else None}
+    for sp in splits:
+        e = evals[sp]
+        metrics[sp] = {"top1": e.top1, "top5": e.top5, "loss": e.loss, "images": e.n_images}
+    best_path = run_dir(run) / "best.pt"
+    store.finish_run(s, run_id, "complete", best_epoch=best.get("epoch"), metrics=metrics,
+                     checkpoint_path=str(best_path.resolve()), error=None)
+    return True
+
+
 def main(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     env = dist.init_from_env(device.type)
@@ -74,15 +134,19 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
     if env.is_main:
         with Session_() as s:
             run = store.resolve_run(s, args.run)
-            done = list(s.scalars(select(EvalRow.split).where(EvalRow.run_id == run.id)))
-            splits = args.split.split(",") if args.split else (done or ["valid", "test"])
+            # By default every split the run evaluates: a kill may have struck before some were begun.
+            splits = args.split.split(",") if args.split else run_splits(s, run)
             index = run_index(s, run, splits)
             missing = [sp for sp in splits if sp not in index.splits]
-            if missing:
-                raise ValueError(f"run {run.id} ({run.name}) has no images in split(s) {missing}")
+            if missing or not splits:
+                raise ValueError(f"run {run.id} ({run.name}) has no images in split(s) {missing or splits}")
+            # An interrupted run has no checkpoint_path yet; its best.pt is in its checkpoint folder.
             ckpt = args.checkpoint or run.checkpoint_path
+            if not ckpt and (run_dir(run) / "best.pt").is_file():
+                ckpt = str(run_dir(run) / "best.pt")
             if not ckpt:
-                raise ValueError(f"run {run.id} ({run.name}) has no checkpoint yet (status {run.status})")
+                raise CheckpointError(f"run {run.id} ({run.name}) has no checkpoint yet (status {run.status}; "
+                                      f"none in {run_dir(run)})")
             plan = dict(run_id=run.id, name=run.name, splits=splits, index=index, checkpoint=ckpt)
     plan = dist.broadcast_from_main(env, plan)
     # As in jobs.train, only rank 0 need see the checkpoint; the others get its weights over the process group.
@@ -98,9 +162,14 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
     for split in plan["splits"]:
         evaluate_split(Session_, plan["run_id"], model, meta, plan["index"], split, device=device, env=env,
                        batch_size=args.batch_size, workers=args.workers, cams=not args.no_cams, layer=layer)
-    if env.is_main and not args.no_cams:
+    if env.is_main:
         with Session_.begin() as s:
-            s.get(store.Run, plan["run_id"]).cam_layer = layer
+            if not args.no_cams:
+                s.get(store.Run, plan["run_id"]).cam_layer = layer
+            # Only a pass like the training job's own (its checkpoint, maps unless it went without) completes it.
+            like_training = args.checkpoint is None and (not args.no_cams or run_no_cams(s, plan["run_id"]))
+            if like_training and complete_if_done(s, plan["run_id"]):
+                log.info("run %d (%s): training had finished; the run is complete", plan["run_id"], plan["name"])
     return 0
 
 

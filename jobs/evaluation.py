@@ -1,15 +1,15 @@
 """The evaluation pass shared by ``jobs.train`` and ``jobs.cams``: predictions and Grad-CAM maps into the store.
 
 Each split is sharded over the ranks without padding (every image exactly once), the results are gathered
-on rank 0 and written there. A split's ``evaluations`` row reads ``running`` until its last row is written,
-so an interrupted pass is never mistaken for a complete one; running the pass again replaces its rows.
+on rank 0 and written there; a single process writes them in chunks as it goes. A split's ``evaluations`` row
+reads ``running`` until its last row is written, so an interrupted pass is never mistaken for a complete one;
+running the pass again replaces its rows.
 """
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Iterable, Optional
 
-import numpy as np
 import torch
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,7 +22,8 @@ from db import store
 
 log = logging.getLogger(__name__)
 
-WRITE_CHUNK = 512
+# Rows per transaction while evaluating: small enough that progress shows and a kill loses little.
+WRITE_CHUNK = 32
 
 
 def make_eval_loader(index: DatasetIndex, split: str, meta: ModelMeta, env: dist.DistEnv, batch_size: int,
@@ -80,32 +81,28 @@ def evaluate_split(
     ds, loader = make_eval_loader(index, split, meta, env, batch_size, workers)
     skipped = Skipped()
     explain = pred_true_explainer(layer) if cams else None
-    local: list[BatchResult] = list(
-        predict_batches(model, loader, device, explain_fn=explain, env=env, skipped=skipped, desc=f"evaluate {split}")
-    )
-    gathered = dist.gather_to_main(env, (local, skipped.items))
-    if not env.is_main:
-        return None
-    results = [r for part, _ in gathered for r in part]
-    bad = {i: reason for _, items in gathered for i, reason in items.items()}
+    batches: Iterable[BatchResult] = predict_batches(model, loader, device, explain_fn=explain, env=env,
+                                                     skipped=skipped, desc=f"evaluate {split}")
+    if env.distributed:
+        gathered = dist.gather_to_main(env, (list(batches), skipped.items))
+        if not env.is_main:
+            return None
+        batches = [r for part, _ in gathered for r in part]
+        skipped = Skipped({i: reason for _, items in gathered for i, reason in items.items()})
     assert Session_ is not None
     samples = ds.samples
+    # One process writes as it predicts, so the rows (and the dashboard's view of them) grow chunk by
+    # chunk under a ``running`` evaluation row and memory stays flat; a kill leaves that row running.
     with Session_.begin() as s:
         store.begin_evaluation(s, run_id, split)
-        sizes = {i: wh for r in results for i, wh in r.sizes.items()}
-        records = [
-            store.ImageRecord(split, samples[i].relpath, samples[i].label, width=w, height=h)
-            for i, (w, h) in sizes.items()
-        ] + [
-            store.ImageRecord(split, samples[i].relpath, samples[i].label, skipped=True, skip_reason=reason)
-            for i, reason in bad.items()
-        ]
-        ids = store.upsert_images(s, run_id, records)
+        ids = store.upsert_images(s, run_id, [store.ImageRecord(split, x.relpath, x.label) for x in samples])
+    sizes: dict[int, tuple[int, int]] = {}
     n = correct1 = correct5 = 0
     loss_sum = 0.0
     pending_p: list[dict] = []
     pending_c: list[dict] = []
-    for r in results:
+    for r in batches:
+        sizes.update(r.sizes)
         image_ids = [ids[(split, samples[int(i)].relpath)] for i in r.index]
         p, c = _rows(r, image_ids, run_id, layer if cams else None)
         pending_p += p
@@ -118,6 +115,7 @@ def evaluate_split(
             with Session_.begin() as s:
                 store.add_predictions(s, pending_p, pending_c)
             pending_p, pending_c = [], []
+    bad = skipped.items
     metrics = {
         "n_images": n,
         "top1": correct1 / n if n else None,
@@ -125,6 +123,13 @@ def evaluate_split(
         "loss": loss_sum / n if n else None,
     }
     with Session_.begin() as s:
+        store.upsert_images(s, run_id, [
+            store.ImageRecord(split, samples[i].relpath, samples[i].label, width=w, height=h)
+            for i, (w, h) in sizes.items()
+        ] + [
+            store.ImageRecord(split, samples[i].relpath, samples[i].label, skipped=True, skip_reason=reason)
+            for i, reason in bad.items()
+        ])
         store.add_predictions(s, pending_p, pending_c)
         store.finish_evaluation(s, run_id, split, **metrics)
     log.info("%s: %d images, top-1 %.4f, top-5 %.4f, %d skipped", split, n, metrics["top1"] or 0,

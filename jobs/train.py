@@ -310,6 +310,7 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
         args.run_name = name
         config["run_name"] = name
         run_dir = Path(args.out) / slug(name)
+        config["run_dir"] = str(run_dir.resolve())  # where jobs.cams finds the checkpoints of an unfinished run
         if env.is_main:
             with Session_.begin() as s:
                 run = store.create_run(s, name=name, config=config, data_root=str(index.root.resolve()),

@@ -1,0 +1,193 @@
+"""Bring a results store written by an older version of this tool up to the current schema.
+
+``STEPS[n]`` takes a store from version ``n`` to ``n + 1``. Each step runs in one transaction together with
+the update of the version row, so a store is either upgraded by a step or left exactly as it was. A step
+spells out its own tables instead of using today's models: it must keep meaning what it meant when it was
+written, after the models have moved on. A SQLite file is copied next to itself before the first step.
+
+Version 0 is the layout before evaluations were tracked: no ``evaluations`` table and no ``loss`` column
+in ``predictions``.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, Optional
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    DateTime,
+    Engine,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    event,
+    inspect,
+    text,
+)
+
+from db.models import SCHEMA_VERSION
+from db.store import StoreError, make_engine
+
+Step = Callable[[Connection], None]
+STEPS: dict[int, Step] = {}
+
+
+def step(from_version: int) -> Callable[[Step], Step]:
+    def register(fn: Step) -> Step:
+        if from_version in STEPS:
+            raise ValueError(f"two upgrade steps from version {from_version}: {STEPS[from_version].__name__}, "
+                             f"{fn.__name__}")
+        STEPS[from_version] = fn
+        return fn
+    return register
+
+
+@step(0)
+def upgrade_0_to_1(conn: Connection) -> None:
+    """Add predictions.loss and the evaluations table; evaluations are filled in from the predictions."""
+    conn.execute(text("ALTER TABLE predictions ADD COLUMN loss FLOAT"))
+    md = MetaData()
+    Table("runs", md, Column("id", Integer, primary_key=True))  # only for the foreign key below
+    evaluations = Table(
+        "evaluations", md,
+        Column("run_id", Integer, ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
+        Column("split", String(8), primary_key=True),
+        Column("status", String(16), nullable=False),
+        Column("n_images", Integer, nullable=False),
+        Column("top1", Float),
+        Column("top5", Float),
+        Column("loss", Float),
+        Column("finished_at", DateTime),
+    )
+    evaluations.create(conn)
+    # One row per split that has predictions. Only a complete run had written all of them; the loss of a
+    # prediction was not kept before, so it stays unknown.
+    rows = conn.execute(text(
+        "SELECT i.run_id, i.split, i.label, p.pred, p.top5_idx, r.status, r.finished_at "
+        "FROM predictions p JOIN images i ON i.id = p.image_id JOIN runs r ON r.id = i.run_id"
+    ).columns(finished_at=DateTime)).all()
+    acc: dict[tuple[int, str], dict] = {}
+    for run_id, split, label, pred, top5, status, finished in rows:
+        a = acc.setdefault((run_id, split), {"n": 0, "c1": 0, "c5": 0, "status": status, "finished": finished})
+        top5 = json.loads(top5) if isinstance(top5, str) else (top5 or [])
+        a["n"] += 1
+        a["c1"] += int(pred == label)
+        a["c5"] += int(label in top5)
+    for (run_id, split), a in sorted(acc.items()):
+        done = a["status"] == "complete"
+        conn.execute(evaluations.insert().values(
+            run_id=run_id, split=split, status="complete" if done else "running", n_images=a["n"],
+            top1=a["c1"] / a["n"], top5=a["c5"] / a["n"], loss=None, finished_at=a["finished"] if done else None))
+
+
+# --------------------------------------------------------------------------- running the steps
+
+@dataclass
+class UpgradeReport:
+    url: str
+    found: int
+    target: int
+    steps: list[str]
+    backup: Optional[Path] = None
+    applied: list[str] = field(default_factory=list)
+
+
+def read_version(conn: Connection) -> Optional[int]:
+    """The schema version the store records; None for an empty store."""
+    tables = set(inspect(conn).get_table_names())
+    if "schema_info" not in tables:
+        if tables & {"runs", "images", "predictions"}:
+            raise StoreError("the store has tables but no schema version; it was not written by this tool")
+        return None
+    value = conn.execute(text("SELECT value FROM schema_info WHERE key = 'version'")).scalar()
+    if value is None:
+        raise StoreError("the store's schema_info table holds no version row")
+    return int(value)
+
+
+def plan(found: int, target: int = SCHEMA_VERSION) -> list[Step]:
+    if found > target:
+        raise StoreError(f"the store has schema version {found}, newer than this tool's {target}; "
+                         "use a newer version of the tool")
+    missing = [v for v in range(found, target) if v not in STEPS]
+    if missing:
+        raise StoreError(f"no upgrade step from schema version {missing[0]} (store at {found}, tool at {target})")
+    return [STEPS[v] for v in range(found, target)]
+
+
+def backup_sqlite(engine: Engine, found: int) -> Optional[Path]:
+    """Copy a SQLite file next to itself (``NAME.v<found>.bak``, stamped if that exists); None otherwise."""
+    db = engine.url.database
+    if engine.url.get_backend_name() != "sqlite" or not db or db == ":memory:":
+        return None
+    src = Path(db)
+    dest = src.with_name(f"{src.name}.v{found}.bak")
+    if dest.exists():
+        dest = src.with_name(f"{src.name}.v{found}.{datetime.now():%Y%m%d-%H%M%S}.bak")
+    # The backup API copies what the WAL holds too, which a plain file copy would miss.
+    s_conn, d_conn = sqlite3.connect(src), sqlite3.connect(dest)
+    try:
+        s_conn.backup(d_conn)
+    finally:
+        s_conn.close()
+        d_conn.close()
+    return dest
+
+
+def _transactional_ddl(engine: Engine) -> None:
+    """Make the sqlite3 driver run DDL inside our transactions (it begins them only before DML)."""
+    if engine.url.get_backend_name() != "sqlite":
+        return
+
+    @event.listens_for(engine, "connect")
+    def _no_driver_transactions(dbapi_conn, _record):
+        dbapi_conn.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def upgrade(url: Optional[str] = None, dry_run: bool = False, say: Callable[[str], None] = print) -> UpgradeReport:
+    """Apply every step from the store's version to this tool's; with ``dry_run``, only say which."""
+    engine = make_engine(url, create=False, check=False)
+    _transactional_ddl(engine)
+    shown = engine.url.render_as_string(hide_password=True)
+    try:
+        with engine.connect() as conn:
+            found = read_version(conn)
+        if found is None:
+            raise StoreError(f"store {shown} is empty; there is nothing to upgrade")
+        steps = plan(found)
+        report = UpgradeReport(shown, found, SCHEMA_VERSION, [s.__name__ for s in steps])
+        say(f"store {shown}: schema version {found}, this tool expects {SCHEMA_VERSION}")
+        if not steps:
+            say("nothing to upgrade")
+            return report
+        if dry_run:
+            for s in steps:
+                say(f"would apply {s.__name__}: {s.__doc__.strip() if s.__doc__ else ''}")
+            say("dry run: the store was not changed")
+            return report
+        report.backup = backup_sqlite(engine, found)
+        if report.backup:
+            say(f"backup of the store before upgrading: {report.backup}")
+        version = found
+        for s in steps:
+            with engine.begin() as conn:
+                s(conn)
+                version += 1
+                conn.execute(text("UPDATE schema_info SET value = :v WHERE key = 'version'"), {"v": str(version)})
+            report.applied.append(s.__name__)
+            say(f"applied {s.__name__}: store now at schema version {version}")
+        return report
+    finally:
+        engine.dispose()
