@@ -100,3 +100,35 @@ def overlay(
     heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
     blended = (1.0 - alpha) * rgb.astype(np.float32) + alpha * heat.astype(np.float32)
     return np.clip(np.round(blended), 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------------
+# Localisation
+# --------------------------------------------------------------------------------------------------
+def peak_location(cam: np.ndarray, input_size: int, image_size: tuple[int, int]) -> tuple[float, float]:
+    """Where a map peaks, in the original image's pixel coordinates (x, y).
+
+    The raw map is upsampled (bilinear) to the model's square input, its argmax taken there (the first one
+    on ties), and the pixel centre scaled back to the original ``image_size`` = (width, height).
+    """
+    up = upsample(cam, (input_size, input_size))
+    iy, ix = np.unravel_index(int(np.argmax(up)), up.shape)
+    w, h = image_size
+    return (ix + 0.5) * w / input_size, (iy + 0.5) * h / input_size
+
+
+def pointing_game(cams: list[np.ndarray], boxes: list[tuple[float, float, float, float]], input_size: int,
+                  image_sizes: list[tuple[int, int]]) -> dict[str, float]:
+    """Share of maps whose peak falls inside the object's box [x0, y0, x1, y1) ("pointing game", Zhang et
+    al., 2016), beside the rate a uniformly random point would reach (the mean share of the image each box
+    covers)."""
+    if not (len(cams) == len(boxes) == len(image_sizes)):
+        raise ValueError(f"need as many maps, boxes and sizes, got {len(cams)}, {len(boxes)}, {len(image_sizes)}")
+    if not cams:
+        raise ValueError("pointing_game needs at least one map")
+    hits, areas = 0, []
+    for cam, (x0, y0, x1, y1), (w, h) in zip(cams, boxes, image_sizes):
+        x, y = peak_location(cam, input_size, (w, h))
+        hits += x0 <= x < x1 and y0 <= y < y1
+        areas.append(max(0.0, x1 - x0) * max(0.0, y1 - y0) / float(w * h))
+    return {"n": len(cams), "hit_rate": hits / len(cams), "random_rate": float(np.mean(areas))}

@@ -13,15 +13,15 @@ import csv
 import hashlib
 import logging
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile
+from PIL import Image
 
+from core.images import MAX_PIXELS, BadImage, model_pixels, open_rgb, read_image_header  # noqa: F401
 from core.model import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
@@ -29,9 +29,6 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
 SPLIT_ALIASES = {"train": "train", "valid": "valid", "validation": "valid", "val": "valid", "test": "test"}
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-# Refuse to decode anything larger than this many pixels (a 20000x20000 bomb is 400 MP).
-MAX_PIXELS = 40_000_000
-ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
 class DatasetError(ValueError):
@@ -169,63 +166,6 @@ def discover(root: str | Path, boxes: Optional[dict[str, Sequence[float]]] = Non
 
 
 # --------------------------------------------------------------------------- decoding
-
-class BadImage(ValueError):
-    """One image cannot be used; the message is the reason recorded in the store."""
-
-
-def open_rgb(path: Path) -> Image.Image:
-    """Decode an image as RGB, refusing unreadable, truncated or oversized files with a BadImage reason."""
-    try:
-        if path.stat().st_size == 0:
-            raise BadImage("empty file (0 bytes)")
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                w, h = im.size
-                if w * h > MAX_PIXELS:
-                    raise BadImage(f"image too large to decode safely ({w}x{h} > {MAX_PIXELS} pixels)")
-                if im.mode in ("RGBA", "LA", "P", "PA"):
-                    im = im.convert("RGBA")
-                    bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                    im = Image.alpha_composite(bg, im)
-                rgb = im.convert("RGB")
-                rgb.load()
-                return rgb
-    except BadImage:
-        raise
-    except FileNotFoundError:
-        raise BadImage("file not found") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise BadImage(f"image too large to decode safely ({exc})") from None
-    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError... for broken files
-        raise BadImage(f"cannot decode image: {type(exc).__name__}: {exc}") from None
-
-
-def read_image_header(path: Path) -> tuple[Optional[tuple[int, int]], Optional[str]]:
-    """(width, height) from the file header without decoding, or (None, reason) for an unusable file."""
-    try:
-        if path.stat().st_size == 0:
-            return None, "empty file (0 bytes)"
-        with Image.open(path) as im:
-            w, h = im.size
-    except FileNotFoundError:
-        return None, "file not found"
-    except Image.DecompressionBombError as exc:
-        return None, f"image too large to decode safely ({exc})"
-    except Exception as exc:
-        return None, f"cannot read image header: {type(exc).__name__}: {exc}"
-    if w * h > MAX_PIXELS:
-        return (w, h), f"image too large to decode safely ({w}x{h} > {MAX_PIXELS} pixels)"
-    return (w, h), None
-
-
-def model_pixels(img: Image.Image, size: int) -> np.ndarray:
-    """The exact pixels the model sees at evaluation: resized (bilinear) to size x size, uint8 HWC."""
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.BILINEAR)
-    return np.asarray(img, dtype=np.uint8)
-
 
 def to_tensor(pixels: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
     t = torch.from_numpy(np.array(pixels, dtype=np.uint8, copy=True)).permute(2, 0, 1).float().div_(255.0)

@@ -57,9 +57,13 @@ def train_one_epoch(
     env: DistEnv,
     skipped: Skipped,
     clip_norm: Optional[float] = None,
+    scheduler=None,
     desc: str = "train",
 ) -> dict[str, float]:
-    """Train for one pass over ``loader``; return the loss and accuracy averaged over images."""
+    """Train for one pass over ``loader``; return the loss and accuracy averaged over images.
+
+    ``scheduler``, when given, steps once per optimizer step (warm-up and cosine are per step).
+    """
     model.train()
     loss_sum = correct = seen = 0.0
     for x, y, _idx, bad, _sizes in tqdm(loader, desc=desc, leave=False, disable=not env.is_main):
@@ -90,6 +94,8 @@ def train_one_epoch(
             if clip_norm:
                 nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
             optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         if blank:
             continue
         n = y.numel()

@@ -1,8 +1,10 @@
 """A small synthetic "sports" image set, so the classifier can be trained and explained offline.
 
 Each class is one drawn object (a ball with seams, a racket, a hoop...) pasted at a random place, scale
-and small rotation onto a random textured background. Colours come from one palette shared by all
-classes, so the shape, not the colour, tells the classes apart. Every object's bounding box is recorded,
+(45-70 % of the side) and small rotation onto a random textured background. Each class has its own main
+colour, jittered, and a detail colour drawn from the shared palette; backgrounds take any colour. Shape and
+colour together make the classes learnable by a VGG-19 trained from scratch on a CPU in minutes (with one
+palette for all classes, it stayed at chance for hundreds of steps). Every object's bounding box is recorded,
 which lets a Grad-CAM map be checked against where the object really is (the "pointing game").
 
 The files follow the Kaggle sports layout that ``core.data`` reads::
@@ -29,7 +31,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 # Bump when the drawings change, so old caches are not mistaken for current ones.
-VERSION = 2
+VERSION = 3
 SPLITS = ("train", "valid", "test")
 CLASS_NAMES = (
     "demo ball",
@@ -43,13 +45,13 @@ CLASS_NAMES = (
     "demo dumbbell",
     "demo skis",
 )
-DEFAULT_COUNTS = {"n_train": 80, "n_valid": 10, "n_test": 20}
+DEFAULT_COUNTS = {"n_train": 150, "n_valid": 10, "n_test": 20}
 DEFAULT_IMAGE_SIZE = 96
 JPEG_QUALITY = 92
 
 _OWN_NAMES = {*SPLITS, "sports.csv", "boxes.json", "manifest.json"}
 
-# Shared by every class, so that colour alone cannot give the class away.
+# Class i's main colour is PALETTE[i]; the detail colours come from the whole palette.
 PALETTE = np.array(
     [
         (235, 235, 230),  # white

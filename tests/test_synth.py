@@ -69,8 +69,8 @@ def test_boxes_cover_every_image_within_bounds(small_set):
     size = SMALL["image_size"]
     for x0, y0, x1, y1 in boxes.values():
         assert 0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size
-        # The object spans roughly a fifth to a half of the image side.
-        assert 0.1 * size <= max(x1 - x0, y1 - y0) <= 0.6 * size
+        # The object spans roughly a third to three quarters of the image side.
+        assert 0.25 * size <= max(x1 - x0, y1 - y0) <= 0.8 * size
 
 
 @pytest.mark.parametrize("class_index", range(len(synth.CLASS_NAMES)))
