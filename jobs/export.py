@@ -34,6 +34,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.export", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_run_arg(p)
+    p.add_argument("--out", default=None, help="folder to write into (default: runs/export-<run id>)")
     add_db_arg(p)
     p.add_argument("--sports", nargs="*", default=None, metavar="NAME",
                    help="sports that get an error sheet, each one argument (quote names with spaces); "
