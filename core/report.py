@@ -74,6 +74,9 @@ class RunData:
     load_cams: CamLoader
     audit: Optional[dict[str, Any]] = None  # AuditRow.report
     leakage: Optional[pd.DataFrame] = None  # AuditRow.leakage_accuracy as a frame
+    trust: Optional[pd.DataFrame] = None  # trust_frame(curves=False); None: the run has no scores
+    trust_per_class: Optional[pd.DataFrame] = None  # trust_per_class of the predicted-class maps
+    sanity: Optional[dict[str, Any]] = None  # sanity_check; None: the run has none
 
 
 @dataclass(frozen=True)
@@ -396,6 +399,35 @@ def audit_section(data: RunData, options: ExportOptions) -> Iterator[Artifact]:
                 "the images side by side with their split and label.", sheet)
 
 
+def trust_section(data: RunData, options: ExportOptions) -> Iterator[Artifact]:
+    if data.trust_per_class is not None:
+        yield Table("trust-per-class", "Faithfulness of the maps of the predicted class, per true class: images "
+                    "scored, mean deletion AUC (del_<map>, lower is better) and insertion AUC (ins_<map>, higher "
+                    "is better) of Grad-CAM and of the random and centred baselines, and the share of images "
+                    "where Grad-CAM's deletion AUC is below the random map's (beats_random).", data.trust_per_class)
+    if data.trust is not None:
+        rows = data.trust[data.trust["target"] == "pred"]
+        if not rows.empty:
+            fig = figures.print_layout(figures.trust_distribution(rows, data.names, metric="deletion_auc"),
+                                       "Deletion AUC per class, Grad-CAM against baseline maps")
+            yield Plot("trust-per-class", "Deletion AUC of the predicted-class maps per true class, one box per "
+                       "map (Grad-CAM, random, centred; mean dashed): the probability left as the pixels the map "
+                       "ranks highest are removed, so lower means a more faithful map.", fig, options.width_in)
+
+
+def sanity_section(data: RunData, options: ExportOptions) -> Iterator[Artifact]:
+    if data.sanity is None or not data.sanity.get("stages"):
+        return
+    layer, n = data.sanity.get("layer", "?"), data.sanity.get("n_images", "?")
+    fig = figures.print_layout(figures.sanity_cascade(data.sanity["stages"]), "Sanity check: cascading randomisation")
+    yield Plot("sanity-cascade", f"Model-randomisation sanity check on {n} images (maps of {layer}): similarity "
+               "(Spearman rank correlation and SSIM, mean and standard deviation) of the trained model's "
+               "Grad-CAM maps with those after re-initialising the layers from the top down, cumulatively; the "
+               "trained model against itself and with input noise on the left for scale. Maps that stay "
+               "similar as weights are randomised do not depend on what the model learnt.", fig,
+               options.width_in)
+
+
 # The figure set, in order. Each entry: (RunData, ExportOptions) -> artifacts.
 SECTIONS: list[Callable[[RunData, ExportOptions], Iterable[Artifact]]] = [
     confusion_section,
@@ -405,6 +437,8 @@ SECTIONS: list[Callable[[RunData, ExportOptions], Iterable[Artifact]]] = [
     sport_sheets_section,
     predictions_section,
     audit_section,
+    trust_section,
+    sanity_section,
 ]
 
 
@@ -536,8 +570,10 @@ def write_figure_set(data: RunData, out: str | os.PathLike, options: ExportOptio
     )
     artifacts = [a for section in SECTIONS for a in section(data, options)]
     stems = [a.stem for a in artifacts]
-    if len(set(stems)) != len(stems):
-        raise ValueError(f"two artifacts share a file name: {sorted({s for s in stems if stems.count(s) > 1})}")
+    # A table (.csv) may share its stem with the plot drawn from it; two of one kind would overwrite each other.
+    keys = [(a.stem, isinstance(a, Table)) for a in artifacts]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"two artifacts share a file name: {sorted({k[0] for k in keys if keys.count(k) > 1})}")
 
     def record(path: Path, art: Artifact, kind: str, **extra: Any) -> None:
         manifest.files.append({"file": path.name, "caption": art.caption, "kind": kind, **extra})
@@ -583,7 +619,9 @@ def write_figure_set(data: RunData, out: str | os.PathLike, options: ExportOptio
     finally:
         pool.shutdown(wait=True)
 
-    order = {s: i for i, s in enumerate(stems)}
+    order: dict[str, int] = {}
+    for i, s in enumerate(stems):
+        order.setdefault(s, i)
     manifest.files.sort(key=lambda f: (order.get(Path(f["file"]).stem, len(order)), f["file"]))
     manifest.seconds = time.perf_counter() - t0
     (out / "manifest.json").write_text(json.dumps(manifest.to_dict(), indent=2, ensure_ascii=False) + "\n",

@@ -155,6 +155,12 @@ def load_audit_tables(url: str, run_id: int, stamp: str):
         return queries.audit_for(s, run_id)
 
 
+@st.cache_data(ttl=5, show_spinner=False)
+def load_trust_tables(url: str, run_id: int, names: tuple[str, ...], splits: Optional[tuple[str, ...]]):
+    with _session(url) as s:
+        return queries.trust_for(s, run_id, names, splits)
+
+
 def figure_set_zip(ctx: "Ctx", options: ExportOptions) -> tuple[bytes, dict]:
     """The run's figure set (the same files as ``python -m jobs.export``) as zip bytes, and its manifest."""
     splits = options.splits
@@ -165,6 +171,7 @@ def figure_set_zip(ctx: "Ctx", options: ExportOptions) -> tuple[bytes, dict]:
     names = ctx.names
     cm = load_confusion(ctx.url, ctx.run_id, len(names), splits, ctx.stamp)
     audit = load_audit_tables(ctx.url, ctx.run_id, load_audit_stamp(ctx.url, ctx.run_id) or "")
+    trust = load_trust_tables(ctx.url, ctx.run_id, tuple(names), splits)
     data = RunData(
         run_id=ctx.run_id, run_name=ctx.info.name, names=names, predictions=preds, errors=errors, cm=cm,
         per_class=load_per_class(ctx.url, ctx.run_id, names, splits, ctx.stamp),
@@ -173,6 +180,7 @@ def figure_set_zip(ctx: "Ctx", options: ExportOptions) -> tuple[bytes, dict]:
         load_image=lambda relpath, size: load_display_image(ctx.info.data_root, relpath, size),
         load_cams=lambda ids: load_cams(ctx.url, ctx.run_id, tuple(int(i) for i in ids), ctx.stamp),
         audit=audit[0] if audit else None, leakage=audit[1] if audit else None,
+        trust=trust.scores, trust_per_class=trust.per_class, sanity=trust.sanity,
     )
     with tempfile.TemporaryDirectory(prefix="figure-set-") as tmp:
         manifest = write_figure_set(data, tmp, options)

@@ -6,11 +6,11 @@ or commits. Class indices stay integers here; callers map them to names with ``c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, NamedTuple, Optional, Sequence
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, func, inspect, select
 from sqlalchemy.orm import Session
 
 from db.models import (
@@ -529,3 +529,27 @@ def trust_per_class(frame: pd.DataFrame, names: Sequence[str], target: str = "pr
     else:
         out["beats_random"] = np.nan
     return out.reset_index(drop=True)
+
+
+class TrustTables(NamedTuple):
+    """What a report shows of a run's trust job; each part ``None`` when the run has none."""
+
+    scores: Optional[pd.DataFrame]  # trust_frame(curves=False), rows of the chosen splits
+    per_class: Optional[pd.DataFrame]  # trust_per_class of the predicted-class maps
+    sanity: Optional[dict[str, Any]]  # sanity_check
+
+
+def trust_for(session: Session, run_id: int, names: Sequence[str],
+              splits: Optional[Iterable[str]] = None) -> TrustTables:
+    """The run's faithfulness scores (of ``splits``, default all), their per-class table and its sanity
+    check. A store written before the trust tables existed reads as a run without them."""
+    tables = inspect(session.connection())
+    if not (tables.has_table(TrustScore.__tablename__) and tables.has_table(SanityCheck.__tablename__)):
+        return TrustTables(None, None, None)
+    scores = trust_frame(session, run_id, curves=False)
+    if splits is not None:
+        scores = scores[scores["split"].isin(list(splits))].reset_index(drop=True)
+    per_class = trust_per_class(scores, names, "pred")
+    return TrustTables(scores=scores if not scores.empty else None,
+                       per_class=per_class if not per_class.empty else None,
+                       sanity=sanity_check(session, run_id))

@@ -4,7 +4,8 @@
 
 The set holds the confusion matrix (all classes and the most confused ones), per-class precision/recall/F1,
 the training curves, a grid of the most confident mistakes with both Grad-CAM maps, a sheet of errors per
-chosen sport, the tables behind them and, for an audited run, the leakage table and the duplicate groups.
+chosen sport, the tables behind them, for an audited run the leakage table and the duplicate groups and,
+for a run scored by ``jobs.trust``, the per-class faithfulness table and plot and the sanity-check cascade.
 ``manifest.json`` lists every file with its caption. Plots need a Chromium (``--browser``); without one
 they are skipped and the rest is written.
 """
@@ -72,6 +73,7 @@ def load_run_data(session: Session, run_id: int, splits: Optional[Sequence[str]]
         raise ValueError(f"run {run_id} ({info.name}) has no predictions to export; evaluate it first")
     cm = queries.confusion_matrix(session, run_id, len(names), splits)
     audit = queries.audit_for(session, run_id)
+    trust = queries.trust_for(session, run_id, names, splits)
     return RunData(
         run_id=run_id,
         run_name=info.name,
@@ -86,6 +88,9 @@ def load_run_data(session: Session, run_id: int, splits: Optional[Sequence[str]]
         load_cams=lambda ids: queries.cams_for(session, run_id, ids),
         audit=audit[0] if audit else None,
         leakage=audit[1] if audit else None,
+        trust=trust.scores,
+        trust_per_class=trust.per_class,
+        sanity=trust.sanity,
     )
 
 

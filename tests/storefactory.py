@@ -26,6 +26,7 @@ from core.audit import (
     find_suspect_labels,
     group_pairs,
 )
+from db import queries
 from db.models import AuditRow
 from db.store import (
     ImageRecord,
@@ -37,6 +38,8 @@ from db.store import (
     finish_run,
     make_engine,
     make_sessionmaker,
+    replace_sanity_check,
+    replace_trust_scores,
     upsert_images,
 )
 
@@ -160,6 +163,7 @@ def build_store(
     cam_size: int = 7,
     name: str = "synthetic",
     audit: bool = False,
+    trust: bool = False,
 ) -> tuple[str, int, Path]:
     """Build a store with one complete run; returns ``(db_url, run_id, data_root)``.
 
@@ -167,6 +171,7 @@ def build_store(
     that many JPEGs and hard-links the rest to them (fast large stores for the benchmark); ``file_size`` is the JPEG side (default
     ``image_size``).
     ``audit`` plants duplicates among the files (see :func:`plant_audit`) and stores a data audit of them.
+    ``trust`` stores faithfulness scores of the first split and a sanity check (see :func:`add_trust`).
     """
     tmp_path = Path(tmp_path)
     rng = np.random.default_rng(seed)
@@ -261,7 +266,51 @@ def build_store(
         with Session.begin() as s:
             s.add(plant_audit(data_root, records, ids, full, names, run_id))
     engine.dispose()
+    if trust:
+        add_trust(url, run_id, split=splits[0], seed=seed)
     return url, run_id, data_root
+
+
+TRUST_METHODS = ("gradcam", "random", "centre")
+SANITY_STAGES = (("repeat", "reference"), ("noise", "reference"), ("classifier", "randomised"),
+                 ("reduce", "randomised"), ("conv5_4", "randomised"), ("conv5_3", "randomised"))
+
+
+def add_trust(url: str, run_id: int, *, split: str = "valid", steps: int = 4, seed: int = 0) -> None:
+    """Store what ``jobs.trust`` writes for the predictions of ``split``: per image one row per map
+    (``TRUST_METHODS``) of the predicted class, and of the true class for a mistake, with falling deletion
+    and rising insertion curves (Grad-CAM's deletion AUC mostly, not always, below the random map's); and
+    a sanity check whose similarities fall along ``SANITY_STAGES``."""
+    rng = np.random.default_rng(seed + 7919)  # its own stream: the rest of the store does not change
+    fractions = np.linspace(0.0, 1.0, steps + 1)
+    engine = make_engine(url, create=False)
+    Session = make_sessionmaker(engine)
+    with Session() as s:
+        preds = queries.predictions_frame(s, run_id, [split])
+    rows = []
+    for p in preds.itertuples():
+        targets = [("pred", int(p.pred))] + ([("true", int(p.label))] if p.pred != p.label else [])
+        for target, cls in targets:
+            for method in TRUST_METHODS:
+                level = {"gradcam": 0.25, "random": 0.45, "centre": 0.4}[method] + rng.uniform(-0.2, 0.2)
+                deletion = (1 - fractions) ** (1 / max(level, 0.05) - 1) * p.confidence
+                insertion = fractions ** (max(level, 0.05) / (1 - level)) * p.confidence
+                auc = lambda y: float(np.sum((y[1:] + y[:-1]) * np.diff(fractions)) / 2)  # noqa: E731
+                rows.append(dict(run_id=run_id, image_id=int(p.image_id), target=target, class_index=cls,
+                                 method=method, deletion_auc=auc(deletion), insertion_auc=auc(insertion),
+                                 deletion_curve=deletion.round(4).tolist(),
+                                 insertion_curve=insertion.round(4).tolist()))
+    stages = []
+    for k, (stage, kind) in enumerate(SANITY_STAGES):
+        mean = 1.0 if stage == "repeat" else 0.9 if kind == "reference" else 0.6 / k
+        stages.append(dict(stage=stage, kind=kind, modules=[] if kind == "reference" else [stage], n=4,
+                           spearman_mean=mean, spearman_std=0.0 if stage == "repeat" else 0.05,
+                           ssim_mean=mean * 0.8, ssim_std=0.0 if stage == "repeat" else 0.04))
+    with Session.begin() as s:
+        replace_trust_scores(s, run_id, preds["image_id"].tolist(), rows)
+        replace_sanity_check(s, run_id, layer="features.35", n_images=4, stages=stages,
+                             settings=dict(steps=steps, fill="mean", split=split, images=len(preds), seed=seed))
+    engine.dispose()
 
 
 def add_audit(url: str, run_id: int, groups: Sequence[Sequence[tuple[str, str, int]]]) -> None:

@@ -5,18 +5,19 @@ import io
 import json
 import os
 import re
+import sqlite3
 import zipfile
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from PIL import Image
-from sqlalchemy import update
+from sqlalchemy import select, update
 from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1 import app_test as app_test_module
 
 from core import report
-from db.models import RunClass
+from db.models import ImageRow, RunClass, TrustScore
 from db.store import make_engine, make_sessionmaker
 from jobs import export
 from tests.storefactory import add_audit, build_store
@@ -281,3 +282,126 @@ def test_download_button_returns_the_same_files(full_set, audited, monkeypatch):
     # a changed choice hides the stale zip until it is built again
     at.multiselect(key="exp_formats").set_value(["png"]).run()
     assert not at.download_button
+
+
+# --------------------------------------------------------------------------- trust: faithfulness and sanity check
+
+TRUST_PLOTS = {"trust-per-class", "sanity-cascade"}
+
+
+def _trust_files(m: dict) -> set[str]:
+    return {f["file"] for f in m["files"] if f["file"].startswith(("trust-", "sanity-"))}
+
+
+@pytest.fixture(scope="module")
+def trusted(tmp_path_factory):
+    """A run scored by the trust job: faithfulness rows for the valid split and a sanity check."""
+    return build_store(tmp_path_factory.mktemp("trusted"), n_classes=5, n_per_class=4, seed=6, name="trusted",
+                       trust=True)
+
+
+def _per_class_from_store(url: str, run_id: int) -> pd.DataFrame:
+    """Per class, straight from the rows: mean AUCs per map and the share where Grad-CAM deletes better."""
+    engine = make_engine(url, readonly=True)
+    with make_sessionmaker(engine)() as s:
+        rows = pd.DataFrame(s.execute(
+            select(ImageRow.label, TrustScore.image_id, TrustScore.method, TrustScore.deletion_auc,
+                   TrustScore.insertion_auc)
+            .join(ImageRow, ImageRow.id == TrustScore.image_id)
+            .where(TrustScore.run_id == run_id, TrustScore.target == "pred")).all(),
+            columns=["label", "image_id", "method", "deletion_auc", "insertion_auc"])
+        names = [c.name for c in s.scalars(select(RunClass).where(RunClass.run_id == run_id)
+                                           .order_by(RunClass.index))]
+    engine.dispose()
+    out = {}
+    for label, g in rows.groupby("label"):
+        means = g.groupby("method")[["deletion_auc", "insertion_auc"]].mean()
+        d = g.pivot(index="image_id", columns="method", values="deletion_auc")
+        out[names[label]] = {"images": g["image_id"].nunique(),
+                             **{f"del_{m}": means.loc[m, "deletion_auc"] for m in means.index},
+                             **{f"ins_{m}": means.loc[m, "insertion_auc"] for m in means.index},
+                             "beats_random": float((d["gradcam"] < d["random"]).mean())}
+    return pd.DataFrame.from_dict(out, orient="index")
+
+
+def test_trust_table_matches_the_store(trusted, tmp_path):
+    url, run_id, _ = trusted
+    out = tmp_path / "set"
+    assert _export(url, out, *NO_BROWSER) == 0
+    m = _manifest(out)
+    assert _trust_files(m) == {"trust-per-class.csv"}
+    assert {s["item"] for s in m["skipped"]} >= TRUST_PLOTS  # yielded, then skipped for want of a browser
+    (entry,) = [f for f in m["files"] if f["file"] == "trust-per-class.csv"]
+    assert "beats_random" in entry["caption"] and entry["kind"] == "table"
+    table = pd.read_csv(out / "trust-per-class.csv").set_index("class")
+    expected = _per_class_from_store(url, run_id)
+    assert entry["rows"] == len(table) == 5
+    assert set(table.columns) == set(expected.columns) == {
+        "images", "beats_random", *(f"{k}_{m}" for k in ("del", "ins") for m in ("gradcam", "random", "centre"))}
+    pd.testing.assert_frame_equal(table.sort_index()[sorted(expected.columns)],
+                                  expected.sort_index()[sorted(expected.columns)],
+                                  check_dtype=False, check_names=False, atol=1e-9)
+    assert table["images"].sum() == 5 * 4  # every valid image scored once
+
+
+def test_trust_plots_are_written_and_listed(trusted, tmp_path):
+    _need_browser()
+    url, _, _ = trusted
+    out = tmp_path / "set"
+    assert _export(url, out, "--format", "png,svg") == 0
+    m = _manifest(out)
+    assert m["skipped"] == []
+    expected = {f"{s}.{x}" for s in TRUST_PLOTS for x in ("png", "svg")} | {"trust-per-class.csv"}
+    assert _trust_files(m) == expected
+    assert {f["file"] for f in m["files"]} | {"manifest.json"} == {p.name for p in out.iterdir()}
+    captions = {f["file"]: f["caption"] for f in m["files"]}
+    assert "Deletion AUC" in captions["trust-per-class.png"]
+    assert "features.35" in captions["sanity-cascade.png"] and "4 images" in captions["sanity-cascade.png"]
+    for stem in TRUST_PLOTS:
+        with Image.open(out / f"{stem}.png") as im:
+            assert im.width == 2100 and im.info["dpi"] == pytest.approx((300, 300), abs=0.01)
+
+
+def test_splits_without_scores_leave_only_the_sanity_check(trusted, tmp_path):
+    url, _, _ = trusted
+    out = tmp_path / "set"
+    assert _export(url, out, *NO_BROWSER, "--splits", "test") == 0  # scores exist for valid only
+    m = _manifest(out)
+    assert _trust_files(m) == set()
+    assert "sanity-cascade" in {s["item"] for s in m["skipped"]}
+    assert "trust-per-class" not in {s["item"] for s in m["skipped"]}
+
+
+def test_without_trust_rows_nothing_trust_related_is_written(audited, tmp_path):
+    url, _, _ = audited
+    out = tmp_path / "set"
+    assert _export(url, out, *NO_BROWSER) == 0
+    m = _manifest(out)
+    assert _trust_files(m) == set() and not any(p.name.startswith(("trust-", "sanity-")) for p in out.iterdir())
+    assert not TRUST_PLOTS & {s["item"] for s in m["skipped"]}
+
+
+def test_a_store_from_before_the_trust_tables_exports(tmp_path):
+    url, _, _ = build_store(tmp_path, n_classes=3, n_per_class=2, splits=("valid",))
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as con:
+        con.execute("DROP TABLE trust_scores")
+        con.execute("DROP TABLE sanity_checks")
+    out = tmp_path / "set"
+    assert _export(url, out, *NO_BROWSER) == 0
+    assert _trust_files(_manifest(out)) == set()
+
+
+def test_export_page_includes_the_trust_files(trusted, tmp_path, monkeypatch):
+    url, _, _ = trusted
+    cli = tmp_path / "cli"
+    assert _export(url, cli) == 0  # the same browser choice as the page: plots where Chromium is found
+    at = _page(url, monkeypatch)
+    at.button(key="exp_build").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    (button,) = at.download_button
+    data = _KeptFiles.kept[button.proto.url.rsplit("/", 1)[-1].split(".")[0]]
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        names = set(zf.namelist())
+        table = pd.read_csv(io.BytesIO(zf.read("trust-per-class.csv")))
+    assert names == {p.name for p in cli.iterdir()} and "trust-per-class.csv" in names
+    pd.testing.assert_frame_equal(table, pd.read_csv(cli / "trust-per-class.csv"))

@@ -12,8 +12,9 @@ ss = st.session_state
 
 st.caption("The same files as `python -m jobs.export --run "
            f"{ctx.run_id}`: confusion matrices, per-class scores, training curves, the most confident mistakes "
-           "with both Grad-CAM maps, one error sheet per sport, the tables behind them and, for an audited run, "
-           "leakage and duplicate groups. Plots are drawn at 300 dpi by a headless Chromium.")
+           "with both Grad-CAM maps, one error sheet per sport, the tables behind them, "
+           "leakage and duplicate groups for an audited run, and the faithfulness table and plot and the sanity "
+           "check for a run scored by `jobs.trust`. Plots are drawn at 300 dpi by a headless Chromium.")
 c1, c2 = st.columns([1, 2])
 splits = common.split_choice(ctx, preds, "exp_split", container=c1)
 formats = c2.multiselect("Formats of plots and sheets", list(FORMATS), default=["png"], key="exp_formats")
