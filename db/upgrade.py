@@ -158,8 +158,10 @@ def _transactional_ddl(engine: Engine) -> None:
 
 def upgrade(url: Optional[str] = None, dry_run: bool = False, say: Callable[[str], None] = print) -> UpgradeReport:
     """Apply every step from the store's version to this tool's; with ``dry_run``, only say which."""
-    engine = make_engine(url, create=False, check=False)
-    _transactional_ddl(engine)
+    # A dry run opens the store read-only: it must not even switch the file to WAL.
+    engine = make_engine(url, create=False, readonly=dry_run, check=False)
+    if not dry_run:
+        _transactional_ddl(engine)
     shown = engine.url.render_as_string(hide_password=True)
     try:
         with engine.connect() as conn:

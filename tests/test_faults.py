@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 import pytest
 from PIL import Image
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from db import store
 from db.models import CamRow, EpochRow, EvalRow, ImageRow, Prediction, Run
@@ -167,13 +167,13 @@ def test_dashboard_reads_while_a_job_writes(tmp_path):
 def test_read_only_open_never_writes(tmp_path):
     missing = tmp_path / "missing.db"
     with pytest.raises(store.StoreError, match="does not exist"):
-        store.make_engine(str(missing), create=False)
+        store.make_engine(str(missing), readonly=True)
     assert list(tmp_path.iterdir()) == []
 
     empty = tmp_path / "empty.db"
     empty.touch()
     with pytest.raises(store.StoreError, match="is empty"):
-        store.make_engine(str(empty), create=False).dispose()
+        store.make_engine(str(empty), readonly=True).dispose()
     assert empty.stat().st_size == 0
 
     db = tmp_path / "s.db"
@@ -183,9 +183,11 @@ def test_read_only_open_never_writes(tmp_path):
                          cam_layer=None, class_names=["a", "b"], absent_splits={})
     engine.dispose()
     before = db.read_bytes()
-    reader = store.make_engine(str(db), create=False)
+    reader = store.make_engine(str(db), readonly=True)
     with store.make_sessionmaker(reader)() as s:
         assert [r["name"] for r in store.run_summaries(s)] == ["r"]
+        with pytest.raises(Exception, match="readonly|read-only|query_only|attempt to write"):
+            s.execute(text("DELETE FROM runs"))
     reader.dispose()
     assert db.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db", "s.db"]
