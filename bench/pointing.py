@@ -23,7 +23,7 @@ from db.models import CamRow, ImageRow, Prediction
 
 def localisation_rows(session, run_id: int, split: str) -> list:
     return session.execute(
-        select(ImageRow.relpath, ImageRow.bbox, ImageRow.width, ImageRow.height, CamRow.data, CamRow.classes,
+        select(ImageRow.relpath, ImageRow.label, ImageRow.bbox, ImageRow.width, ImageRow.height, CamRow.data, CamRow.classes,
                CamRow.h, CamRow.w)
         .join(Prediction, Prediction.image_id == ImageRow.id)
         .join(CamRow, CamRow.image_id == ImageRow.id)
@@ -33,7 +33,13 @@ def localisation_rows(session, run_id: int, split: str) -> list:
     ).all()
 
 
-def example_sheet(rows, data_root: str, size: int, out: Path, n: int = 8, scale: int = 4) -> None:
+def example_sheet(rows, data_root: str, size: int, out: Path, n: int = 10, scale: int = 4) -> None:
+    """One example per class (the first of each), up to ``n``."""
+    firsts: dict[int, object] = {}
+    for r in rows:
+        firsts.setdefault(r.label, r)
+    rows = [firsts[k] for k in sorted(firsts)]
+    n = min(n, len(rows))
     side = size * scale
     sheet = Image.new("RGB", (side * n, side), "white")
     for k, r in enumerate(rows[:n]):
