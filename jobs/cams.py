@@ -24,9 +24,9 @@ from core.data import DatasetIndex, Sample
 from core.model import CheckpointError, build_model, load_checkpoint, read_checkpoint, resolve_module
 from db import store
 from db.models import EvalRow, ImageRow
-from jobs.common import add_db_arg, add_run_arg, run_cli, setup_logging
+from jobs.common import add_db_arg, add_run_arg, run_cli, run_distributed
 from jobs.evaluation import evaluate_split
-from jobs.train import pick_device, slug
+from jobs.train import slug
 
 log = logging.getLogger("jobs.cams")
 
@@ -118,13 +118,7 @@ def complete_if_done(s, run_id: int) -> bool:
 
 
 def main(args: argparse.Namespace) -> int:
-    device = pick_device(args.device)
-    env = dist.init_from_env(device.type)
-    setup_logging(args.verbose, env.rank)
-    try:
-        return _main(args, device, env)
-    finally:
-        dist.shutdown()
+    return run_distributed(args, _main)
 
 
 def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> int:

@@ -6,6 +6,11 @@ import logging
 import sys
 from typing import Callable
 
+import os
+
+import torch
+
+from core import dist
 from core.data import DatasetError
 from core.model import CheckpointError, WeightsUnavailable
 from db.store import ENV_VAR, StoreError
@@ -35,6 +40,28 @@ def setup_logging(verbose: bool = False, rank: int = 0) -> None:
     if rank:
         fmt = f"[rank {rank}] " + fmt
     logging.basicConfig(level=level, format=fmt, datefmt="%H:%M:%S", force=True)
+
+
+def pick_device(choice: str) -> torch.device:
+    """``--device``: auto takes this rank's GPU when there is one."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available; use --device cpu or auto")
+    if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def run_distributed(args: argparse.Namespace,
+                    body: Callable[[argparse.Namespace, torch.device, dist.DistEnv], int]) -> int:
+    """Pick the device, join torchrun's process group when launched by it, set up logging per rank, run
+    ``body(args, device, env)`` and always leave the group (a single process has no group to join)."""
+    device = pick_device(args.device)
+    env = dist.init_from_env(device.type)
+    setup_logging(args.verbose, env.rank)
+    try:
+        return body(args, device, env)
+    finally:
+        dist.shutdown()
 
 
 def run_cli(main: Callable[[argparse.Namespace], int | None], parser: argparse.ArgumentParser,

@@ -14,7 +14,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import re
 import time
 from datetime import datetime
@@ -42,7 +41,7 @@ from core.model import (
     save_checkpoint,
 )
 from db import store
-from jobs.common import add_db_arg, run_cli, setup_logging
+from jobs.common import add_db_arg, run_cli, run_distributed
 from jobs.evaluation import evaluate_split
 
 log = logging.getLogger("jobs.train")
@@ -141,14 +140,6 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     if bad:
         raise ValueError(f"--eval-splits: unknown split(s) {bad}, expected train, valid, test")
     return args
-
-
-def pick_device(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available; use --device cpu or auto")
-    if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
 
 
 def slug(name: str) -> str:
@@ -270,13 +261,7 @@ def wrap(model: nn.Module, env: dist.DistEnv, device: torch.device) -> nn.Module
 # --------------------------------------------------------------------------- main
 
 def main(args: argparse.Namespace) -> int:
-    device = pick_device(args.device)
-    env = dist.init_from_env(device.type)
-    setup_logging(args.verbose, env.rank)
-    try:
-        return _main(args, device, env)
-    finally:
-        dist.shutdown()
+    return run_distributed(args, _main)
 
 
 def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> int:

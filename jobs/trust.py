@@ -28,8 +28,7 @@ from core.gradcam import predict_and_explain
 from core.model import load_checkpoint, resolve_module
 from db import queries, store
 from db.models import ImageRow
-from jobs.common import add_db_arg, add_run_arg, run_cli, setup_logging
-from jobs.train import pick_device
+from jobs.common import add_db_arg, add_run_arg, run_cli, run_distributed
 
 log = logging.getLogger("jobs.trust")
 
@@ -146,13 +145,7 @@ def sanity(model, dataset: ImageDataset, args, layer: str) -> tuple[list[dict], 
 
 def main(args: argparse.Namespace) -> int:
     _check_args(args)
-    device = pick_device(args.device)
-    env = dist.init_from_env(device.type)
-    setup_logging(args.verbose, env.rank)
-    try:
-        return _main(args, device, env)
-    finally:
-        dist.shutdown()
+    return run_distributed(args, _main)
 
 
 def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> int:
