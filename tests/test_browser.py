@@ -29,6 +29,7 @@ PAGES = [
     ("compare", "Heatmap comparison", "compare"),
     ("data_issues", "Data issues", "data_issues"),
     ("export", "Export", "export"),
+    ("trust", "Can the maps be trusted?", "trust"),
 ]
 
 pytestmark = pytest.mark.browser
@@ -70,7 +71,7 @@ def server(tmp_path_factory):
         _need(False, "the playwright package is not installed")
     _need(CHROMIUM.exists(), f"{CHROMIUM} not found (install Debian's chromium)")
     url, _, _ = build_store(tmp_path_factory.mktemp("browser"), n_classes=100, n_per_class=3, image_size=96, seed=3,
-                             audit=True)
+                             audit=True, trust=True)
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     log = tmp_path_factory.mktemp("log") / "streamlit.log"
