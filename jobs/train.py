@@ -136,6 +136,8 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
             raise ValueError(f"--{flag.replace('_', '-')} must be 0 or more, got {getattr(args, flag)}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.run_name is not None and not 0 < len(args.run_name) <= 200:
+        raise ValueError(f"--run-name must have 1 to 200 characters, got {len(args.run_name)}")
     bad = [s for s in args.eval_splits.split(",") if s and s not in ("train", "valid", "test")]
     if bad:
         raise ValueError(f"--eval-splits: unknown split(s) {bad}, expected train, valid, test")
@@ -335,7 +337,7 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
             with Session_.begin() as s:
                 run = store.create_run(s, name=name, config=config, data_root=str(index.root.resolve()),
                                        device=str(device) + (f" x{env.world_size}" if env.distributed else ""),
-                                       weights=weights_desc, image_size=args.image_size, cam_layer=args.cam_layer,
+                                       weights=weights_desc[:300], image_size=args.image_size, cam_layer=args.cam_layer,
                                        class_names=index.classes, absent_splits=index.absent)
                 run_id = run.id
                 store.upsert_images(s, run_id, image_records(index))

@@ -117,3 +117,11 @@ def test_sqlite_store_uses_wal(tmp_path):
     eng = store.make_engine(f"sqlite:///{tmp_path / 's.db'}")
     with eng.connect() as c:
         assert c.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_overlong_run_name_is_refused_before_anything_is_written(tmp_path):
+    data = make_dataset(tmp_path / "d", per_split={"train": 1, "valid": 1})
+    r = subprocess.run([sys.executable, "-m", "jobs.train", "--data", str(data), "--db", str(tmp_path / "s.db"),
+                        "--run-name", "x" * 201, *TINY], capture_output=True, text=True)
+    assert r.returncode == 2 and "--run-name must have 1 to 200 characters" in r.stderr
+    assert not (tmp_path / "s.db").exists()
