@@ -149,15 +149,31 @@ def slug(name: str) -> str:
     return s[:80] or "run"
 
 
+def fresh_run_dir(out: Path, name: str) -> Path:
+    """A checkpoint folder no earlier run uses: ``<out>/<name>``, else ``<out>/<name>-2``, ``-3``, ...
+
+    Two runs given the same ``--run-name`` must not overwrite each other's checkpoints: the store keeps
+    each run's checkpoint path, and ``jobs.cams`` would otherwise explain the first run with the second's weights.
+    """
+    base = out / slug(name)
+    path, k = base, 1
+    while path.exists() and any(path.iterdir()):
+        k += 1
+        path = base.with_name(f"{base.name}-{k}")
+    return path
+
+
 def find_resume_checkpoint(args: argparse.Namespace) -> Path:
     if args.resume != "auto":
         return Path(args.resume)
     out = Path(args.out)
     if args.run_name:
-        path = out / slug(args.run_name) / "last.pt"
-        if not path.is_file():
-            raise CheckpointError(f"--resume: no checkpoint {path} for run name {args.run_name!r}")
-        return path
+        base = slug(args.run_name)
+        found = sorted((p for p in [out / base / "last.pt", *out.glob(f"{base}-*/last.pt")] if p.is_file()),
+                       key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise CheckpointError(f"--resume: no checkpoint {out / base / 'last.pt'} for run name {args.run_name!r}")
+        return found[-1]
     found = sorted(out.glob("*/last.pt"), key=lambda p: p.stat().st_mtime)
     if not found:
         raise CheckpointError(f"--resume: no */last.pt under {out}; nothing to resume")
@@ -329,9 +345,11 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
     else:
         name = args.run_name or f"{'demo' if args.data is None else Path(args.data).name}-" \
                                 f"{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        # Rank 0 decides the name (the clock) and the folder (its disk); the other ranks take both.
+        name, run_dir = dist.broadcast_from_main(
+            env, (name, fresh_run_dir(Path(args.out), name)) if env.is_main else None)
         args.run_name = name
         config["run_name"] = name
-        run_dir = Path(args.out) / slug(name)
         config["run_dir"] = str(run_dir.resolve())  # where jobs.cams finds the checkpoints of an unfinished run
         if env.is_main:
             with Session_.begin() as s:

@@ -125,3 +125,18 @@ def test_overlong_run_name_is_refused_before_anything_is_written(tmp_path):
                         "--run-name", "x" * 201, *TINY], capture_output=True, text=True)
     assert r.returncode == 2 and "--run-name must have 1 to 200 characters" in r.stderr
     assert not (tmp_path / "s.db").exists()
+
+
+def test_two_runs_of_one_name_keep_their_own_checkpoints(tmp_path):
+    data = make_dataset(tmp_path / "d", per_split={"train": 2, "valid": 1})
+    db = f"sqlite:///{tmp_path / 's.db'}"
+    for _ in range(2):
+        args = train_job.get_args_parser().parse_args(
+            ["--data", str(data), "--db", db, "--out", str(tmp_path / "ck"), "--run-name", "same", *TINY,
+             "--epochs-finetune", "0"])
+        assert train_job.main(args) == 0
+    S = store.make_sessionmaker(store.make_engine(db, readonly=True))
+    with S() as s:
+        paths = [r.checkpoint_path for r in s.query(Run).order_by(Run.id)]
+    assert len(paths) == 2 and len(set(paths)) == 2
+    assert [Path(p).parent.name for p in paths] == ["same", "same-2"]
