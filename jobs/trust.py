@@ -1,7 +1,7 @@
 """Score how faithful a run's Grad-CAM maps are, and run the cascading-randomisation sanity check.
 
     python -m jobs.trust --run RUN [--split valid] [--sample N] [--steps 16] [--json] [--db URL]
-    torchrun --nproc_per_node=N -m jobs.trust --run RUN ...
+    torchrun --nproc_per_node=N -m jobs.trust --run-id RUN ...   # torchrun claims a bare --run
 
 For every chosen image the maps of the predicted class (and of the true class where they differ) are
 recomputed from the run's checkpoint and scored with deletion and insertion curves, next to a random and
