@@ -71,24 +71,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/checkpoints", help="folder for checkpoints, one subfolder per run")
     p.add_argument("--weights", default=None, help="imagenet | none | PATH to a VGG-19 state dict "
                    "(default: imagenet for real data; the demo uses imagenet only when already cached)")
-    p.add_argument("--epochs-frozen", type=int, default=None,
-                   help=f"phase 1 epochs, base frozen (default: {REAL_DEFAULTS['epochs_frozen']}, "
-                   f"demo {DEMO_DEFAULTS['epochs_frozen']})")
-    p.add_argument("--epochs-finetune", type=int, default=None,
-                   help=f"phase 2 epochs, everything trains (default: {REAL_DEFAULTS['epochs_finetune']}, "
-                   f"demo {DEMO_DEFAULTS['epochs_finetune']})")
-    p.add_argument("--lr-frozen", type=float, default=None,
-                   help=f"phase 1 Adam learning rate (default: {REAL_DEFAULTS['lr_frozen']}, demo "
-                   f"{DEMO_DEFAULTS['lr_frozen']})")
-    p.add_argument("--lr-finetune", type=float, default=None,
-                   help=f"phase 2 peak Adam learning rate, cosine-annealed (default: {REAL_DEFAULTS['lr_finetune']},"
-                   f" demo {DEMO_DEFAULTS['lr_finetune']})")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help=f"images per batch and process (default: {REAL_DEFAULTS['batch_size']}, demo "
-                   f"{DEMO_DEFAULTS['batch_size']})")
-    p.add_argument("--image-size", type=int, default=None,
-                   help=f"square input size in pixels, at least {MIN_IMAGE_SIZE} (default: "
-                   f"{REAL_DEFAULTS['image_size']}, demo {DEMO_DEFAULTS['image_size']})")
+    def per_mode(flag: str, type_, what: str) -> None:
+        """A flag whose default differs between real data and the demo; both defaults go in its help."""
+        key = flag[2:].replace("-", "_")
+        p.add_argument(flag, type=type_, default=None,
+                       help=f"{what} (default: {REAL_DEFAULTS[key]}, demo {DEMO_DEFAULTS[key]})")
+
+    per_mode("--epochs-frozen", int, "phase 1 epochs, base frozen")
+    per_mode("--epochs-finetune", int, "phase 2 epochs, everything trains")
+    per_mode("--lr-frozen", float, "phase 1 AdamW learning rate")
+    per_mode("--lr-finetune", float, "phase 2 peak AdamW learning rate, warmed up then cosine-annealed")
+    per_mode("--batch-size", int, "images per batch and process")
+    per_mode("--image-size", int, f"square input size in pixels, at least {MIN_IMAGE_SIZE}")
     p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
     p.add_argument("--dropout", type=float, default=None,
                    help=f"dropout of the new classifier (default: {REAL_DEFAULTS['dropout']}, demo "
