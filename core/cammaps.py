@@ -5,6 +5,9 @@ loading the model's framework. ``core.gradcam`` computes the maps and re-exports
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import cv2
 import numpy as np
 
@@ -15,6 +18,84 @@ _FLOAT16_MAX = float(np.finfo(np.float16).max)
 COLORMAPS = {
     name[len("COLORMAP_"):].lower(): getattr(cv2, name) for name in dir(cv2) if name.startswith("COLORMAP_")
 }
+
+
+# --------------------------------------------------------------------------------------------------
+# Names shared by the jobs, the store and the pages (torch-free, so the dashboard can list them)
+# --------------------------------------------------------------------------------------------------
+# CAM methods in the order pages list them. ``core.gradcam.METHODS`` implements exactly these names.
+GRADIENT_METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam")
+METHOD_NAMES = GRADIENT_METHODS + ("eigencam", "scorecam")
+DEFAULT_METHOD = "gradcam"
+METHOD_LABELS = {
+    "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "xgradcam": "XGrad-CAM", "layercam": "LayerCAM",
+    "hirescam": "HiResCAM", "eigencam": "Eigen-CAM", "scorecam": "Score-CAM",
+}
+
+# What a stored map explains: the predicted class, the true class, or the contrast
+# logit[pred] - logit[true] ("why the prediction and not the true class"; misclassified images only).
+TARGET_PRED, TARGET_TRUE, TARGET_CONTRAST = "pred", "true", "contrast"
+TARGETS = (TARGET_PRED, TARGET_TRUE, TARGET_CONTRAST)
+TARGET_LABELS = {TARGET_PRED: "predicted class", TARGET_TRUE: "true class", TARGET_CONTRAST: "predicted vs true"}
+
+
+def check_method(name: str) -> str:
+    """``name`` if it is a known CAM method, else a ``ValueError`` listing the known ones."""
+    if name not in METHOD_NAMES:
+        raise ValueError(f"unknown CAM method {name!r}; expected one of {', '.join(METHOD_NAMES)}")
+    return name
+
+
+@dataclass(frozen=True)
+class StoredMaps:
+    """The stored raw maps of one image for one CAM method, one map per target.
+
+    ``targets[i]`` names what map ``i`` explains and ``classes[i]`` the class whose score it explains (for
+    the contrast: the predicted class, against the true one). A correctly classified image stores only the
+    "pred" map: ``map("true")`` then returns it, since the two are the same map. ``data[i]`` holds the
+    float16 bytes of map ``i`` as ``encode_maps`` writes them, shape (h, w).
+    """
+
+    image_id: int
+    method: str
+    targets: tuple[str, ...]
+    classes: tuple[int, ...]
+    h: int
+    w: int
+    data: tuple[bytes, ...]
+
+    def __post_init__(self) -> None:
+        if not (len(self.targets) == len(self.classes) == len(self.data)):
+            raise ValueError(f"StoredMaps needs one class and one map per target, got {len(self.targets)} "
+                             f"targets, {len(self.classes)} classes, {len(self.data)} maps")
+
+    def has(self, target: str) -> bool:
+        return target in self.targets or (target == TARGET_TRUE and TARGET_PRED in self.targets
+                                           and TARGET_TRUE not in self.targets)
+
+    def get(self, target: str) -> Optional[np.ndarray]:
+        """The raw float32 map (h, w) of ``target``, or None when the image has none for it."""
+        if target in self.targets:
+            i = self.targets.index(target)
+        elif target == TARGET_TRUE and TARGET_PRED in self.targets:
+            i = self.targets.index(TARGET_PRED)  # right prediction: the true-class map is the pred map
+        else:
+            return None
+        return decode_maps(self.data[i], 1, self.h, self.w)[0]
+
+    def map(self, target: str) -> np.ndarray:
+        cam = self.get(target)
+        if cam is None:
+            raise KeyError(f"image {self.image_id} has no {self.method} map for target {target!r}; "
+                           f"stored: {', '.join(self.targets)}")
+        return cam
+
+    def class_of(self, target: str) -> Optional[int]:
+        if target in self.targets:
+            return self.classes[self.targets.index(target)]
+        if target == TARGET_TRUE and TARGET_PRED in self.targets:
+            return self.classes[self.targets.index(TARGET_PRED)]
+        return None
 
 
 # --------------------------------------------------------------------------------------------------
