@@ -57,6 +57,12 @@ def confusion_order(cm: np.ndarray, names: Sequence[str], order: str = "alphabet
     return leaves_list(optimal_leaf_ordering(z, condensed)).astype(np.int64)
 
 
+def _count_ticks(zmax: float) -> dict:
+    """Colour-bar ticks for counts: whole numbers only, about five of them."""
+    step = max(1, int(np.ceil(float(zmax) / 5)))
+    return dict(tick0=0, dtick=step, tickformat="d")
+
+
 def confusion_heatmap(
     cm: np.ndarray,
     names: Sequence[str],
@@ -98,7 +104,8 @@ def confusion_heatmap(
         xgap=1 if n <= 40 else 0,
         ygap=1 if n <= 40 else 0,
         colorbar=dict(title=dict(text="share of true" if normalize else "images", side="right"), thickness=12,
-                      len=min(1.0, 500 / (n * cell + 220)), y=1.0, yanchor="top"),
+                      len=min(1.0, 500 / (n * cell + 220)), y=1.0, yanchor="top",
+                      **({} if normalize else _count_ticks(zmax))),
         hovertemplate="true: %{y}<br>predicted: %{x}<br>"
         "%{customdata[0]:.0f} images (%{customdata[1]:.1f}% of true)<extra></extra>",
         hoverongaps=False,
@@ -227,7 +234,11 @@ def training_curves(epochs: pd.DataFrame) -> go.Figure:
                 fig.add_annotation(x=x, y=0.99, xref=f"x{axis}", yref=f"y{axis} domain", text=text,
                                    showarrow=False, xanchor=anchor, yanchor="top",
                                    font=dict(size=11, color="grey"))
-    fig.update_xaxes(title_text="epoch (both phases)", dtick=max(1, int(np.ceil(len(e) / 15))))
+    # Epochs are counted from 1; the axis starts at 0 so the first point is not at the edge (autorange
+    # padded it to negative epochs before).
+    last = float(pd.to_numeric(e["global_epoch"]).max())
+    fig.update_xaxes(title_text="epoch (both phases)", dtick=max(1, int(np.ceil(len(e) / 15))),
+                     range=[0, last + 0.5])
     fig.update_yaxes(range=[0, 1.02], row=1, col=2)
     fig.update_layout(height=360, margin=dict(l=10, r=10, t=50, b=10),
                       legend=dict(orientation="h", y=-0.25, x=0))
