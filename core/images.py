@@ -6,6 +6,7 @@ root; :func:`safe_image_path` refuses any that would leave it.
 """
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -82,6 +83,47 @@ def open_rgb(path: Path) -> Image.Image:
         raise BadImage(f"image too large to decode safely ({exc})") from None
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError... for broken files
         raise BadImage(f"cannot decode image: {type(exc).__name__}: {exc}") from None
+
+
+# An uploaded photo may be larger than a dataset image: a 10,000 x 10,000 px photo is accepted (JPEGs are
+# decoded at a reduced scale, see ``open_upload``); a 20,000 x 20,000 px bomb is not.
+UPLOAD_MAX_PIXELS = 120_000_000
+
+
+def open_upload(data: bytes, name: str, max_bytes: int, *, max_pixels: int = UPLOAD_MAX_PIXELS,
+                size_hint: Optional[int] = None) -> Image.Image:
+    """Decode an uploaded file (bytes in memory, never written to disk) as RGB, or raise BadImage with a
+    reason that names the file: over ``max_bytes``, empty, not an image, truncated, or a decompression bomb
+    (refused from its header, before any pixel is decoded).
+
+    With ``size_hint`` a large JPEG is decoded at the smallest of its 1/2, 1/4, 1/8 scales that is still at
+    least that many pixels on each side (PIL's ``draft``), so a 100-megapixel photo costs what a 2-megapixel
+    one does; the caller then resizes to the model's input as for any image."""
+    if len(data) > max_bytes:
+        raise BadImage(f"{name}: {len(data) / 1e6:.1f} MB is over the upload limit of {max_bytes / 1e6:.0f} MB")
+    if not data:
+        raise BadImage(f"{name}: empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+                if w * h > max_pixels:
+                    raise BadImage(f"{name}: image too large to decode safely ({w}x{h} > {max_pixels} pixels)")
+                if size_hint and im.format == "JPEG":
+                    im.draft("RGB", (size_hint, size_hint))
+                if im.mode in ("RGBA", "LA", "P", "PA"):
+                    im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im.convert("RGBA"))
+                rgb = im.convert("RGB")
+                rgb.load()
+                return rgb
+    except BadImage:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadImage(f"{name}: image too large to decode safely ({exc})") from None
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError... for broken files
+        kind = "not an image PIL can read" if isinstance(exc, Image.UnidentifiedImageError) else "cannot decode image"
+        raise BadImage(f"{name}: {kind} ({type(exc).__name__}: {exc})") from None
 
 
 def read_image_header(path: Path) -> tuple[Optional[tuple[int, int]], Optional[str]]:
