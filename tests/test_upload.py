@@ -57,7 +57,7 @@ def test_a_bomb_is_refused_from_its_header():
     # A 20,000 x 20,000 PNG of one colour compresses to a small file; decoding it would take 1.2 GB.
     data = _bytes(Image.new("1", (20_000, 20_000)), "PNG")
     assert len(data) < LIMIT
-    with pytest.raises(BadImage, match=r"bomb.png: image too large to decode safely \(20000x20000"):
+    with pytest.raises(BadImage, match=r"bomb.png: image too large to decode safely \(.*400000000 pixels"):
         open_upload(data, "bomb.png", LIMIT)
 
 
