@@ -213,28 +213,15 @@ def compare_runs(a: RunInput, b: RunInput, *, split: Optional[str] = "test", res
     """Compare run ``b`` with run ``a`` on the images of ``split`` (None: all splits) they share."""
     fa = prepare(a.predictions, a.classes, split, f"run A ({a.name})")
     fb = prepare(b.predictions, b.classes, split, f"run B ({b.name})")
-    shared = [c for c in a.classes if c in set(b.classes)]
+    in_b = set(b.classes)
+    shared = [c for c in a.classes if c in in_b]
     if not shared:
         raise ValueError(f"runs {a.name} and {b.name} share no class; A has {len(a.classes)}, B {len(b.classes)}")
     links, rest_a, rest_b = match_images(fa, fb)
     if links.empty:
         raise ValueError(f"runs {a.name} and {b.name} share no image on split {split!r} ({len(fa)} images in A, "
                          f"{len(fb)} in B, matched by content or path: 0)")
-    pa = fa.iloc[links["ia"].to_numpy()].reset_index(drop=True)
-    pb = fb.iloc[links["ib"].to_numpy()].reset_index(drop=True)
-    pairs = pd.DataFrame({
-        "image_id_a": pa["image_id"], "image_id_b": pb["image_id"], "sha256": pa["sha256"].fillna(pb["sha256"]),
-        "split": pa["split"], "relpath": pa["relpath"], "relpath_b": pb["relpath"], "label": pa["label"],
-        "label_b": pb["label"], "pred_a": pa["pred"], "pred_b": pb["pred"], "conf_a": pa["confidence"],
-        "conf_b": pb["confidence"], "label_index_a": pa["label_index"], "label_index_b": pb["label_index"],
-        "pred_index_a": pa["pred_index"], "pred_index_b": pb["pred_index"], "matched_by": links["how"].to_numpy(),
-    })
-    relabel = pairs["label"] != pairs["label_b"]
-    relabelled = pairs.loc[relabel, ["image_id_a", "image_id_b", "relpath", "label", "label_b"]].reset_index(drop=True)
-    pairs = pairs[~relabel]
-    in_shared = pairs["label"].isin(shared)
-    label_not_shared = int((~in_shared).sum())
-    pairs = pairs[in_shared].drop(columns="label_b").reset_index(drop=True)
+    pairs, relabelled, label_not_shared = _paired(fa, fb, links, shared)
     if pairs.empty:
         raise ValueError(f"runs {a.name} and {b.name} match {len(links)} images on split {split!r} but none has the "
                          f"same label in both and a shared class ({len(relabelled)} relabelled, "
@@ -270,6 +257,27 @@ def compare_runs(a: RunInput, b: RunInput, *, split: Optional[str] = "test", res
         settings={"resamples": resamples, "seed": seed, "level": level, "top_fraction": top_fraction,
                   "max_spearman": max_spearman, "max_iou": max_iou},
     )
+
+
+def _paired(fa: pd.DataFrame, fb: pd.DataFrame, links: pd.DataFrame, shared: list[str]):
+    """One row per matched image with the same label in both runs, of a shared class; the relabelled
+    images; the number of images of classes that one run lacks."""
+    pa = fa.iloc[links["ia"].to_numpy()].reset_index(drop=True)
+    pb = fb.iloc[links["ib"].to_numpy()].reset_index(drop=True)
+    pairs = pd.DataFrame({
+        "image_id_a": pa["image_id"], "image_id_b": pb["image_id"], "sha256": pa["sha256"].fillna(pb["sha256"]),
+        "split": pa["split"], "relpath": pa["relpath"], "relpath_b": pb["relpath"], "label": pa["label"],
+        "label_b": pb["label"], "pred_a": pa["pred"], "pred_b": pb["pred"], "conf_a": pa["confidence"],
+        "conf_b": pb["confidence"], "label_index_a": pa["label_index"], "label_index_b": pb["label_index"],
+        "pred_index_a": pa["pred_index"], "pred_index_b": pb["pred_index"], "matched_by": links["how"].to_numpy(),
+    })
+    relabel = pairs["label"] != pairs["label_b"]
+    relabelled = pairs.loc[relabel, ["image_id_a", "image_id_b", "relpath", "label", "label_b"]].reset_index(drop=True)
+    pairs = pairs[~relabel]
+    in_shared = pairs["label"].isin(shared)
+    label_not_shared = int((~in_shared).sum())
+    pairs = pairs[in_shared].drop(columns="label_b").reset_index(drop=True)
+    return pairs, relabelled, label_not_shared
 
 
 def _per_class(pairs: pd.DataFrame, shared: list[str], true_idx: np.ndarray, ra: np.ndarray, rb: np.ndarray,

@@ -29,7 +29,6 @@ from typing import Mapping, Optional, Sequence
 
 import cv2
 import numpy as np
-from scipy.stats import rankdata
 
 from core.cammaps import StoredMaps
 
@@ -58,44 +57,72 @@ def to_grid(cam: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     return cv2.resize(cam, (w, h), interpolation=cv2.INTER_AREA if finer else cv2.INTER_LINEAR)
 
 
-def spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Spearman rank correlation of each row of ``x`` with the same row of ``y`` (n, cells) -> (n,);
-    NaN where a row is constant."""
-    rx = rankdata(x, axis=1)
-    ry = rankdata(y, axis=1)
-    rx -= rx.mean(axis=1, keepdims=True)
-    ry -= ry.mean(axis=1, keepdims=True)
+def ranked(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One sort of each row of ``x`` (n, cells): the cells hottest first (ties: the earlier cell first) and
+    each cell's rank in that order, tied cells sharing the mean of their ranks (as Spearman wants)."""
+    n, cells = x.shape
+    order = np.argsort(-x, axis=1, kind="stable")
+    v = np.take_along_axis(x, order, axis=1)
+    new = np.ones((n, cells), dtype=bool)
+    new[:, 1:] = v[:, 1:] != v[:, :-1]
+    group = np.cumsum(new.ravel()) - 1              # a tie group never spans two rows: each row opens one
+    pos = np.tile(np.arange(cells, dtype=np.float64), n)
+    mean_rank = np.bincount(group, weights=pos) / np.bincount(group)
+    ranks = np.empty((n, cells))
+    np.put_along_axis(ranks, order, mean_rank[group].reshape(n, cells), axis=1)
+    return order, ranks
+
+
+def _spearman(rx: np.ndarray, ry: np.ndarray) -> np.ndarray:
+    rx = rx - rx.mean(axis=1, keepdims=True)
+    ry = ry - ry.mean(axis=1, keepdims=True)
     den = np.sqrt((rx * rx).sum(axis=1) * (ry * ry).sum(axis=1))
     with np.errstate(invalid="ignore", divide="ignore"):
         rho = (rx * ry).sum(axis=1) / den
     return np.where(den > 0, np.clip(rho, -1.0, 1.0), np.nan)
 
 
+def _top_mask(order: np.ndarray, fraction: float) -> np.ndarray:
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must lie in (0, 1], got {fraction}")
+    n, cells = order.shape
+    k = max(1, math.ceil(fraction * cells - 1e-9))
+    mask = np.zeros((n, cells), dtype=bool)
+    np.put_along_axis(mask, order[:, :k], True, axis=1)
+    return mask
+
+
+def _iou(order_x: np.ndarray, order_y: np.ndarray, flat: np.ndarray, fraction: float) -> np.ndarray:
+    mx, my = _top_mask(order_x, fraction), _top_mask(order_y, fraction)
+    inter = (mx & my).sum(axis=1)
+    union = (mx | my).sum(axis=1)
+    return np.where(flat, np.nan, inter / np.maximum(union, 1))
+
+
+def _flat(x: np.ndarray) -> np.ndarray:
+    return x.max(axis=1) == x.min(axis=1)
+
+
+def spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman rank correlation of each row of ``x`` with the same row of ``y`` (n, cells) -> (n,);
+    NaN where a row is constant."""
+    return _spearman(ranked(x)[1], ranked(y)[1])
+
+
 def top_cells(x: np.ndarray, fraction: float = TOP_FRACTION) -> np.ndarray:
     """Boolean mask (n, cells) of the ``ceil(fraction * cells)`` hottest cells of each row; ties broken by
     cell position (the earlier cell wins)."""
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must lie in (0, 1], got {fraction}")
-    n, cells = x.shape
-    k = max(1, math.ceil(fraction * cells - 1e-9))
-    order = np.argsort(-x, axis=1, kind="stable")[:, :k]
-    mask = np.zeros((n, cells), dtype=bool)
-    np.put_along_axis(mask, order, True, axis=1)
-    return mask
+    return _top_mask(ranked(x)[0], fraction)
 
 
 def top_iou_rows(x: np.ndarray, y: np.ndarray, fraction: float = TOP_FRACTION) -> np.ndarray:
     """IoU of the top ``fraction`` cells of each row of ``x`` and ``y`` (n, cells) -> (n,); NaN where a row
     is constant (its top cells would be arbitrary)."""
-    mx, my = top_cells(x, fraction), top_cells(y, fraction)
-    inter = (mx & my).sum(axis=1)
-    union = (mx | my).sum(axis=1)
-    flat = (x.max(axis=1) == x.min(axis=1)) | (y.max(axis=1) == y.min(axis=1))
-    return np.where(flat, np.nan, inter / np.maximum(union, 1))
+    return _iou(ranked(x)[0], ranked(y)[0], _flat(x) | _flat(y), fraction)
 
 
 def drift(a: np.ndarray, b: np.ndarray, fraction: float = TOP_FRACTION) -> tuple[np.ndarray, np.ndarray]:
-    """(Spearman, top-cell IoU) of paired maps ``a``, ``b`` of shape (n, h, w) on one grid."""
+    """(Spearman, top-cell IoU) of paired maps ``a``, ``b`` of shape (n, h, w) on one grid; one sort per map."""
     a = np.asarray(a, dtype=np.float32)
     b = np.asarray(b, dtype=np.float32)
     if a.shape != b.shape or a.ndim != 3:
@@ -103,7 +130,8 @@ def drift(a: np.ndarray, b: np.ndarray, fraction: float = TOP_FRACTION) -> tuple
     x, y = a.reshape(len(a), -1), b.reshape(len(b), -1)
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
         raise ValueError("maps must be finite, got NaN or inf values")
-    return spearman_rows(x, y), top_iou_rows(x, y, fraction)
+    (ox, rx), (oy, ry) = ranked(x), ranked(y)
+    return _spearman(rx, ry), _iou(ox, oy, _flat(x) | _flat(y), fraction)
 
 
 def pair_drift(cam_a: np.ndarray, cam_b: np.ndarray, fraction: float = TOP_FRACTION) -> tuple[float, float]:

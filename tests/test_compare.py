@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.stats import binomtest
+from scipy.stats import binomtest, spearmanr
 
 from core import figures_compare, mapdrift
 from core.cammaps import StoredMaps, encode_maps
@@ -156,6 +156,15 @@ def test_drift_equal_shifted_unrelated():
     assert abs(np.median(rho_u)) < 0.2 and np.median(iou_u) < 0.25
     assert not mapdrift.looking_elsewhere(rho_s, iou_s).any()
     assert mapdrift.looking_elsewhere(rho_u, iou_u).mean() > 0.9
+
+
+def test_spearman_with_ties_matches_scipy():
+    rng = np.random.default_rng(1)
+    x = np.round(rng.random((60, 49)) * rng.integers(1, 6, (60, 1))) / 5     # many ties, as a ReLU'd map has
+    x[:5, :40] = 0
+    y = np.round(rng.random((60, 49)) * 4) / 4
+    expected = [spearmanr(u, v).statistic for u, v in zip(x, y)]
+    assert np.allclose(mapdrift.spearman_rows(x, y), expected)
 
 
 def test_drift_constant_map_is_nan_and_grids_are_reconciled():
