@@ -27,6 +27,9 @@ from core.dist import DistEnv
 from core.engine import Skipped
 from core.neighbours import decode_vector, decode_vectors, encode_vector, encode_vectors  # noqa: F401
 
+__all__ = ["FEATURE_LAYER", "EmbedBatch", "FeatureTap", "decode_vector", "decode_vectors", "embed_batches",
+           "encode_vector", "encode_vectors", "feature_dim", "features", "logits_and_features"]
+
 # The module whose output is the feature vector, as a dotted path in SportsVGG.
 FEATURE_LAYER = "pool"
 

@@ -4,14 +4,19 @@ Steps (``project_2d``):
 1. Rows are scaled to unit length, so that Euclidean distance orders pairs as cosine similarity does
    (|a - b|^2 = 2 - 2 cos) and the map agrees with the neighbour search of ``core.neighbours``.
 2. PCA to ``pca_dims`` (50) by an eigen-decomposition of the D x D covariance (deterministic, with each
-   component's sign fixed): it keeps the structure UMAP uses and makes the graph five times cheaper.
-3. The k-nearest-neighbour graph is computed exactly here (blocked matrix products) and handed to UMAP
-   as ``precomputed_knn``. UMAP's own search (pynndescent) must first be compiled by numba, which took
-   ~40 s of a 45 s cold fit of 14,500 x 50 on the shared two-core machine; with the graph given, a cold fit
-   took ~12 s and a warm one ~6-9 s (``python -m bench.embed`` prints the figures of the day).
+   component's sign fixed): it keeps the structure UMAP uses and makes the graph cheaper (3.2 s against
+   4.8 s from the 256-d vectors at 14,500, measured).
+3. The k-nearest-neighbour graph is computed exactly here (blocked matrix products, ~2 s for 14,500) and
+   handed to UMAP as ``precomputed_knn``. UMAP's own search (pynndescent) must first be compiled by numba:
+   with it, a first fit of 14,500 x 50 took 44 s (40 s with numba's cache warm) plus 15 s to import UMAP
+   on a new machine, against ~12 s for the fit with the graph given (shared two-core machine).
 4. UMAP (``umap-learn``) with ``random_state=seed`` runs single-threaded and is reproducible for a fixed
    seed and library versions.
 5. The result is centred and scaled so that the largest coordinate is 1 in absolute value.
+
+Measured for 14,500 x 256 with ``python -m bench.embed`` on the shared, busy two-core machine: the first
+call in a fresh process took 50 s with an empty numba cache (a new machine; UMAP's import compiles and
+caches part of it) and 32-33 s with the cache filled; a second call 12-16 s (200 epochs of layout).
 
 Small and degenerate inputs: UMAP needs a neighbourhood graph, so below ``UMAP_MIN_POINTS`` rows, or with
 no more distinct rows than ``n_neighbors``, the map is the first two principal components instead

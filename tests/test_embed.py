@@ -16,7 +16,6 @@ from core.neighbours import (
     encode_vector,
     neighbour_label_suspects,
     top_k,
-    unit_rows,
 )
 from core.projection import knn_graph, pca, project_2d
 
