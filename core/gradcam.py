@@ -52,7 +52,6 @@ from core.model import DEFAULT_CAM_LAYER
 Targets = Union[torch.Tensor, np.ndarray, Sequence[int], Sequence[Sequence[int]]]
 
 
-
 # --------------------------------------------------------------------------------------------------
 # Computing maps
 # --------------------------------------------------------------------------------------------------
