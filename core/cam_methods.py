@@ -110,7 +110,7 @@ def eigencam_map(acts: torch.Tensor) -> torch.Tensor:
     its map (after its ReLU) is sometimes the mirror image, lit where the layer is quiet.
     """
     n, c, h, w = acts.shape
-    x = acts.reshape(n, c, h * w).transpose(1, 2)
+    x = acts.float().reshape(n, c, h * w).transpose(1, 2)  # the SVD needs float32 (autocast may give half)
     x = x - x.mean(dim=1, keepdim=True)
     _, _, vh = torch.linalg.svd(x, full_matrices=False)
     v = vh[:, 0, :]

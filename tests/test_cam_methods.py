@@ -131,7 +131,8 @@ def contrast_target(p: int, t: int):
 def assert_same_maps(ours: np.ndarray, theirs: np.ndarray, min_live: float = 0.6) -> None:
     """Pearson >= 0.999 and the same peak cell for every map that is not all zero; all-zero maps agree."""
     assert ours.shape == theirs.shape
-    ours, theirs = ours.reshape(-1, ours.shape[-2] * ours.shape[-1]), theirs.reshape(-1, theirs.shape[-2] * theirs.shape[-1])
+    cells = ours.shape[-2] * ours.shape[-1]
+    ours, theirs = ours.reshape(-1, cells), theirs.reshape(-1, cells)
     scale = max(float(np.abs(theirs).max()), 1e-12)
     live = 0
     for i, (a, b) in enumerate(zip(ours, theirs)):
