@@ -1,4 +1,4 @@
-"""Grad-CAM: raw class-activation maps, their compact storage and their rendering as overlays.
+"""Class-activation maps: Grad-CAM and its kin from one forward pass, their storage and their rendering.
 
 Grad-CAM (Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via Gradient-based
 Localization", ICCV 2017) weights the feature maps ``A`` of a convolutional layer by the spatial mean of
@@ -7,20 +7,25 @@ the gradient of a class score ``y_c`` with respect to them:
     alpha_k = 1/Z * sum_ij dy_c / dA_k[i, j]            (eq. 1)
     L_c     = ReLU(sum_k alpha_k * A_k)                 (eq. 2)
 
-``y_c`` is the raw logit, not the softmax probability, as in the paper.
+``y_c`` is the raw logit, not the softmax probability, as in the paper. The other methods (Grad-CAM++,
+XGrad-CAM, LayerCAM, HiResCAM, Eigen-CAM, Score-CAM) are named functions in one table,
+``core.cam_methods.METHODS`` (re-exported here); each map gets the same final ReLU.
 
 Layout of this module:
 
-- ``explain`` computes raw maps (float32, the layer's resolution, *not* normalised per image, so maps
-  stay comparable across images). "What to explain" is the ``targets`` argument;
-  "how" is this function.
+- ``explain`` / ``explain_many`` compute raw maps (float32, the layer's resolution, *not* normalised per
+  image, so maps stay comparable across images). "What to explain" is the ``targets`` argument; "how" is
+  the method. ``predict_and_explain_many`` explains the predicted class, the true class and, for a
+  mistake, the contrast ``logit[pred] - logit[true]``, for several methods at once.
 - ``encode_maps`` / ``decode_maps`` (float16 bytes for the store) and ``upsample`` / ``overlay``
   (rendering; normalisation is a display option) live in ``core.cammaps``, which needs no torch, so the
   dashboard can draw maps without importing it; they are re-exported here.
 
 Cost model: one forward pass. The network below the target layer runs under ``torch.no_grad()``, so it
 builds no autograd graph; only the layers above it record one, and each target costs one more backward
-through those layers alone. No gradient ever reaches a parameter's ``.grad``.
+through those layers alone, shared by all five gradient methods (the rest is arithmetic on the activation
+and gradient in hand). Eigen-CAM needs no backward. Score-CAM alone costs more: see ``SCORECAM_COST``.
+No gradient ever reaches a parameter's ``.grad``.
 """
 from __future__ import annotations
 
@@ -30,106 +35,26 @@ from typing import Callable, Sequence, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from core.cammaps import COLORMAPS, decode_maps, encode_maps, overlay, upsample  # noqa: F401 (re-exported)
-from core.model import DEFAULT_CAM_LAYER, resolve_module
+from core.cam_methods import (  # noqa: F401 (METHODS, SCORECAM_* re-exported)
+    ACTIVATIONS, FORWARDS, GRADIENTS, METHODS, SCORECAM_BATCH, SCORECAM_COST, SCORECAM_MAX_CHANNELS, WEIGHTS,
+    CamMethod, check_scorecam_layer, masked_logits,
+)
+from core.cammaps import (  # noqa: F401 (re-exported)
+    COLORMAPS, DEFAULT_METHOD, TARGET_CONTRAST, TARGET_PRED, TARGET_TRUE, TARGETS, check_method, decode_maps,
+    encode_maps, overlay, upsample,
+)
+from core.camlayer import LayerTap, forward_with_tap  # noqa: F401 (LayerTap re-exported)
+from core.model import DEFAULT_CAM_LAYER
 
 Targets = Union[torch.Tensor, np.ndarray, Sequence[int], Sequence[Sequence[int]]]
-
-
-
-# --------------------------------------------------------------------------------------------------
-# Capturing the layer
-# --------------------------------------------------------------------------------------------------
-class LayerTap:
-    """Owns the forward hook that cuts a model's autograd graph at one layer.
-
-    Run the model under ``torch.no_grad()`` with the tap in place: when ``layer`` has run, the hook
-    stores its output as a detached leaf that requires grad (``activation``), switches grad mode on
-    for the rest of the forward, and hands the layers above a copy of that leaf. The lower part thus
-    records no graph, and ``torch.autograd.grad(score, tap.activation)`` is d score / dA.
-
-    The caller's ``no_grad`` context restores the grad mode when it exits. Use the tap as a context
-    manager, or call ``release()``; both remove the hook, also when the forward raised.
-    """
-
-    def __init__(self, layer: nn.Module):
-        self.activation: torch.Tensor | None = None
-        self.calls = 0
-        self._handles = [layer.register_forward_hook(self._on_forward)]
-
-    def _on_forward(self, module: nn.Module, inputs, output):
-        self.calls += 1
-        if self.calls > 1:
-            raise ValueError(
-                f"Grad-CAM layer {type(module).__name__} ran {self.calls} times in one forward; expected once"
-            )
-        if not isinstance(output, torch.Tensor) or output.dim() != 4:
-            got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-            raise ValueError(f"Grad-CAM layer must output a (N, C, h, w) tensor, got {got}")
-        self.activation = output.detach().requires_grad_(True)
-        torch.set_grad_enabled(True)
-        # A copy, so that an in-place op above (ReLU(inplace=True)) never touches the leaf.
-        return self.activation.clone()
-
-    def release(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        self.activation = None
-
-    def __enter__(self) -> "LayerTap":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.release()  # returns None: an exception raised inside the block propagates
 
 
 # --------------------------------------------------------------------------------------------------
 # Computing maps
 # --------------------------------------------------------------------------------------------------
-def _split_at(model: nn.Module, layer: str):
-    """Return (lower, upper) callables with model(x) == upper(lower(x)) split after ``layer``, or None.
-
-    Two layouts are split directly: an ``nn.Sequential`` model with a top-level index (``"35"``), and a
-    model with a Sequential ``features`` and a ``head(feats)`` method whose forward is
-    ``head(features(x))`` (``SportsVGG``, layer ``"features.35"``). Other models go through ``LayerTap``.
-    """
-    parts = layer.split(".")
-    if isinstance(model, nn.Sequential) and len(parts) == 1 and parts[0].isdigit() and int(parts[0]) < len(model):
-        seq, i = model, int(parts[0])
-        return seq[: i + 1], seq[i + 1 :]
-    feats, head = getattr(model, "features", None), getattr(model, "head", None)
-    if isinstance(feats, nn.Sequential) and callable(head) and len(parts) == 2 and parts[0] == "features":
-        if parts[1].isdigit() and int(parts[1]) < len(feats):
-            i = int(parts[1])
-            rest = feats[i + 1 :]
-            return feats[: i + 1], lambda a: head(rest(a))
-    return None
-
-
-def _forward_with_tap(model, layer, images):
-    """One forward; returns (logits, A) where A is a leaf requiring grad and the logits depend on it."""
-    split = _split_at(model, layer) if isinstance(layer, str) else None
-    if split is not None:
-        lower, upper = split
-        with torch.no_grad():
-            acts = lower(images)
-        if not isinstance(acts, torch.Tensor) or acts.dim() != 4:
-            raise ValueError(f"Grad-CAM layer {layer!r} must output a (N, C, h, w) tensor")
-        acts = acts.detach().requires_grad_(True)
-        # Copy for the same reason as in LayerTap: in-place ops above must not modify the leaf.
-        return upper(acts.clone()), acts
-    module = resolve_module(model, layer) if isinstance(layer, str) else layer
-    with LayerTap(module) as tap, torch.no_grad():
-        logits = model(images)
-        acts = tap.activation
-    if acts is None:
-        raise ValueError(f"Grad-CAM layer {layer!r} did not run in the model's forward")
-    return logits, acts
-
-
 def _as_targets(targets, n: int, num_classes: int, device) -> torch.Tensor:
     """Validate per-image class indices and return a LongTensor (N, K)."""
     try:
@@ -165,8 +90,9 @@ def _check_logits(logits, n: int, layer) -> None:
         raise ValueError(f"the model's logits do not depend on layer {layer!r} with grad enabled")
 
 
+# Until core.model provides the shared helper, this is it; callers use the name ``eval_mode``.
 @contextmanager
-def _eval_mode(model: nn.Module):
+def eval_mode(model: nn.Module):
     """Eval mode inside the block; afterwards every module's own mode as before (mixed states too)."""
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
@@ -177,11 +103,20 @@ def _eval_mode(model: nn.Module):
             module.training = training
 
 
+def check_methods(methods: str | Sequence[str]) -> tuple[str, ...]:
+    """Method names as a tuple without repeats; a ValueError names an unknown one and lists the known."""
+    names = (methods,) if isinstance(methods, str) else tuple(methods)
+    if not names:
+        raise ValueError("methods must name at least one CAM method, got none")
+    return tuple(dict.fromkeys(check_method(m) for m in names))
+
+
 def explain(
     model: nn.Module,
     images: torch.Tensor,
     targets: Targets | Callable[[torch.Tensor], Targets],
     layer: str | nn.Module | None = None,
+    method: str = DEFAULT_METHOD,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(logits, maps)`` for a preprocessed batch in one forward pass.
 
@@ -191,46 +126,111 @@ def explain(
         (e.g. the prediction), which avoids a second forward.
     layer: dotted module path (default: ``model.cam_layer`` if the model has one, else ``features.35``)
         or the module itself.
+    method: a name of ``METHODS`` (default Grad-CAM).
 
-    logits: (N, num_classes), detached. maps: float32 (N, K, h, w) at the layer's resolution, raw
-    Grad-CAM (eq. 2) on the raw logit, *not* normalised per image. Both on the model's device.
+    logits: (N, num_classes), detached. maps: float32 (N, K, h, w) at the layer's resolution, raw (after
+    the method's ReLU, eq. 2) on the raw logit, *not* normalised per image. Both on the model's device.
 
     The model runs in eval mode (every module's mode is restored afterwards). Grad mode is switched
     on here (``torch.enable_grad()``, outside inference mode), so callers may hold ``torch.no_grad()``
     or ``torch.inference_mode()``. No parameter's ``.grad`` is touched.
     """
+    logits, maps = explain_many(model, images, targets, (method,), layer=layer)
+    return logits, maps[method]
+
+
+def explain_many(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: Targets | Callable[[torch.Tensor], Targets],
+    methods: str | Sequence[str],
+    layer: str | nn.Module | None = None,
+    *,
+    scorecam_batch: int = SCORECAM_BATCH,
+    scorecam_max_channels: int = SCORECAM_MAX_CHANNELS,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``explain`` for several methods: ``(logits, {method: maps (N, K, h, w)})`` from one forward pass
+    and one backward per distinct target column, shared by every gradient method.
+
+    Eigen-CAM's map does not depend on the target: its K maps are equal. Score-CAM adds one forward per
+    channel and image (``SCORECAM_COST``), ``scorecam_batch`` masked images at a time, and refuses a layer
+    of more than ``scorecam_max_channels`` channels. A target whose gradient is zero everywhere (a constant
+    input through a dead layer) gives an all-zero map, never NaN.
+    """
+
+    def one_hot(logits: torch.Tensor) -> torch.Tensor:
+        chosen = targets(logits) if callable(targets) else targets
+        t = _as_targets(chosen, *logits.shape, logits.device)
+        return F.one_hot(t, logits.shape[1]).to(logits.dtype)
+
+    return _explain_columns(model, images, one_hot, check_methods(methods), layer,
+                            scorecam_batch, scorecam_max_channels)
+
+
+def _explain_columns(model, images, columns, names, layer, scorecam_batch, scorecam_max_channels):
+    """The one forward behind ``explain_many``. ``columns(logits)`` returns the scores to explain as
+    weights of the logits (N, K, num_classes): a one-hot row for a class, +1/-1 for a contrast."""
     _check_images(images)
     if layer is None:
         layer = getattr(model, "cam_layer", None) or DEFAULT_CAM_LAYER
-    with _eval_mode(model), torch.inference_mode(False), torch.enable_grad():
-        logits, acts = _forward_with_tap(model, layer, images)
+    kinds = {METHODS[name].inputs for name in names}
+    with eval_mode(model), torch.inference_mode(False), torch.enable_grad():
+        logits, acts = forward_with_tap(model, layer, images)
         _check_logits(logits, images.shape[0], layer)
-        chosen = targets(logits.detach()) if callable(targets) else targets
-        alphas = _channel_weights(logits, acts, _as_targets(chosen, *logits.shape, logits.device))
+        weights = columns(logits.detach())
+        if FORWARDS in kinds:
+            check_scorecam_layer(acts.shape[1], scorecam_max_channels)
+        grads = _gradients(logits, acts, weights) if GRADIENTS in kinds else None
         with torch.no_grad():
-            # eq. 2, summing over channels: (N, K, C) x (N, C, h, w) -> (N, K, h, w)
-            maps = torch.einsum("nkc,nchw->nkhw", alphas, acts.detach()).clamp_min_(0).float()
+            acts = acts.detach()
+            scores = masked_logits(model, images, acts, scorecam_batch) if FORWARDS in kinds else None
+            maps = {name: _method_maps(METHODS[name], acts, grads, weights, scores) for name in names}
     return logits.detach(), maps
 
 
-def _channel_weights(logits: torch.Tensor, acts: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """alpha (N, K, C): eq. 1, the spatial mean of d logit[n, t[n, k]] / dA[n], one backward per target.
+def _gradients(logits: torch.Tensor, acts: torch.Tensor, weights: torch.Tensor) -> list[torch.Tensor]:
+    """d (weights[:, k] . logits[n]) / dA[n] for each column k: one backward through the layers above.
 
     Summing the scores over the batch gives every image's own gradient, since in eval mode image n's
-    logits depend on image n alone. Columns equal to an earlier one reuse its weights.
+    logits depend on image n alone. A column equal to an earlier one reuses its gradient; an all-zero
+    column (a contrast where every prediction is right) has a zero gradient without a backward.
     """
-    k_total = t.shape[1]
-    alphas: list[torch.Tensor] = []
+    k_total = weights.shape[1]
+    source = [next((j for j in range(k) if torch.equal(weights[:, j], weights[:, k])), None) for k in range(k_total)]
+    todo = [k for k in range(k_total) if source[k] is None and bool(weights[:, k].any())]
+    grads: list[torch.Tensor] = []
     for k in range(k_total):
-        same = next((j for j in range(k) if torch.equal(t[:, j], t[:, k])), None)
-        if same is not None:
-            alphas.append(alphas[same])
-            continue
-        onehot = torch.zeros_like(logits).scatter_(1, t[:, k : k + 1], 1.0)
-        last = all(any(torch.equal(t[:, j], t[:, m]) for j in range(m)) for m in range(k + 1, k_total))
-        (grad,) = torch.autograd.grad(logits, acts, grad_outputs=onehot, retain_graph=not last)
-        alphas.append(grad.mean(dim=(2, 3)))
-    return torch.stack(alphas, dim=1)
+        if source[k] is not None:
+            grads.append(grads[source[k]])
+        elif k in todo:
+            (grad,) = torch.autograd.grad(logits, acts, grad_outputs=weights[:, k], retain_graph=k != todo[-1])
+            grads.append(grad)
+        else:
+            grads.append(torch.zeros_like(acts))
+    return grads
+
+
+def _method_maps(method: CamMethod, acts, grads, weights, scores) -> torch.Tensor:
+    """One method's maps (N, K, h, w) for every column, after the ReLU of eq. 2, float32."""
+    k_total = weights.shape[1]
+    if method.inputs == ACTIVATIONS:
+        return method.fn(acts).clamp_min(0).float()[:, None].repeat(1, k_total, 1, 1)
+    out = []
+    for k in range(k_total):
+        got = method.fn(acts, grads[k]) if method.inputs == GRADIENTS else method.fn(scores, weights[:, k])
+        if method.output == WEIGHTS:
+            got = torch.einsum("nc,nchw->nhw", got.to(acts.dtype), acts)  # eq. 2, before its ReLU
+        out.append(got)
+    return torch.stack(out, dim=1).clamp_min(0).float()
+
+
+def _check_labels(labels, n: int, topk: int) -> torch.Tensor:
+    labels = torch.as_tensor(labels)
+    if labels.dim() != 1 or labels.shape[0] != n:
+        raise ValueError(f"labels must be a vector of {n} class indices, got shape {tuple(labels.shape)}")
+    if topk < 1:
+        raise ValueError(f"topk must be at least 1, got {topk}")
+    return labels
 
 
 @dataclass
@@ -245,29 +245,94 @@ class Explanation:
     maps: torch.Tensor  # float32 (N, 2, h, w): [:, 0] for pred, [:, 1] for the true label
 
 
+def _top(logits: torch.Tensor, topk: int):
+    probs = logits.float().softmax(dim=1)
+    top_probs, top_classes = probs.topk(min(topk, probs.shape[1]), dim=1)
+    return probs, top_probs, top_classes
+
+
 def predict_and_explain(
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor | Sequence[int],
     layer: str | nn.Module | None = None,
     topk: int = 5,
+    method: str = DEFAULT_METHOD,
 ) -> Explanation:
     """Predict and explain [pred, true] per image in one forward (see ``explain``).
 
     Where pred == label the two maps are identical; a caller storing them needs only one.
     """
-    labels = torch.as_tensor(labels)
-    if labels.dim() != 1 or labels.shape[0] != images.shape[0]:
-        raise ValueError(
-            f"labels must be a vector of {images.shape[0]} class indices, got shape {tuple(labels.shape)}"
-        )
-    if topk < 1:
-        raise ValueError(f"topk must be at least 1, got {topk}")
+    labels = _check_labels(labels, images.shape[0], topk)
 
     def pred_and_true(logits: torch.Tensor) -> torch.Tensor:
         return torch.stack([logits.argmax(dim=1), labels.to(logits.device, torch.long)], dim=1)
 
-    logits, maps = explain(model, images, pred_and_true, layer=layer)
-    probs = logits.float().softmax(dim=1)
-    top_probs, top_classes = probs.topk(min(topk, probs.shape[1]), dim=1)
+    logits, maps = explain(model, images, pred_and_true, layer=layer, method=method)
+    probs, top_probs, top_classes = _top(logits, topk)
     return Explanation(logits, probs, top_probs, top_classes, top_classes[:, 0].clone(), maps)
+
+
+@dataclass
+class BatchExplanation:
+    """One forward's predictions and, per method, the maps of every target in ``TARGETS`` order."""
+
+    logits: torch.Tensor  # (N, num_classes)
+    probs: torch.Tensor  # (N, num_classes), softmax of logits
+    top_probs: torch.Tensor  # (N, k), descending
+    top_classes: torch.Tensor  # (N, k)
+    pred: torch.Tensor  # (N,), == top_classes[:, 0]
+    labels: torch.Tensor  # (N,)
+    maps: dict[str, torch.Tensor]  # {method: float32 (N, 3, h, w)}: pred, true, contrast (zero where right)
+
+    def targets_of(self, i: int, method: str) -> tuple[str, ...]:
+        """The targets the store keeps for image ``i``: "pred" alone for a right prediction or a method
+        that explains no class (Eigen-CAM); else "pred", "true" and "contrast"."""
+        if not METHODS[method].class_specific or int(self.pred[i]) == int(self.labels[i]):
+            return (TARGET_PRED,)
+        return TARGETS
+
+    def class_of(self, i: int, target: str) -> int:
+        """The class a target's map explains (the contrast: the predicted class, against the true one)."""
+        return int(self.labels[i]) if target == TARGET_TRUE else int(self.pred[i])
+
+    def image_maps(self, i: int) -> dict[str, dict[str, np.ndarray]]:
+        """``{method: {target: raw float32 map (h, w)}}`` of image ``i``, the targets of ``targets_of``."""
+        return {
+            method: {t: maps[i, TARGETS.index(t)].cpu().numpy() for t in self.targets_of(i, method)}
+            for method, maps in self.maps.items()
+        }
+
+
+def predict_and_explain_many(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor | Sequence[int],
+    methods: str | Sequence[str],
+    layer: str | nn.Module | None = None,
+    topk: int = 5,
+    *,
+    scorecam_batch: int = SCORECAM_BATCH,
+    scorecam_max_channels: int = SCORECAM_MAX_CHANNELS,
+) -> BatchExplanation:
+    """Predict, and explain for every method the predicted class, the true class and the contrast
+    ``logit[pred] - logit[true]`` ("why the prediction and not the true class") in one forward.
+
+    The contrast costs one more backward through the layers above the CAM layer (none when every
+    prediction is right); its maps are zero where pred == label. ``scorecam_*``: as in ``explain_many``.
+    """
+    labels = _check_labels(labels, images.shape[0], topk)
+
+    def columns(logits: torch.Tensor) -> torch.Tensor:
+        true = _as_targets(labels, *logits.shape, logits.device)[:, 0]
+        pred, true = (F.one_hot(c, logits.shape[1]).to(logits.dtype) for c in (logits.argmax(dim=1), true))
+        return torch.stack([pred, true, pred - true], dim=1)  # in TARGETS order
+
+    logits, maps = _explain_columns(model, images, columns, check_methods(methods), layer,
+                                    scorecam_batch, scorecam_max_channels)
+    probs, top_probs, top_classes = _top(logits, topk)
+    pred = top_classes[:, 0].clone()
+    right = pred == labels.to(pred.device)
+    for m in maps.values():
+        m[right, TARGETS.index(TARGET_CONTRAST)] = 0.0
+    return BatchExplanation(logits, probs, top_probs, top_classes, pred, labels.to(pred.device), maps)
