@@ -121,8 +121,8 @@ def upgrade_1_to_2(conn: Connection) -> None:
         Index("ix_cam_maps_run_method", "run_id", "method"),
     )
     cam_maps.create(conn)
-    old = conn.execution_options(stream_results=True).execute(
-        text("SELECT image_id, run_id, classes, h, w, data FROM cams ORDER BY image_id"))
+    old = conn.execute(text("SELECT image_id, run_id, classes, h, w, data FROM cams ORDER BY image_id"),
+                       execution_options={"stream_results": True})
     for chunk in old.partitions(_MOVE_CHUNK):
         rows = []
         for image_id, run_id, classes, h, w, data in chunk:

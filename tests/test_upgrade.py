@@ -11,7 +11,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import MetaData, create_engine, func, inspect, select, text
 
 from core.cammaps import DEFAULT_METHOD, StoredMaps
 from db import queries, store
@@ -19,6 +19,7 @@ from db import upgrade as upgrade_mod
 from db.models import SCHEMA_VERSION, EvalRow, Prediction
 from jobs import upgrade as upgrade_job
 from jobs.common import run_cli
+from tests.pg import new_database
 
 # Version 0 as it was written: no evaluations table, no predictions.loss column.
 V0_SCHEMA = """
@@ -280,3 +281,45 @@ def test_a_failing_v1_step_leaves_the_store_as_it_was(v1_store, monkeypatch):
     assert version_of(v1_store) == "1" and v1_maps(v1_store) == old
     assert "sha256" not in columns(v1_store, "images") and "cam_methods" not in columns(v1_store, "runs")
     assert not columns(v1_store, "cam_maps")
+
+
+def copy_store(src_path: Path, url: str) -> None:
+    """Copy a SQLite store, tables and rows, to the empty database ``url`` (types made generic on the way)."""
+    src, dst = create_engine(f"sqlite:///{src_path}"), create_engine(url)
+    md = MetaData()
+    md.reflect(src)
+    for table in md.tables.values():
+        for col in table.columns:
+            col.type = col.type.as_generic()
+    md.create_all(dst)
+    with src.connect() as a, dst.begin() as b:
+        for table in md.sorted_tables:
+            rows = [dict(r) for r in a.execute(select(table)).mappings()]
+            if rows:
+                b.execute(table.insert(), rows)
+    src.dispose()
+    dst.dispose()
+
+
+@pytest.mark.postgres
+def test_v1_upgrade_on_postgresql(v1_store, pg_url):
+    url = new_database(pg_url)
+    copy_store(v1_store, url)
+    old = v1_maps(v1_store)
+    before = counts(v1_store, KEPT)
+    with pytest.raises(store.StoreError, match="python -m jobs.upgrade"):
+        store.make_engine(url, create=False)
+    report = upgrade_mod.upgrade(url, say=lambda _: None)
+    assert (report.found, report.applied, report.backup) == (1, ["upgrade_1_to_2"], None)
+    engine = store.make_engine(url, create=False)
+    with engine.connect() as c:
+        assert {t: c.execute(text(f"SELECT count(*) FROM {t}")).scalar() for t in KEPT} == before
+        assert c.execute(text("SELECT count(*) FROM cam_maps")).scalar() == 28
+        assert not inspect(c).has_table("cams")
+    with store.make_sessionmaker(engine)() as s:
+        for run_id in (1, 2):
+            maps = queries.maps_for(s, run_id, [i for i, (r, *_rest) in old.items() if r == run_id])
+            assert {i: b"".join(m.data) for i, m in maps.items()} == {
+                i: d for i, (r, _, _, _, d) in old.items() if r == run_id}
+        assert {r["cam_methods"][0] for r in store.run_summaries(s)} == {DEFAULT_METHOD}
+    engine.dispose()
