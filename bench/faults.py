@@ -34,7 +34,7 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from db import store
-from db.models import CamRow, EpochRow, EvalRow, ImageRow, Prediction, Run
+from db.models import CamMap, EpochRow, EvalRow, ImageRow, Prediction, Run
 
 EPOCHS = (2, 2)  # frozen, fine-tune
 FLAGS = ["--image-size", "32", "--batch-size", "4", "--workers", "0", "--weights", "none", "--device", "cpu",
@@ -148,7 +148,7 @@ class Reader:
                         store.run_summaries(s)
                         s.execute(select(EpochRow)).all()
                         s.execute(select(Prediction.pred, ImageRow.label).join(ImageRow)).all()
-                        s.execute(select(CamRow.data).limit(5)).all()
+                        s.execute(select(CamMap.data).limit(5)).all()
                     self.reads += 1
             except Exception as exc:
                 self.errors.append(f"{type(exc).__name__}: {exc}")
@@ -173,9 +173,9 @@ def survey(work: Path, reference: Optional[dict] = None) -> dict:
         usable = s.scalar(select(func.count()).select_from(ImageRow).where(
             ImageRow.split.in_(("valid", "test")), ImageRow.skipped.is_(False)))
         n_pred = s.scalar(select(func.count()).select_from(Prediction))
-        n_cams = s.scalar(select(func.count()).select_from(CamRow))
+        # images with maps (the key of cam_maps, image + method + target, rules out duplicate maps)
+        n_cams = s.scalar(select(func.count(func.distinct(CamMap.image_id))))
         dup = (n_pred - s.scalar(select(func.count(func.distinct(Prediction.image_id))))
-               + n_cams - s.scalar(select(func.count(func.distinct(CamRow.image_id))))
                + s.scalar(select(func.count()).select_from(EpochRow))
                - s.scalar(select(func.count(func.distinct(EpochRow.global_epoch)))))
         epochs = [e.global_epoch for e in s.scalars(select(EpochRow).order_by(EpochRow.global_epoch))]

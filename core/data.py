@@ -165,6 +165,19 @@ def discover(root: str | Path, boxes: Optional[dict[str, Sequence[float]]] = Non
     return DatasetIndex(root=root, classes=classes, splits=splits, absent=absent, warnings=warns, layout=layout)
 
 
+def file_sha256(path: Path, chunk: int = 1 << 20) -> Optional[str]:
+    """Hex SHA-256 of a file's bytes (its identity across runs and copies of the data); None when it cannot
+    be read."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            while block := fh.read(chunk):
+                h.update(block)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
 # --------------------------------------------------------------------------- decoding
 
 def to_tensor(pixels: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:

@@ -143,6 +143,7 @@ class BatchResult:
     loss: np.ndarray  # (N,) cross-entropy of the true class
     maps: Optional[np.ndarray]  # (N, 2, h, w) float32: [pred, true] maps; None without CAMs
     sizes: dict[int, tuple[int, int]]
+    logits: Optional[np.ndarray] = None  # (N, C) float32, every class's logit
 
 
 def predict_batches(
@@ -189,4 +190,5 @@ def predict_batches(
             loss=loss.detach().cpu().numpy(),
             maps=maps_np,
             sizes=sizes,
+            logits=logits.detach().cpu().numpy(),
         )

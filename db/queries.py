@@ -10,12 +10,14 @@ from typing import Any, Iterable, NamedTuple, Optional, Sequence
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import and_, func, inspect, select
+from sqlalchemy import and_, exists, func, inspect, select
 from sqlalchemy.orm import Session
+
+from core.cammaps import DEFAULT_METHOD, METHOD_NAMES, TARGET_PRED, TARGET_TRUE, TARGETS, StoredMaps, check_method
 
 from db.models import (
     AuditRow,
-    CamRow,
+    CamMap,
     EpochRow,
     EvalRow,
     ImageRow,
@@ -139,6 +141,26 @@ def prediction_splits(session: Session, run_id: int) -> list[str]:
     return [s for s in ("train", "valid", "test") if s in found] + sorted(found - {"train", "valid", "test"})
 
 
+IMAGE_COLUMNS = ["image_id", "split", "relpath", "label", "width", "height", "skipped", "skip_reason", "bbox",
+                 "sha256"]
+
+
+def images_frame(session: Session, run_id: int, splits: Optional[Iterable[str]] = None) -> pd.DataFrame:
+    """Every image the run recorded (skipped ones too), by id: ``IMAGE_COLUMNS``; ``bbox`` holds a list or None."""
+    stmt = select(ImageRow.id, ImageRow.split, ImageRow.relpath, ImageRow.label, ImageRow.width, ImageRow.height,
+                  ImageRow.skipped, ImageRow.skip_reason, ImageRow.bbox, ImageRow.sha256).where(
+        ImageRow.run_id == run_id).order_by(ImageRow.id)
+    if splits is not None:
+        stmt = stmt.where(ImageRow.split.in_(list(splits)))
+    df = pd.DataFrame(session.execute(stmt).all(), columns=IMAGE_COLUMNS)
+    if df.empty:
+        return _empty(IMAGE_COLUMNS)
+    df["image_id"] = df["image_id"].astype(np.int64)
+    df["label"] = df["label"].astype(np.int64)
+    df["skipped"] = df["skipped"].astype(bool)
+    return df
+
+
 # --------------------------------------------------------------------------- predictions
 
 def _prediction_select(run_id: int):
@@ -151,10 +173,9 @@ def _prediction_select(run_id: int):
             Prediction.pred,
             Prediction.confidence,
             Prediction.loss,
-            CamRow.image_id.is_not(None),
+            exists().where(CamMap.image_id == ImageRow.id),
         )
         .join(Prediction, Prediction.image_id == ImageRow.id)
-        .outerjoin(CamRow, CamRow.image_id == ImageRow.id)
         .where(ImageRow.run_id == run_id, ImageRow.skipped.is_(False))
     )
 
@@ -293,26 +314,51 @@ class ImageDetail:
     loss: Optional[float]
     top5_idx: tuple[int, ...]
     top5_prob: tuple[float, ...]
-    cam_classes: tuple[int, ...]
-    cam_h: int
-    cam_w: int
-    cam_data: Optional[bytes]
+    maps: Optional[StoredMaps]  # the maps of the method asked for; None when the image has none
+    methods: tuple[str, ...]  # every CAM method with maps of this image
     bbox: Optional[tuple[float, ...]]
     skipped: bool
     skip_reason: Optional[str]
+    sha256: Optional[str] = None
+
+    # The layout of schema 1, for pages not yet reading ``maps``: the "pred" map, then the "true" one.
+    @property
+    def cam_classes(self) -> tuple[int, ...]:
+        return tuple(self.maps.class_of(t) for t in self._v1_targets())
+
+    @property
+    def cam_h(self) -> int:
+        return self.maps.h if self.maps else 0
+
+    @property
+    def cam_w(self) -> int:
+        return self.maps.w if self.maps else 0
+
+    @property
+    def cam_data(self) -> Optional[bytes]:
+        if self.maps is None:
+            return None
+        return b"".join(self.maps.data[self.maps.targets.index(t)] for t in self._v1_targets())
+
+    def _v1_targets(self) -> tuple[str, ...]:
+        if self.maps is None:
+            return ()
+        return tuple(t for t in (TARGET_PRED, TARGET_TRUE) if t in self.maps.targets)
 
 
-def image_detail(session: Session, run_id: int, image_id: int) -> Optional[ImageDetail]:
-    """One image of the run with its prediction and raw maps; ``None`` when the run has no such image."""
+def image_detail(session: Session, run_id: int, image_id: int, method: str = DEFAULT_METHOD) -> Optional[ImageDetail]:
+    """One image of the run with its prediction and its raw ``method`` maps; ``None`` when the run has no
+    such image."""
     row = session.execute(
-        select(ImageRow, Prediction, CamRow)
+        select(ImageRow, Prediction)
         .outerjoin(Prediction, Prediction.image_id == ImageRow.id)
-        .outerjoin(CamRow, CamRow.image_id == ImageRow.id)
         .where(ImageRow.id == image_id, ImageRow.run_id == run_id)
     ).first()
     if row is None:
         return None
-    img, pr, cam = row
+    img, pr = row
+    methods = _ordered_methods(session.scalars(
+        select(CamMap.method).where(CamMap.image_id == image_id, CamMap.run_id == run_id).distinct()))
     return ImageDetail(
         image_id=img.id,
         split=img.split,
@@ -323,25 +369,63 @@ def image_detail(session: Session, run_id: int, image_id: int) -> Optional[Image
         loss=pr.loss if pr else None,
         top5_idx=tuple(int(i) for i in (pr.top5_idx or [])) if pr else (),
         top5_prob=tuple(float(x) for x in (pr.top5_prob or [])) if pr else (),
-        cam_classes=tuple(int(c) for c in cam.classes) if cam else (),
-        cam_h=cam.h if cam else 0,
-        cam_w=cam.w if cam else 0,
-        cam_data=bytes(cam.data) if cam else None,
+        maps=maps_for(session, run_id, [image_id], method).get(image_id),
+        methods=tuple(methods),
         bbox=tuple(img.bbox) if img.bbox else None,
         skipped=bool(img.skipped),
         skip_reason=img.skip_reason,
+        sha256=img.sha256,
     )
+
+
+# Ids per IN (...) list: well under SQLite's and PostgreSQL's limits on bound parameters.
+_ID_CHUNK = 500
+
+
+def maps_for(session: Session, run_id: int, image_ids: Iterable[int],
+             method: str = DEFAULT_METHOD) -> dict[int, StoredMaps]:
+    """The stored ``method`` maps of several images, ``{image_id: StoredMaps}`` with the targets in
+    ``core.cammaps.TARGETS`` order; images without such maps are left out."""
+    check_method(method)
+    ids = sorted({int(i) for i in image_ids})
+    found: dict[int, list] = {}
+    for lo in range(0, len(ids), _ID_CHUNK):
+        stmt = select(CamMap.image_id, CamMap.target, CamMap.class_index, CamMap.h, CamMap.w, CamMap.data).where(
+            CamMap.run_id == run_id, CamMap.method == method, CamMap.image_id.in_(ids[lo:lo + _ID_CHUNK]))
+        for row in session.execute(stmt).all():
+            found.setdefault(int(row.image_id), []).append(row)
+    out = {}
+    for image_id, rows in found.items():
+        rows.sort(key=lambda r: TARGETS.index(r.target) if r.target in TARGETS else len(TARGETS))
+        sizes = {(r.h, r.w) for r in rows}
+        if len(sizes) != 1:
+            raise ValueError(f"run {run_id}, image {image_id}: {method} maps of different sizes {sorted(sizes)}")
+        (h, w), = sizes
+        out[image_id] = StoredMaps(image_id=image_id, method=method, targets=tuple(r.target for r in rows),
+                                   classes=tuple(int(r.class_index) for r in rows), h=int(h), w=int(w),
+                                   data=tuple(bytes(r.data) for r in rows))
+    return out
 
 
 def cams_for(session: Session, run_id: int, image_ids: Iterable[int]) -> dict[int, tuple[tuple[int, ...], int, int, bytes]]:
-    """Raw maps of several images: ``{image_id: (classes, h, w, float16 bytes)}``; absent ids are left out."""
-    ids = [int(i) for i in image_ids]
-    if not ids:
-        return {}
-    stmt = select(CamRow.image_id, CamRow.classes, CamRow.h, CamRow.w, CamRow.data).where(
-        CamRow.run_id == run_id, CamRow.image_id.in_(ids)
-    )
-    return {i: (tuple(int(c) for c in cls), h, w, bytes(d)) for i, cls, h, w, d in session.execute(stmt).all()}
+    """The schema-1 shape of :func:`maps_for` for the gradcam maps, ``{image_id: (classes, h, w, float16
+    bytes of the pred map then the true map)}``; kept while pages move to ``maps_for``."""
+    out = {}
+    for image_id, m in maps_for(session, run_id, image_ids, DEFAULT_METHOD).items():
+        targets = [t for t in (TARGET_PRED, TARGET_TRUE) if t in m.targets]
+        out[image_id] = (tuple(m.class_of(t) for t in targets), m.h, m.w,
+                         b"".join(m.data[m.targets.index(t)] for t in targets))
+    return out
+
+
+def _ordered_methods(names: Iterable[str]) -> list[str]:
+    names = set(names)
+    return [m for m in METHOD_NAMES if m in names] + sorted(names - set(METHOD_NAMES))
+
+
+def stored_methods(session: Session, run_id: int) -> list[str]:
+    """The CAM methods the run has maps of, in ``core.cammaps.METHOD_NAMES`` order."""
+    return _ordered_methods(session.scalars(select(CamMap.method).where(CamMap.run_id == run_id).distinct()))
 
 
 # --------------------------------------------------------------------------- data audit

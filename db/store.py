@@ -16,10 +16,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.cammaps import TARGETS, check_method
 from db.models import (
     SCHEMA_VERSION,
     Base,
-    CamRow,
+    CamMap,
     EpochRow,
     EvalRow,
     ImageRow,
@@ -225,6 +226,7 @@ class ImageRecord:
     skipped: bool = False
     skip_reason: Optional[str] = None
     bbox: Optional[list[float]] = None
+    sha256: Optional[str] = None  # hex digest of the file's bytes
 
 
 def upsert_images(session: Session, run_id: int, records: Iterable[ImageRecord]) -> dict[tuple[str, str], int]:
@@ -244,6 +246,8 @@ def upsert_images(session: Session, run_id: int, records: Iterable[ImageRecord])
             row.width, row.height = rec.width, rec.height
         if rec.bbox is not None:
             row.bbox = rec.bbox
+        if rec.sha256 is not None:
+            row.sha256 = rec.sha256
         if rec.skipped:
             row.skipped, row.skip_reason = True, rec.skip_reason
     session.flush()
@@ -253,7 +257,7 @@ def upsert_images(session: Session, run_id: int, records: Iterable[ImageRecord])
 def begin_evaluation(session: Session, run_id: int, split: str) -> None:
     """Mark a split's evaluation as running and drop whatever an earlier, interrupted pass left."""
     image_ids = select(ImageRow.id).where(ImageRow.run_id == run_id, ImageRow.split == split)
-    session.execute(delete(CamRow).where(CamRow.image_id.in_(image_ids)))
+    session.execute(delete(CamMap).where(CamMap.image_id.in_(image_ids)))
     session.execute(delete(Prediction).where(Prediction.image_id.in_(image_ids)))
     ev = session.get(EvalRow, (run_id, split))
     if ev is None:
@@ -263,11 +267,51 @@ def begin_evaluation(session: Session, run_id: int, split: str) -> None:
     session.flush()
 
 
-def add_predictions(session: Session, rows: list[dict[str, Any]], cams: list[dict[str, Any]]) -> None:
+def add_predictions(session: Session, rows: list[dict[str, Any]], maps: list[dict[str, Any]] = ()) -> None:
+    """Insert prediction rows and their map rows (dicts of ``Prediction`` and ``CamMap`` columns)."""
     if rows:
         session.execute(Prediction.__table__.insert(), rows)
-    if cams:
-        session.execute(CamRow.__table__.insert(), cams)
+    add_maps(session, maps)
+
+
+def add_maps(session: Session, rows: Iterable[dict[str, Any]]) -> None:
+    """Insert map rows: dicts of ``CamMap`` columns, one per (image, method, target)."""
+    rows = list(rows)
+    for row in rows:
+        check_method(row["method"])
+        if row["target"] not in TARGETS:
+            raise ValueError(f"map of image {row['image_id']}: target {row['target']!r}, expected one of "
+                             f"{', '.join(TARGETS)}")
+    if rows:
+        session.execute(CamMap.__table__.insert(), rows)
+
+
+def replace_maps(session: Session, run_id: int, method: str, image_ids: Iterable[int],
+                 rows: Iterable[dict[str, Any]]) -> None:
+    """Drop the run's ``method`` maps of ``image_ids`` and insert ``rows`` (of that method) in their place."""
+    check_method(method)
+    ids = [int(i) for i in image_ids]
+    for lo in range(0, len(ids), 500):
+        session.execute(delete(CamMap).where(CamMap.run_id == run_id, CamMap.method == method,
+                                             CamMap.image_id.in_(ids[lo:lo + 500])))
+    rows = list(rows)
+    strays = {r["method"] for r in rows} - {method}
+    if strays:
+        raise ValueError(f"replace_maps of method {method!r} was given rows of {', '.join(sorted(strays))}")
+    add_maps(session, rows)
+
+
+def record_cams(session: Session, run_id: int, *, layer: Optional[str] = None, methods: Iterable[str] = ()) -> None:
+    """Note the run's CAM layer (when given) and add ``methods`` to the methods it stores."""
+    run = session.get(Run, run_id)
+    if run is None:
+        raise StoreError(f"no run {run_id}")
+    if layer is not None:
+        run.cam_layer = layer
+    known = list(run.cam_methods or [])
+    new = [check_method(m) for m in methods if m not in known]
+    if new:
+        run.cam_methods = known + list(dict.fromkeys(new))
 
 
 def finish_evaluation(session: Session, run_id: int, split: str, **metrics: Any) -> None:
@@ -313,9 +357,9 @@ def run_summaries(session: Session) -> list[dict[str, Any]]:
         .join(Prediction, Prediction.image_id == ImageRow.id)
         .group_by(ImageRow.run_id, ImageRow.split)
     )
-    maps = counts(
-        select(ImageRow.run_id, ImageRow.split, func.count())
-        .join(CamRow, CamRow.image_id == ImageRow.id)
+    maps = counts(  # images with at least one stored map
+        select(ImageRow.run_id, ImageRow.split, func.count(func.distinct(CamMap.image_id)))
+        .join(CamMap, CamMap.image_id == ImageRow.id)
         .group_by(ImageRow.run_id, ImageRow.split)
     )
     evals = {(e.run_id, e.split): e for e in session.scalars(select(EvalRow))}
@@ -345,6 +389,7 @@ def run_summaries(session: Session) -> list[dict[str, Any]]:
                 "device": run.device,
                 "weights": run.weights,
                 "image_size": run.image_size,
+                "cam_methods": list(run.cam_methods or []),
                 "started_at": run.started_at.isoformat(timespec="seconds") if run.started_at else None,
                 "finished_at": run.finished_at.isoformat(timespec="seconds") if run.finished_at else None,
                 "best_epoch": run.best_epoch,

@@ -85,7 +85,7 @@ def load_run_data(session: Session, run_id: int, splits: Optional[Sequence[str]]
         pairs=queries.confused_pairs(cm, names, limit=None),
         epochs=queries.epochs_frame(session, run_id),
         load_image=functools.partial(load_display_image, info.data_root),
-        load_cams=lambda ids: queries.cams_for(session, run_id, ids),
+        load_cams=lambda ids: queries.maps_for(session, run_id, ids),
         audit=audit[0] if audit else None,
         leakage=audit[1] if audit else None,
         trust=trust.scores,

@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from core import dist
-from core.data import DatasetIndex, ImageDataset, collate, discover, read_image_header
+from core.data import DatasetIndex, ImageDataset, collate, discover, file_sha256, read_image_header
 from core.engine import Skipped, evaluate, train_one_epoch
 from core.model import (
     DEFAULT_CAM_LAYER,
@@ -195,14 +195,16 @@ def prepare_dataset(args: argparse.Namespace, env: dist.DistEnv) -> DatasetIndex
 
 
 def image_records(index: DatasetIndex) -> list[store.ImageRecord]:
-    """One record per image of every split, with its size from the file header (no decoding)."""
+    """One record per image of every split, with its size from the file header (no decoding) and the
+    SHA-256 of its bytes."""
     records = []
     for split, samples in index.splits.items():
         for s in samples:
             size, reason = read_image_header(index.root / s.relpath)
             records.append(store.ImageRecord(
                 split, s.relpath, s.label, width=size[0] if size else None, height=size[1] if size else None,
-                skipped=reason is not None, skip_reason=reason, bbox=list(s.bbox) if s.bbox else None))
+                skipped=reason is not None, skip_reason=reason, bbox=list(s.bbox) if s.bbox else None,
+                sha256=file_sha256(index.root / s.relpath)))
     return records
 
 

@@ -2,7 +2,7 @@
 
 ``build_store`` writes real JPEGs under ``<tmp>/data/<split>/<class>/`` and a SQLite store holding one
 complete run over them, written through ``db.store`` the way the training job writes: both training
-phases, images, predictions with top-5, float16 Grad-CAM maps, and evaluations. Mistakes follow a
+phases, images, predictions with top-5, float16 Grad-CAM maps (one row per target), and evaluations. Mistakes follow a
 pattern (class ``i`` is mostly taken for ``i + 1``) so that confused pairs are predictable.
 """
 from __future__ import annotations
@@ -26,6 +26,7 @@ from core.audit import (
     find_suspect_labels,
     group_pairs,
 )
+from core.cammaps import DEFAULT_METHOD, TARGET_PRED, TARGET_TRUE
 from db import queries
 from db.models import AuditRow
 from db.store import (
@@ -38,6 +39,7 @@ from db.store import (
     finish_run,
     make_engine,
     make_sessionmaker,
+    record_cams,
     replace_sanity_check,
     replace_trust_scores,
     upsert_images,
@@ -208,6 +210,7 @@ def build_store(
             absent_splits={} if "test" in splits else {"test": "no test/ folder"},
         )
         run_id = run.id
+        record_cams(s, run_id, methods=[DEFAULT_METHOD])
         g = 0
         for phase, n_ep in ((1, 3), (2, 4)):
             for ep in range(1, n_ep + 1):
@@ -249,10 +252,11 @@ def build_store(
             full[image_id] = (pred, _full_probs(idx, probs, n_classes))
             rows.append(dict(image_id=image_id, run_id=run_id, pred=pred, confidence=conf, top5_idx=idx,
                              top5_prob=probs, loss=float(-np.log(max(p_true, 1e-6)))))
-            classes = [pred] if pred == r.label else [pred, r.label]
-            maps = np.stack([_blob(rng, cam_size, cam_size) for _ in classes]).astype(np.float16)
-            cams.append(dict(image_id=image_id, run_id=run_id, layer="features.35", classes=classes,
-                             h=cam_size, w=cam_size, data=maps.tobytes()))
+            targets = [(TARGET_PRED, pred)] + ([(TARGET_TRUE, r.label)] if pred != r.label else [])
+            for target, cls in targets:
+                cams.append(dict(image_id=image_id, run_id=run_id, method=DEFAULT_METHOD, target=target,
+                                 class_index=cls, h=cam_size, w=cam_size,
+                                 data=_blob(rng, cam_size, cam_size).astype("<f2").tobytes()))
         n = len(recs)
         with Session.begin() as s:
             begin_evaluation(s, run_id, split)

@@ -17,7 +17,7 @@ from PIL import Image
 from sqlalchemy import func, select, text
 
 from db import store
-from db.models import CamRow, EpochRow, EvalRow, ImageRow, Prediction, Run
+from db.models import CamMap, EpochRow, EvalRow, ImageRow, Prediction, Run
 from jobs import train as train_job
 from tests.conftest import make_dataset
 
@@ -62,11 +62,11 @@ def kill_when(cmd: list[str], db: Path, ready: Callable, timeout: float = 300) -
 
 
 def split_counts(s, split: str) -> tuple[int, int, int]:
-    """(predictions, distinct predicted images, maps) of one split."""
+    """(predictions, distinct predicted images, images with maps) of one split."""
     on_split = select(ImageRow.id).where(ImageRow.split == split)
     n = s.scalar(select(func.count()).select_from(Prediction).where(Prediction.image_id.in_(on_split)))
     distinct = s.scalar(select(func.count(func.distinct(Prediction.image_id))).where(Prediction.image_id.in_(on_split)))
-    maps = s.scalar(select(func.count()).select_from(CamRow).where(CamRow.image_id.in_(on_split)))
+    maps = s.scalar(select(func.count(func.distinct(CamMap.image_id))).where(CamMap.image_id.in_(on_split)))
     return n, distinct, maps
 
 
@@ -148,7 +148,7 @@ def test_dashboard_reads_while_a_job_writes(tmp_path):
                         seen.add(f"{r['status']}:{(r['splits'].get('valid') or {}).get('evaluation')}")
                     s.execute(select(EpochRow).order_by(EpochRow.global_epoch)).all()
                     s.execute(select(Prediction.pred, ImageRow.label).join(ImageRow)).all()
-                    s.execute(select(CamRow.data).limit(5)).all()
+                    s.execute(select(CamMap.data).limit(5)).all()
                 reads += 1
             except Exception as exc:  # any error a page would show
                 errors.append(f"{type(exc).__name__}: {exc}")

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from db import store
-from db.models import SCHEMA_VERSION, CamRow, EpochRow, EvalRow, ImageRow, Prediction, Run
+from db.models import SCHEMA_VERSION, CamMap, EpochRow, EvalRow, ImageRow, Prediction, Run
 from tests.conftest import make_dataset
 from tests.pg import new_database
 
@@ -42,7 +42,7 @@ def predictions_for(S, run_id: int, image_ids: dict, split: str) -> None:
         store.begin_evaluation(s, run_id, split)
     rows = [dict(image_id=i, run_id=run_id, pred=1, confidence=0.75, top5_idx=[1, 0], top5_prob=[0.75, 0.25],
                  loss=0.3) for (sp, _), i in image_ids.items() if sp == split]
-    cams = [dict(image_id=r["image_id"], run_id=run_id, layer="features.35", classes=[1], h=2, w=2,
+    cams = [dict(image_id=r["image_id"], run_id=run_id, method="gradcam", target="pred", class_index=1, h=2, w=2,
                  data=bytes(range(8))) for r in rows]
     with S.begin() as s:
         store.add_predictions(s, rows, cams)
@@ -113,8 +113,8 @@ def test_round_trip_of_a_run(db_url):
         assert store.class_names(s, run_id) == ["alpha", "beta"]
         img = s.scalars(select(ImageRow).where(ImageRow.relpath == "valid/alpha/0.jpg")).one()
         assert (img.width, img.height, img.bbox, img.skipped) == (32, 24, [1.0, 2.0, 3.5, 4.0], False)
-        cam = s.scalars(select(CamRow)).first()
-        assert bytes(cam.data) == bytes(range(8)) and cam.classes == [1]
+        cam = s.scalars(select(CamMap)).first()
+        assert bytes(cam.data) == bytes(range(8)) and (cam.method, cam.target, cam.class_index) == ("gradcam", "pred", 1)
         p = s.scalars(select(Prediction)).first()
         assert p.top5_idx == [1, 0] and p.top5_prob == [0.75, 0.25]
         assert s.scalar(select(EpochRow.val_acc)) is None
@@ -143,8 +143,8 @@ def test_evaluating_again_leaves_no_duplicates(db_url):
         def count(model, rid: int) -> int:
             return s.scalar(select(func.count()).select_from(model).where(model.run_id == rid))
 
-        assert (count(ImageRow, run_id), count(Prediction, run_id), count(CamRow, run_id)) == (8, 8, 8)
-        assert (count(ImageRow, other), count(Prediction, other), count(CamRow, other)) == (8, 4, 4)
+        assert (count(ImageRow, run_id), count(Prediction, run_id), count(CamMap, run_id)) == (8, 8, 8)
+        assert (count(ImageRow, other), count(Prediction, other), count(CamMap, other)) == (8, 4, 4)
         assert s.get(EvalRow, (run_id, "valid")).status == "complete"
 
 
@@ -237,6 +237,6 @@ def test_two_runs_write_one_server_store_while_it_is_read(tmp_path, pg_url):  # 
             assert {r for _, r in pred_rows} == {run.id}
             assert s.scalar(select(func.count()).select_from(Prediction).where(Prediction.run_id == run.id)) \
                 == len(evaluated)
-            assert s.scalar(select(func.count()).select_from(CamRow).where(CamRow.run_id == run.id)) \
+            assert s.scalar(select(func.count(func.distinct(CamMap.image_id))).where(CamMap.run_id == run.id)) \
                 == len(evaluated)
             assert [e.global_epoch for e in s.scalars(select(EpochRow).where(EpochRow.run_id == run.id))] == [1, 2]

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from db import store
-from db.models import CamRow, EpochRow, EvalRow, ImageRow, Prediction, Run
+from db.models import CamMap, EpochRow, EvalRow, ImageRow, Prediction, Run
 from jobs import runs as runs_job
 from jobs import train as train_job
 from tests.conftest import make_dataset
@@ -54,14 +54,21 @@ def test_store_is_complete(tiny_run):
         broken = s.scalars(select(ImageRow).where(ImageRow.relpath.like("%broken.jpg"))).one()
         assert broken.skipped and "cannot" in broken.skip_reason
         n_pred = s.scalar(select(func.count()).select_from(Prediction))
-        n_cam = s.scalar(select(func.count()).select_from(CamRow))
-        assert n_pred == 9 and n_cam == 9
+        n_pred_maps = s.scalar(select(func.count()).select_from(CamMap).where(CamMap.target == "pred"))
+        n_wrong = s.scalar(select(func.count()).select_from(Prediction).join(ImageRow)
+                           .where(Prediction.pred != ImageRow.label))
+        n_true_maps = s.scalar(select(func.count()).select_from(CamMap).where(CamMap.target == "true"))
+        assert n_pred == 9 and n_pred_maps == 9 and n_true_maps == n_wrong
         ev = s.get(EvalRow, (run_id, "valid"))
         assert ev.status == "complete" and ev.n_images == 9 and 0 <= ev.top1 <= ev.top5 <= 1
         p = s.scalars(select(Prediction)).first()
         assert len(p.top5_idx) == 3 and abs(sum(p.top5_prob) - 1) < 1e-4
-        cam = s.scalars(select(CamRow)).first()
-        assert len(cam.data) == 2 * len(cam.classes) * cam.h * cam.w and cam.layer == "features.35"
+        cam = s.scalars(select(CamMap)).first()
+        assert len(cam.data) == 2 * cam.h * cam.w and cam.method == "gradcam"
+        assert run.cam_layer == "features.35" and run.cam_methods == ["gradcam"]
+        assert len(p.logits) == 2 * 3  # float16 logits of the three classes
+        hashes = s.scalars(select(ImageRow.sha256).where(ImageRow.skipped.is_(False))).all()
+        assert all(h is not None and len(h) == 64 for h in hashes)
 
 
 def test_runs_json_reports_the_run(tiny_run, capsys):
