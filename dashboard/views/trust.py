@@ -5,7 +5,7 @@ import streamlit as st
 
 from core.cammaps import DEFAULT_METHOD, METHOD_LABELS
 from core.figures import sanity_cascade, trust_curves, trust_distribution
-from core.metrics import trust_per_class, trust_summary
+from db.queries import trust_per_class, trust_summary
 from dashboard import loaders, state
 from dashboard.context import require_run
 from dashboard.tiles import TILE_PX, map_of_class, picture, show_picture
