@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.cammaps import DEFAULT_METHOD, METHOD_LABELS
+from core.cammaps import DEFAULT_METHOD, METHOD_LABELS, TARGET_PRED, TARGET_TRUE
 from core.figures import sanity_cascade, trust_curves, trust_distribution
 from db.queries import trust_per_class, trust_summary
 from dashboard import loaders, state
@@ -39,8 +39,8 @@ st.caption(
 )
 
 c1, c2 = st.columns([1, 2])
-target = c1.radio("Map of", ["pred", "true"], key="tr_target", horizontal=True,
-                  format_func={"pred": "predicted class", "true": "true class (mistakes)"}.get)
+target = c1.radio("Map of", [TARGET_PRED, TARGET_TRUE], key="tr_target", horizontal=True,
+                  format_func={TARGET_PRED: "predicted class", TARGET_TRUE: "true class (mistakes)"}.get)
 rows = frame[frame["target"] == target]
 if rows.empty:
     st.info("No maps of this kind were scored (the true-class map is scored only for misclassified images).")
