@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 from sqlalchemy import func, select
 
-from db import store
+from db import queries, store
 from db.models import CamMap, EpochRow, EvalRow, ImageRow, Prediction, Run
 
 EPOCHS = (2, 2)  # frozen, fine-tune
@@ -145,7 +145,7 @@ class Reader:
                 S = S or open_store(self.db)
                 if S is not None:
                     with S() as s:
-                        store.run_summaries(s)
+                        queries.run_summaries(s)
                         s.execute(select(EpochRow)).all()
                         s.execute(select(Prediction.pred, ImageRow.label).join(ImageRow)).all()
                         s.execute(select(CamMap.data).limit(5)).all()

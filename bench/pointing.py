@@ -66,7 +66,7 @@ def main() -> None:
     p.add_argument("--figure", default=None, help="write a sheet of examples to this PNG")
     args = p.parse_args()
     with store.make_sessionmaker(store.make_engine(args.db, readonly=True))() as s:
-        run = store.resolve_run(s, args.run)
+        run = queries.find_run(s, args.run)
         rows = localisation_rows(s, run.id, args.split)
     if not rows:
         raise SystemExit(f"run {run.id}: no correctly classified {args.split} images with boxes and maps")

@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from db import store
+from db import queries, store
 from jobs.common import add_db_arg, run_cli
 
 
@@ -46,7 +46,7 @@ def format_table(runs: list[dict]) -> str:
 def main(args: argparse.Namespace) -> int:
     engine = store.make_engine(args.db, readonly=True)
     with store.make_sessionmaker(engine)() as s:
-        runs = store.run_summaries(s)
+        runs = queries.run_summaries(s)
     if args.json:
         json.dump(runs, sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -28,7 +28,6 @@ from core.audit import (
 )
 from core.cammaps import DEFAULT_METHOD, TARGET_PRED, TARGET_TRUE
 from db import queries
-from db.models import AuditRow
 from db.store import (
     ImageRecord,
     add_epoch,
@@ -40,6 +39,7 @@ from db.store import (
     make_engine,
     make_sessionmaker,
     record_cams,
+    replace_audit,
     replace_sanity_check,
     replace_trust_scores,
     upsert_images,
@@ -102,8 +102,9 @@ def _full_probs(idx: list[int], top: list[float], n_classes: int) -> np.ndarray:
 
 
 def plant_audit(data_root: Path, records: list[ImageRecord], ids: dict, full: dict[int, tuple[int, np.ndarray]],
-                names: Sequence[str], run_id: int) -> AuditRow:
-    """Copy a few files over others and return the audit of that: the findings are known in advance.
+                names: Sequence[str]) -> dict:
+    """Copy a few files over others and return the audit of that (the keywords of ``replace_audit``): the
+    findings are known in advance.
 
     Planted, by position in the first split's list (``a``) and the last split's (``b``): ``b[0]`` is a byte
     copy of ``a[0]`` (same class: an exact duplicate, leaked when the splits differ); ``b`` of the third
@@ -146,8 +147,8 @@ def plant_audit(data_root: Path, records: list[ImageRecord], ids: dict, full: di
     preds = pd.DataFrame([(r.split, r.relpath, r.label, full[r.image_id][0]) for r in refs],
                          columns=["split", "relpath", "label", "pred"])
     acc = accuracy_without_leakage(preds, report.to_frames()["leakage"])
-    return AuditRow(run_id=run_id, seconds=0.2, report={**report.to_dict(), "class_names": list(names)},
-                    leakage_accuracy=json.loads(acc.to_json(orient="records")))
+    return dict(seconds=0.2, report={**report.to_dict(), "class_names": list(names)},
+                leakage_accuracy=json.loads(acc.to_json(orient="records")))
 
 
 def build_store(
@@ -268,7 +269,7 @@ def build_store(
         finish_run(s, run_id, "complete", metrics=metrics, best_epoch=7)
     if audit:
         with Session.begin() as s:
-            s.add(plant_audit(data_root, records, ids, full, names, run_id))
+            replace_audit(s, run_id, **plant_audit(data_root, records, ids, full, names))
     engine.dispose()
     if trust:
         add_trust(url, run_id, split=splits[0], seed=seed)
@@ -320,8 +321,6 @@ def add_trust(url: str, run_id: int, *, split: str = "valid", steps: int = 4, se
 def add_audit(url: str, run_id: int, groups: Sequence[Sequence[tuple[str, str, int]]]) -> None:
     """Store a data audit for the run: ``groups`` of (split, relpath, label) members, each group an exact
     duplicate set, with the accuracy-without-leakage rows that ``jobs.audit`` would write."""
-    from db.models import AuditRow
-
     engine = make_engine(url, create=False)
     report = {
         "stats": {"n_images": sum(len(g) for g in groups)},
@@ -336,5 +335,5 @@ def add_audit(url: str, run_id: int, groups: Sequence[Sequence[tuple[str, str, i
     acc = [{"split": "valid", "n": 40, "accuracy": 0.7, "n_leaked": max(leaked, 0), "n_clean": 40 - max(leaked, 0),
             "accuracy_clean": 0.68, "change": -0.02}]
     with make_sessionmaker(engine).begin() as s:
-        s.add(AuditRow(run_id=run_id, seconds=0.1, report=report, leakage_accuracy=acc))
+        replace_audit(s, run_id, seconds=0.1, report=report, leakage_accuracy=acc)
     engine.dispose()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from db import store
+from db import queries, store
 from db.models import CamMap, EpochRow, EvalRow, ImageRow, Prediction, Run
 from jobs import runs as runs_job
 from jobs import train as train_job
@@ -42,7 +42,7 @@ def test_store_is_complete(tiny_run):
     with S() as s:
         run = s.get(Run, run_id)
         assert run.status == "complete" and run.name == "tiny run"
-        assert store.class_names(s, run_id) == ["alpha", "beta", "gamma"]
+        assert queries.class_names(s, run_id) == ["alpha", "beta", "gamma"]
         assert run.absent_splits.keys() == {"test"}
         assert Path(run.checkpoint_path).is_file()
         assert run.config["epochs_frozen"] == 1 and run.config["image_size"] == 32
