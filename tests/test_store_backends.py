@@ -240,3 +240,11 @@ def test_two_runs_write_one_server_store_while_it_is_read(tmp_path, pg_url):  # 
             assert s.scalar(select(func.count(func.distinct(CamMap.image_id))).where(CamMap.run_id == run.id)) \
                 == len(evaluated)
             assert [e.global_epoch for e in s.scalars(select(EpochRow).where(EpochRow.run_id == run.id))] == [1, 2]
+
+
+def test_the_store_imports_neither_torch_nor_scikit_learn():
+    """The dashboard and the export read the store without the model's framework."""
+    code = ("import sys, db.builder, db.models, db.queries, db.store, db.upgrade; "
+            "print(sorted(m for m in ('torch', 'sklearn', 'cleanlab') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=_env())
+    assert out.stdout.strip() == "[]"
