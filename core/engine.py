@@ -58,11 +58,13 @@ def train_one_epoch(
     skipped: Skipped,
     clip_norm: Optional[float] = None,
     scheduler=None,
+    label_smoothing: float = 0.0,
     desc: str = "train",
 ) -> dict[str, float]:
     """Train for one pass over ``loader``; return the loss and accuracy averaged over images.
 
-    ``scheduler``, when given, steps once per optimizer step (warm-up and cosine are per step).
+    ``scheduler``, when given, steps once per optimizer step (warm-up and cosine are per step);
+    ``label_smoothing`` is that of the cross-entropy (the reported loss includes it).
     """
     model.train()
     loss_sum = correct = seen = 0.0
@@ -80,7 +82,7 @@ def train_one_epoch(
         x, y = _to_device(x, device), y.to(device, non_blocking=True)
         with _autocast(device, scaler is not None):
             logits = model(x, frozen_base=frozen_base)
-            loss = F.cross_entropy(logits, y) * (0.0 if blank else 1.0)
+            loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing) * (0.0 if blank else 1.0)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()

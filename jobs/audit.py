@@ -18,14 +18,14 @@ import sys
 
 from db import store
 from jobs.auditing import audit_run, format_summary
-from jobs.common import add_db_arg, add_run_arg, run_cli, setup_logging
+from jobs.common import DefaultsHelpFormatter, add_db_arg, add_run_arg, run_cli, setup_logging
 
 log = logging.getLogger("jobs.audit")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.audit", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     add_run_arg(p)
     add_db_arg(p)
     p.add_argument("--json", action="store_true", help="print the findings as JSON")

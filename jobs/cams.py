@@ -23,7 +23,7 @@ from core.data import DatasetIndex, Sample, file_sha256
 from core.model import CheckpointError, build_model, load_checkpoint, read_checkpoint, resolve_module
 from core.splits import EVAL_SPLITS, SPLITS, VALID
 from db import queries, store
-from jobs.common import add_db_arg, add_run_arg, run_cli, run_distributed
+from jobs.common import DefaultsHelpFormatter, add_db_arg, add_run_arg, run_cli, run_distributed
 from jobs.evaluation import evaluate_split
 from jobs.rundir import run_dir_of
 
@@ -32,7 +32,7 @@ log = logging.getLogger("jobs.cams")
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.cams", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     add_run_arg(p)
     add_db_arg(p)
     p.add_argument("--layer", default=None, help="module path of the Grad-CAM target layer "

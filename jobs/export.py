@@ -17,7 +17,7 @@ from pathlib import Path
 
 from core.report import FORMATS, ExportOptions, write_figure_set
 from db import queries, store
-from jobs.common import add_db_arg, add_run_arg, run_cli, setup_logging
+from jobs.common import DefaultsHelpFormatter, add_db_arg, add_run_arg, run_cli, setup_logging
 
 log = logging.getLogger("jobs.export")
 
@@ -28,7 +28,7 @@ def _csv(text: str) -> tuple[str, ...]:
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.export", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     add_run_arg(p)
     p.add_argument("--out", default=None, help="folder to write into (default: runs/export-<run id>)")
     add_db_arg(p)

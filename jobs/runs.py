@@ -12,12 +12,12 @@ import json
 import sys
 
 from db import queries, store
-from jobs.common import add_db_arg, run_cli
+from jobs.common import DefaultsHelpFormatter, add_db_arg, run_cli
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.runs", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     add_db_arg(p)
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     return p

@@ -35,7 +35,7 @@ from core.model import (
 from core.splits import EVAL_SPLITS, SPLITS, TEST, VALID
 from db import store
 from jobs.auditing import audit_run, format_summary
-from jobs.common import add_db_arg, run_cli, run_distributed
+from jobs.common import DefaultsHelpFormatter, add_db_arg, run_cli, run_distributed
 from jobs.evaluation import evaluate_split
 from jobs.rundir import DEFAULT_OUT, find_resume_checkpoint, fresh_run_dir
 from jobs.training import RunOutput, TrainSettings, train
@@ -59,20 +59,21 @@ def get_args_parser() -> argparse.ArgumentParser:
         prog="python -m jobs.train",
         description="Fine-tune VGG-19 on the sports dataset in two phases and write predictions and "
         "Grad-CAM maps to the results store. Without --data, trains the built-in synthetic demo.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
-    p.add_argument("--data", default=None, help="dataset folder (train/ valid/ test/ and/or sports.csv); "
-                   "omitted: generate and train the synthetic demo set")
+    p.add_argument("--data", default=None, help="dataset folder (train/ valid/ test/ and/or sports.csv) "
+                   "(default: none: the synthetic demo set is generated and trained)")
     add_db_arg(p)
     p.add_argument("--out", default=DEFAULT_OUT, help="folder for checkpoints, one subfolder per run")
-    p.add_argument("--weights", default=None, help="imagenet | none | PATH to a VGG-19 state dict "
-                   "(default: imagenet for real data; the demo uses imagenet only when already cached)")
+
     def per_mode(flag: str, type_, what: str) -> None:
         """A flag whose default differs between real data and the demo; both defaults go in its help."""
         key = flag[2:].replace("-", "_")
         p.add_argument(flag, type=type_, default=None,
                        help=f"{what} (default: {REAL_DEFAULTS[key]}, demo {DEMO_DEFAULTS[key]})")
 
+    per_mode("--weights", str, "imagenet | none | PATH to a VGG-19 state dict; auto: imagenet when its weights "
+             "are already cached, else none")
     per_mode("--epochs-frozen", int, "phase 1 epochs, base frozen")
     per_mode("--epochs-finetune", int, "phase 2 epochs, everything trains")
     per_mode("--lr-frozen", float, "phase 1 AdamW learning rate")
@@ -80,12 +81,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     per_mode("--batch-size", int, "images per batch and process")
     per_mode("--image-size", int, f"square input size in pixels, at least {MIN_IMAGE_SIZE}")
     p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
-    p.add_argument("--dropout", type=float, default=None,
-                   help=f"dropout of the new classifier (default: {REAL_DEFAULTS['dropout']}, demo "
-                   f"{DEMO_DEFAULTS['dropout']})")
+    per_mode("--dropout", float, "dropout of the new classifier")
     p.add_argument("--warmup-steps", type=int, default=100, help="phase 2 linear learning-rate warm-up, in steps")
     p.add_argument("--clip-norm", type=float, default=5.0, help="gradient norm clipping (0 disables)")
-    p.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
+    p.add_argument("--label-smoothing", type=float, default=0.0,
+                   help="label smoothing of the training loss (0: plain cross-entropy)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto takes the GPU when there is one")
     p.add_argument("--amp", action="store_true", help="mixed precision (float16 autocast + GradScaler) on CUDA")
@@ -94,10 +94,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-name", default=None, help="name of the run in the store (default: data folder + time)")
     p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
                    help="continue an interrupted run: its last.pt under --out (the newest one, or the one of "
-                   "--run-name), or the CHECKPOINT given")
-    p.add_argument("--cam-layer", default=None,
-                   help=f"module path of the Grad-CAM target layer (default: {REAL_DEFAULTS['cam_layer']}, the ReLU "
-                   f"after conv5_4; demo {DEMO_DEFAULTS['cam_layer']})")
+                   "--run-name), or the CHECKPOINT given (default: none, a new run starts)")
+    per_mode("--cam-layer", str, f"module path of the Grad-CAM target layer ({DEFAULT_CAM_LAYER} is the ReLU "
+             "after conv5_4)")
     p.add_argument("--no-cams", action="store_true", help="write predictions without Grad-CAM maps")
     p.add_argument("--eval-splits", default=",".join(EVAL_SPLITS),
                    help="splits to predict after training (comma-separated; add train on request)")

@@ -44,6 +44,7 @@ class TrainSettings:
     seed: int
     workers: int
     clip_norm: float
+    label_smoothing: float
     amp: bool
 
     @classmethod
@@ -165,7 +166,8 @@ def train(model: SportsVGG, *, settings: TrainSettings, index: DatasetIndex, met
         epoch_in_phase = g + 1 if phase == 1 else g - e1 + 1
         tr = train_one_epoch(ddp, train_loader, opt, device, frozen_base=phase == 1, scaler=scaler, env=env,
                              clip_norm=settings.clip_norm, scheduler=sched,
-                             skipped=skipped, desc=f"phase {phase} epoch {epoch_in_phase}")
+                             label_smoothing=settings.label_smoothing, skipped=skipped,
+                             desc=f"phase {phase} epoch {epoch_in_phase}")
         lr = opt.param_groups[0]["lr"]  # the rate the epoch ended with (the schedule steps per batch)
         va = evaluate(model, val_loader, device, amp=settings.amp, env=env, skipped=Skipped()) \
             if val_loader is not None else None

@@ -29,14 +29,14 @@ from core.metrics import trust_summary
 from core.model import load_checkpoint, resolve_module
 from core.splits import VALID
 from db import queries, store
-from jobs.common import add_db_arg, add_run_arg, run_cli, run_distributed
+from jobs.common import DefaultsHelpFormatter, add_db_arg, add_run_arg, run_cli, run_distributed
 
 log = logging.getLogger("jobs.trust")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.trust", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     add_run_arg(p)
     add_db_arg(p)
     p.add_argument("--split", default=VALID, help="split whose images are scored")
