@@ -13,9 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from core.dist import DistEnv, all_reduce_sum
+from core.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def train_one_epoch(
     """
     model.train()
     loss_sum = correct = seen = 0.0
-    for x, y, _idx, bad, _sizes in tqdm(loader, desc=desc, leave=False, disable=not env.is_main):
+    for x, y, _idx, bad, _sizes in progress(loader, desc, show=env.is_main):
         skipped.add(bad)
         blank = x is None
         if blank:
@@ -116,7 +116,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, *, amp: bool, env: 
     model.eval()
     loss_sum = correct = seen = 0.0
     with torch.inference_mode():
-        for x, y, _idx, bad, _sizes in tqdm(loader, desc=desc, leave=False, disable=not env.is_main):
+        for x, y, _idx, bad, _sizes in progress(loader, desc, show=env.is_main):
             skipped.add(bad)
             if x is None:
                 continue
@@ -164,7 +164,7 @@ def predict_batches(
     ``explain_fn(model, x, y)`` returns ``(logits, maps)``; without it a plain inference pass runs.
     """
     model.eval()
-    for x, y, idx, bad, sizes in tqdm(loader, desc=desc, leave=False, disable=not env.is_main):
+    for x, y, idx, bad, sizes in progress(loader, desc, show=env.is_main):
         skipped.add(bad)
         if x is None:
             continue
