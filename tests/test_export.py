@@ -20,7 +20,7 @@ from core import report
 from db.models import ImageRow, RunClass, TrustScore
 from db.store import make_engine, make_sessionmaker
 from jobs import export
-from db.builder import add_audit, build_store
+from tests.storefactory import add_audit, build_store
 
 HOME = Path(__file__).resolve().parents[1] / "dashboard" / "Home.py"
 CHROMIUM = Path("/usr/bin/chromium")
