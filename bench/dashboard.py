@@ -17,7 +17,8 @@ from typing import Callable
 
 from streamlit.testing.v1 import AppTest
 
-from tests.storefactory import build_store
+from core.splits import SPLITS, TEST, TRAIN, VALID
+from db.builder import build_store
 
 HOME = Path(__file__).resolve().parents[1] / "dashboard" / "Home.py"
 WARM_GOAL, COLD_TILES_GOAL = 1.0, 1.5
@@ -44,8 +45,8 @@ def main(args: argparse.Namespace) -> int:
     logging.getLogger("streamlit").setLevel(logging.ERROR)
     tmp = Path(tempfile.mkdtemp(prefix="bench-dashboard-"))
     t = time.perf_counter()
-    per = {"train": args.train_per_class, "valid": args.eval_per_class, "test": args.eval_per_class}
-    url, _, _ = build_store(tmp, n_classes=args.classes, n_per_class=per, splits=("train", "valid", "test"),
+    per = {TRAIN: args.train_per_class, VALID: args.eval_per_class, TEST: args.eval_per_class}
+    url, _, _ = build_store(tmp, n_classes=args.classes, n_per_class=per, splits=SPLITS,
                             image_size=224, reuse_files=args.files, error_rate=args.error_rate, cam_size=14)
     n_images = args.classes * sum(per.values())
     print(f"store: {n_images:,} images, {args.classes} classes, built in {time.perf_counter() - t:.1f} s ({url})")

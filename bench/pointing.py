@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw
 
 from core.cammaps import TARGET_PRED, overlay, peak_location, pointing_game
 from core.images import load_display_image
+from core.splits import TEST
 from db import queries, store
 
 
@@ -62,11 +63,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--db", default=None, help="store URL (default: $SPORTS_DB, else runs/sports.db)")
     p.add_argument("--run", default="latest", help="run id, name or 'latest'")
-    p.add_argument("--split", default="test", help="split to score")
+    p.add_argument("--split", default=TEST, help="split to score")
     p.add_argument("--figure", default=None, help="write a sheet of examples to this PNG")
     args = p.parse_args()
     with store.make_sessionmaker(store.make_engine(args.db, readonly=True))() as s:
-        run = store.resolve_run(s, args.run)
+        run = queries.find_run(s, args.run)
         rows = localisation_rows(s, run.id, args.split)
     if not rows:
         raise SystemExit(f"run {run.id}: no correctly classified {args.split} images with boxes and maps")

@@ -25,11 +25,9 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
-
 SCHEMA_VERSION = 2
 
 RUN_STATUSES = ("running", "complete", "failed")
-SPLITS = ("train", "valid", "test")
 
 
 def utcnow() -> datetime:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from sqlalchemy import Connection, Engine, create_engine, delete, event, func, insert, inspect, select, text
+from sqlalchemy import Connection, Engine, create_engine, delete, event, insert, inspect, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.cammaps import TARGETS, check_method
 from db.models import (
     SCHEMA_VERSION,
+    AuditRow,
     Base,
     CamMap,
     EpochRow,
@@ -198,12 +199,6 @@ def resolve_run(session: Session, ref: str | int) -> Run:
     return run
 
 
-def class_names(session: Session, run_id: int) -> list[str]:
-    return list(
-        session.scalars(select(RunClass.name).where(RunClass.run_id == run_id).order_by(RunClass.index))
-    )
-
-
 def add_epoch(session: Session, run_id: int, **fields: Any) -> None:
     # An epoch re-run after a resume replaces the row of the same number.
     session.execute(
@@ -324,6 +319,21 @@ def finish_evaluation(session: Session, run_id: int, split: str, **metrics: Any)
     ev.finished_at = utcnow()
 
 
+def reopen_run(session: Session, run_id: int) -> bool:
+    """Mark a run running again (a resumed job), clearing its error; False when the store has no such run."""
+    run = session.get(Run, run_id)
+    if run is None:
+        return False
+    run.status, run.error = "running", None
+    return True
+
+
+def set_image_hashes(session: Session, hashes: dict[int, str]) -> None:
+    """Record the SHA-256 of image files by image id."""
+    for image_id, digest in hashes.items():
+        session.execute(update(ImageRow).where(ImageRow.id == image_id).values(sha256=digest))
+
+
 def finish_run(session: Session, run_id: int, status: str, **fields: Any) -> None:
     run = session.get(Run, run_id)
     if run is None:
@@ -334,74 +344,15 @@ def finish_run(session: Session, run_id: int, status: str, **fields: Any) -> Non
         setattr(run, k, v)
 
 
-# --------------------------------------------------------------------------- summaries
+# --------------------------------------------------------------------------- audit and trust
 
-def run_summaries(session: Session) -> list[dict[str, Any]]:
-    """Per run: id, name, status, classes, and per split images/predictions/skipped/maps/top-1/top-5."""
-    runs = list(session.scalars(select(Run).order_by(Run.id)))
-    n_classes = dict(
-        session.execute(select(RunClass.run_id, func.count()).group_by(RunClass.run_id)).all()
-    )
+def replace_audit(session: Session, run_id: int, *, seconds: float, report: dict[str, Any],
+                  leakage_accuracy: list[dict[str, Any]]) -> None:
+    """Keep one data audit per run: the latest. ``report`` is ``AuditReport.to_dict()`` (with class_names)."""
+    session.execute(delete(AuditRow).where(AuditRow.run_id == run_id))
+    session.add(AuditRow(run_id=run_id, created_at=utcnow(), seconds=float(seconds), report=report,
+                         leakage_accuracy=list(leakage_accuracy)))
 
-    def counts(stmt) -> dict[tuple[int, str], int]:
-        return {(r, s): n for r, s, n in session.execute(stmt).all()}
-
-    img = counts(select(ImageRow.run_id, ImageRow.split, func.count()).group_by(ImageRow.run_id, ImageRow.split))
-    skipped = counts(
-        select(ImageRow.run_id, ImageRow.split, func.count())
-        .where(ImageRow.skipped.is_(True))
-        .group_by(ImageRow.run_id, ImageRow.split)
-    )
-    preds = counts(
-        select(ImageRow.run_id, ImageRow.split, func.count())
-        .join(Prediction, Prediction.image_id == ImageRow.id)
-        .group_by(ImageRow.run_id, ImageRow.split)
-    )
-    maps = counts(  # images with at least one stored map
-        select(ImageRow.run_id, ImageRow.split, func.count(func.distinct(CamMap.image_id)))
-        .join(CamMap, CamMap.image_id == ImageRow.id)
-        .group_by(ImageRow.run_id, ImageRow.split)
-    )
-    evals = {(e.run_id, e.split): e for e in session.scalars(select(EvalRow))}
-    out = []
-    for run in runs:
-        splits = {}
-        for split in ("train", "valid", "test"):
-            key = (run.id, split)
-            if key not in img and key not in evals:
-                continue
-            ev = evals.get(key)
-            splits[split] = {
-                "images": img.get(key, 0),
-                "predictions": preds.get(key, 0),
-                "skipped": skipped.get(key, 0),
-                "maps": maps.get(key, 0),
-                "evaluation": ev.status if ev else None,
-                "top1": ev.top1 if ev else None,
-                "top5": ev.top5 if ev else None,
-            }
-        out.append(
-            {
-                "id": run.id,
-                "name": run.name,
-                "status": run.status,
-                "classes": n_classes.get(run.id, 0),
-                "device": run.device,
-                "weights": run.weights,
-                "image_size": run.image_size,
-                "cam_methods": list(run.cam_methods or []),
-                "started_at": run.started_at.isoformat(timespec="seconds") if run.started_at else None,
-                "finished_at": run.finished_at.isoformat(timespec="seconds") if run.finished_at else None,
-                "best_epoch": run.best_epoch,
-                "metrics": run.metrics,
-                "absent_splits": run.absent_splits,
-                "splits": splits,
-            }
-        )
-    return out
-
-
-# --------------------------------------------------------------------------- trust
 
 def replace_trust_scores(session: Session, run_id: int, image_ids: Iterable[int], rows: list[dict[str, Any]]) -> None:
     """Drop the run's earlier scores of ``image_ids`` and insert ``rows`` (dicts of ``TrustScore`` columns)."""

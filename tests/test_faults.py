@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select, text
 
-from db import store
+from db import queries, store
 from db.models import CamMap, EpochRow, EvalRow, ImageRow, Prediction, Run
 from jobs import train as train_job
 from tests.conftest import make_dataset
@@ -99,7 +99,7 @@ def test_kill_during_evaluation_then_rerun(tmp_path, eval_data, rerun):
         assert s.get(EvalRow, (1, "test")).status == "running"
         n, _, _ = split_counts(s, "test")
         assert 0 < n < N_TEST, "the kill must land mid-evaluation"
-        (summary,) = store.run_summaries(s)
+        (summary,) = queries.run_summaries(s)
         assert summary["status"] == "running" and summary["splits"]["test"]["evaluation"] == "running"
 
     if rerun == "cams":
@@ -144,7 +144,7 @@ def test_dashboard_reads_while_a_job_writes(tmp_path):
                 if S is None:
                     continue
                 with S() as s:  # what a dashboard page asks for
-                    for r in store.run_summaries(s):
+                    for r in queries.run_summaries(s):
                         seen.add(f"{r['status']}:{(r['splits'].get('valid') or {}).get('evaluation')}")
                     s.execute(select(EpochRow).order_by(EpochRow.global_epoch)).all()
                     s.execute(select(Prediction.pred, ImageRow.label).join(ImageRow)).all()
@@ -185,7 +185,7 @@ def test_read_only_open_never_writes(tmp_path):
     before = db.read_bytes()
     reader = store.make_engine(str(db), readonly=True)
     with store.make_sessionmaker(reader)() as s:
-        assert [r["name"] for r in store.run_summaries(s)] == ["r"]
+        assert [r["name"] for r in queries.run_summaries(s)] == ["r"]
         with pytest.raises(Exception, match="readonly|read-only|query_only|attempt to write"):
             s.execute(text("DELETE FROM runs"))
     reader.dispose()
@@ -243,7 +243,7 @@ def test_run_over_bad_and_odd_files_completes(tmp_path):
     with S() as s:
         run = s.scalars(select(Run)).one()
         assert run.status == "complete"
-        assert store.class_names(s, run.id) == sorted(ODD_CLASSES)
+        assert queries.class_names(s, run.id) == sorted(ODD_CLASSES)
         rows = {r.relpath: r for r in s.scalars(select(ImageRow))}
         predicted = set(s.scalars(select(ImageRow.relpath).join(Prediction, Prediction.image_id == ImageRow.id)))
         for rel, why in bad.items():

@@ -19,7 +19,7 @@ from core.model import (
     load_imagenet_base,
     save_checkpoint,
 )
-from jobs.train import make_optimizer
+from jobs.training import make_optimizer
 
 
 @pytest.mark.parametrize("size,fmap", [(224, 14), (64, 4), (32, 2)])

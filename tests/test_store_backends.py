@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, text
 
-from db import store
+from db import queries, store
 from db.models import SCHEMA_VERSION, CamMap, EpochRow, EvalRow, ImageRow, Prediction, Run
 from tests.conftest import make_dataset
 from tests.pg import new_database
@@ -54,7 +54,7 @@ def test_schema_is_created_once_and_reopened(db_url):
     eng = store.make_engine(db_url, create=False)
     with store.make_sessionmaker(eng)() as s:
         assert s.get(store.SchemaInfo, "version").value == str(SCHEMA_VERSION)
-        assert store.run_summaries(s) == []
+        assert queries.run_summaries(s) == []
 
 
 def test_jobs_opening_an_empty_store_together_all_succeed(db_url):
@@ -110,7 +110,7 @@ def test_round_trip_of_a_run(db_url):
         run = s.get(Run, run_id)
         assert run.config == {"lr": 1e-3, "nested": {"a": [1, 2]}} and run.absent_splits["test"]
         assert run.started_at is not None and run.finished_at >= run.started_at
-        assert store.class_names(s, run_id) == ["alpha", "beta"]
+        assert queries.class_names(s, run_id) == ["alpha", "beta"]
         img = s.scalars(select(ImageRow).where(ImageRow.relpath == "valid/alpha/0.jpg")).one()
         assert (img.width, img.height, img.bbox, img.skipped) == (32, 24, [1.0, 2.0, 3.5, 4.0], False)
         cam = s.scalars(select(CamMap)).first()
@@ -118,7 +118,7 @@ def test_round_trip_of_a_run(db_url):
         p = s.scalars(select(Prediction)).first()
         assert p.top5_idx == [1, 0] and p.top5_prob == [0.75, 0.25]
         assert s.scalar(select(EpochRow.val_acc)) is None
-        (summary,) = store.run_summaries(s)
+        (summary,) = queries.run_summaries(s)
     assert summary["status"] == "complete" and summary["classes"] == 2 and summary["best_epoch"] == 1
     v = summary["splits"]["valid"]
     assert (v["images"], v["predictions"], v["skipped"], v["maps"], v["evaluation"]) == (4, 3, 1, 3, "complete")
@@ -196,7 +196,7 @@ def test_two_runs_write_one_server_store_while_it_is_read(tmp_path, pg_url):  # 
             try:
                 engine = engine or store.make_engine(url, create=False)
                 with store.make_sessionmaker(engine)() as s:
-                    store.run_summaries(s)
+                    queries.run_summaries(s)
                 reads += 1
             except store.StoreError:
                 pass  # the schema is not there yet
@@ -225,11 +225,11 @@ def test_two_runs_write_one_server_store_while_it_is_read(tmp_path, pg_url):  # 
         for name, per_split in sizes.items():
             run = runs[name]
             n_classes = 3 if name == "a" else 2
-            assert len(store.class_names(s, run.id)) == n_classes
+            assert len(queries.class_names(s, run.id)) == n_classes
             images = s.scalars(select(ImageRow).where(ImageRow.run_id == run.id)).all()
             assert len(images) == sum(per_split.values()) * n_classes
             assert Path(run.data_root).name == name
-            assert {i.relpath.split("/")[1] for i in images} == set(store.class_names(s, run.id))
+            assert {i.relpath.split("/")[1] for i in images} == set(queries.class_names(s, run.id))
             evaluated = [i.id for i in images if i.split != "train"]
             pred_rows = s.execute(select(Prediction.image_id, Prediction.run_id).join(ImageRow)
                                   .where(ImageRow.run_id == run.id)).all()
@@ -240,3 +240,11 @@ def test_two_runs_write_one_server_store_while_it_is_read(tmp_path, pg_url):  # 
             assert s.scalar(select(func.count(func.distinct(CamMap.image_id))).where(CamMap.run_id == run.id)) \
                 == len(evaluated)
             assert [e.global_epoch for e in s.scalars(select(EpochRow).where(EpochRow.run_id == run.id))] == [1, 2]
+
+
+def test_the_store_imports_neither_torch_nor_scikit_learn():
+    """The dashboard and the export read the store without the model's framework."""
+    code = ("import sys, db.builder, db.models, db.queries, db.store, db.upgrade; "
+            "print(sorted(m for m in ('torch', 'sklearn', 'cleanlab') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=_env())
+    assert out.stdout.strip() == "[]"

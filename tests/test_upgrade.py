@@ -132,7 +132,7 @@ def test_upgrade_keeps_the_data_and_backs_up_first(tmp_path, capsys):
 
     S = store.make_sessionmaker(store.make_engine(str(db), create=False))
     with S() as s:
-        (run,) = store.run_summaries(s)
+        (run,) = queries.run_summaries(s)
         assert (run["name"], run["status"], run["classes"]) == ("old run", "complete", 3)
         v = run["splits"]["valid"]
         assert (v["images"], v["predictions"], v["skipped"], v["maps"]) == (3, 2, 1, 2)
@@ -246,7 +246,7 @@ def test_v1_upgrade_keeps_every_prediction_and_map_byte_for_byte(v1_store, capsy
                 assert m.targets == ("pred", "true")[:len(classes)] and list(m.classes) == classes
                 assert b"".join(m.data) == data  # byte-equal, in the order of the v1 row
             assert queries.stored_methods(s, run_id) == [DEFAULT_METHOD]
-        runs = {r["id"]: r for r in store.run_summaries(s)}
+        runs = {r["id"]: r for r in queries.run_summaries(s)}
         assert {r["cam_methods"][0] for r in runs.values()} == {DEFAULT_METHOD}
         assert sum(sp["maps"] for r in runs.values() for sp in r["splits"].values()) == len(old)
         assert s.scalar(select(func.count()).where(Prediction.logits.is_not(None))) == 0
@@ -321,5 +321,5 @@ def test_v1_upgrade_on_postgresql(v1_store, pg_url):
             maps = queries.maps_for(s, run_id, [i for i, (r, *_rest) in old.items() if r == run_id])
             assert {i: b"".join(m.data) for i, m in maps.items()} == {
                 i: d for i, (r, _, _, _, d) in old.items() if r == run_id}
-        assert {r["cam_methods"][0] for r in store.run_summaries(s)} == {DEFAULT_METHOD}
+        assert {r["cam_methods"][0] for r in queries.run_summaries(s)} == {DEFAULT_METHOD}
     engine.dispose()
