@@ -16,10 +16,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import queries as metrics  # the pure derivations, until they move to core.metrics
+from core import metrics
 from core.cammaps import DEFAULT_METHOD, StoredMaps
 from db import queries
 from db.store import ENV_VAR, make_engine, make_sessionmaker, resolve_url
@@ -174,13 +173,10 @@ def flag_notes(url: str, run_id: int) -> dict[int, str]:
 
 @st.cache_data(ttl=5, show_spinner=False)
 def load_trust_version(url: str, run_id: int) -> Optional[str]:
-    """When the run's latest trust job ran (``None``: never); part of the cache key of the scores."""
-    try:
-        with session(url) as s:
-            check = queries.sanity_check(s, run_id)
-    except (OperationalError, ProgrammingError):
-        return None  # a store written before these tables existed: no job has scored it yet
-    return None if check is None else str(check["created_at"])
+    """When the run's latest trust job ran (``None``: never, or a store from before the trust tables); part of
+    the cache key of the scores."""
+    with session(url) as s:
+        return queries.trust_version(s, run_id)
 
 
 @st.cache_data(show_spinner=False)

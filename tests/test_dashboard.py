@@ -13,6 +13,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from core import figures
+from core.metrics import confused_pairs
 from core.images import load_display_image, safe_image_path
 from core import cammaps as _cam
 from dashboard import loaders, tiles
@@ -300,29 +301,12 @@ def test_queries_counts_and_pairs(normal):
     assert list(errors["confidence"]) == sorted(errors["confidence"], reverse=True)
     assert ((one["label"] == 0) & (one["pred"] == 1) & (one["confidence"] >= 0.5)).all()
 
-    pairs = queries.confused_pairs(cm, info.classes, limit=None)
+    pairs = confused_pairs(cm, info.classes, limit=None)
     assert pairs["count"].sum() == len(errors)
     assert list(pairs["count"]) == sorted(pairs["count"], reverse=True)
     top = pairs.iloc[0]
     assert cm[top.true_idx, top.pred_idx] == top["count"]
     assert top.reverse_count == cm[top.pred_idx, top.true_idx]
-
-
-def test_confused_pairs_by_hand():
-    cm = np.array([[5, 3, 0], [1, 4, 0], [0, 3, 2]])
-    pairs = queries.confused_pairs(cm, ["a", "b", "c"])
-    assert list(zip(pairs["true"], pairs["predicted"], pairs["count"])) == [("a", "b", 3), ("c", "b", 3), ("b", "a", 1)]
-    assert pairs["share_of_true"].iloc[0] == pytest.approx(3 / 8)
-    assert queries.confused_pairs(np.eye(3, dtype=int), ["a", "b", "c"]).empty
-
-
-def test_per_class_metrics_worst_first():
-    labels = np.array([0, 0, 1, 1, 2, 2])
-    preds = np.array([0, 0, 1, 0, 1, 1])
-    df = queries.per_class_metrics(labels, preds, ["a", "b", "c"])
-    assert df["class"].iloc[0] == "c" and df["f1"].iloc[0] == 0
-    row = df.set_index("class").loc["a"]
-    assert row.precision == pytest.approx(2 / 3) and row.recall == 1.0 and row.support == 2
 
 
 def test_default_run_prefers_complete(tmp_path):

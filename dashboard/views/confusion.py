@@ -2,7 +2,7 @@
 import streamlit as st
 
 from core.figures import confusion_heatmap
-from db.queries import confused_pairs
+from core.metrics import confused_pairs
 from dashboard import loaders, state
 from dashboard.context import require_predictions, require_run, split_choice
 from dashboard.tiles import show_tiles

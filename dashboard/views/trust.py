@@ -5,13 +5,13 @@ import streamlit as st
 
 from core.cammaps import DEFAULT_METHOD, METHOD_LABELS, TARGET_PRED, TARGET_TRUE
 from core.figures import sanity_cascade, trust_curves, trust_distribution
-from db.queries import trust_per_class, trust_summary
+from core.metrics import RANDOM_BASELINE, trust_per_class, trust_summary
 from dashboard import loaders, state
 from dashboard.context import require_run
 from dashboard.tiles import TILE_PX, map_of_class, picture, show_picture
 
 GALLERY = 6
-BASELINES = ("random", "centre")  # the maps that know nothing of the model, scored beside it
+BASELINES = (RANDOM_BASELINE, "centre")  # the maps that know nothing of the model, scored beside it
 LABEL = METHOD_LABELS[DEFAULT_METHOD]
 
 
@@ -51,7 +51,7 @@ for col, m in zip(cols, (DEFAULT_METHOD, *BASELINES)):
     v = summary["methods"].get(m)
     if v:
         col.metric(f"{m}: deletion AUC", f"{v['deletion_auc']:.3f}", help=f"insertion AUC {v['insertion_auc']:.3f}")
-beats = summary["gradcam_beats"].get("random")
+beats = summary["gradcam_beats"].get(RANDOM_BASELINE)
 if beats:
     cols[3].metric(f"{LABEL} beats random", f"{beats['deletion']:.0%}",
                    help=f"share of images with a lower deletion AUC; {beats['insertion']:.0%} with a higher "
@@ -77,7 +77,7 @@ st.dataframe(table, hide_index=True, key="tr_table", column_config=prog, height=
 
 st.subheader("Least faithful maps")
 wide = rows.pivot_table(index="image_id", columns="method", values="deletion_auc")
-gap = (wide[DEFAULT_METHOD] - wide.get("random", 0.0)).sort_values(ascending=False)
+gap = (wide[DEFAULT_METHOD] - wide.get(RANDOM_BASELINE, 0.0)).sort_values(ascending=False)
 worst = gap.index[:GALLERY].tolist()
 st.caption(f"{LABEL}'s deletion AUC minus the random map's, largest first: where removing the pixels the "
            "map calls important hurts the prediction less than removing random ones.")
