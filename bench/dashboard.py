@@ -92,10 +92,10 @@ def main(args: argparse.Namespace) -> int:
     change("gallery: confidence 0.5-0.9", lambda: at.slider(key="gal_conf").set_value((0.5, 0.9)))
     change("gallery: page 2", lambda: at.number_input(key="gal_page").set_value(2))
 
-    from dashboard import common
+    from dashboard import loaders, tiles as tile_module
 
-    common.render_view.clear()
-    common.load_cams.clear()
+    tile_module.render_view.clear()
+    loaders.load_maps.clear()
     change("gallery: 50 tiles per page, tiles cold", lambda: at.selectbox(key="gal_size").set_value(50),
            COLD_TILES_GOAL)
     tiles = len(at.get("image"))

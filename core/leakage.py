@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import pandas as pd
 
 from core.duplicates import Group
+from core.splits import SPLITS
 
 if TYPE_CHECKING:
     from core.audit import ImageRef
 
-SPLIT_ORDER = ("train", "valid", "test")
+SPLIT_ORDER = SPLITS  # train before valid before test
 
 
 # ---------------------------------------------------------------------------------------------- leakage

@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from core.drawings import CLASS_NAMES, PALETTE, VERSION, render_example
+from core.splits import SPLITS
 
 __all__ = [
     "CLASS_NAMES", "PALETTE", "VERSION", "render_example", "SPLITS", "DEFAULT_COUNTS", "DEFAULT_IMAGE_SIZE",
     "JPEG_QUALITY", "example_rng", "default_demo_root", "generate_demo_dataset", "load_boxes",
 ]
 
-SPLITS = ("train", "valid", "test")
 DEFAULT_COUNTS = {"n_train": 150, "n_valid": 10, "n_test": 20}
 DEFAULT_IMAGE_SIZE = 96
 JPEG_QUALITY = 92

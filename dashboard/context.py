@@ -15,6 +15,7 @@ import streamlit as st
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from core.splits import SPLITS
 from dashboard import loaders
 from dashboard.state import gallery_filtered, seed
 from db import queries
@@ -22,7 +23,6 @@ from db.store import StoreError
 
 TRAIN_HINT = "Run `python -m jobs.train` (it trains the demo and writes the store), then reload this page."
 UPGRADE_COMMAND = "python -m jobs.upgrade"
-SPLITS = ("train", "valid", "test")
 
 
 @dataclass(frozen=True)

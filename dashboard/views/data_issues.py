@@ -7,8 +7,9 @@ import math
 import pandas as pd
 import streamlit as st
 
+from core.splits import SPLITS
 from dashboard import loaders, state
-from dashboard.context import SPLITS, require_run
+from dashboard.context import require_run
 from dashboard.tiles import TILES_PER_ROW, map_of_class, picture, show_picture
 
 KINDS = ["exact", "near"]

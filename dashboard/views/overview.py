@@ -3,8 +3,9 @@ import pandas as pd
 import streamlit as st
 
 from core.figures import confidence_histogram, training_curves
+from core.splits import SPLITS
 from dashboard import loaders, state
-from dashboard.context import SPLITS, TRAIN_HINT, require_run
+from dashboard.context import TRAIN_HINT, require_run
 
 st.title("Overview")
 ctx = require_run()
