@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, text
 
+from core.cammaps import DEFAULT_METHOD
 from db import queries, store
 from db.models import SCHEMA_VERSION, CamMap, EpochRow, EvalRow, ImageRow, Prediction, Run
 from tests.conftest import make_dataset
@@ -42,7 +43,7 @@ def predictions_for(S, run_id: int, image_ids: dict, split: str) -> None:
         store.begin_evaluation(s, run_id, split)
     rows = [dict(image_id=i, run_id=run_id, pred=1, confidence=0.75, top5_idx=[1, 0], top5_prob=[0.75, 0.25],
                  loss=0.3) for (sp, _), i in image_ids.items() if sp == split]
-    cams = [dict(image_id=r["image_id"], run_id=run_id, method="gradcam", target="pred", class_index=1, h=2, w=2,
+    cams = [dict(image_id=r["image_id"], run_id=run_id, method=DEFAULT_METHOD, target="pred", class_index=1, h=2, w=2,
                  data=bytes(range(8))) for r in rows]
     with S.begin() as s:
         store.add_predictions(s, rows, cams)
@@ -114,7 +115,7 @@ def test_round_trip_of_a_run(db_url):
         img = s.scalars(select(ImageRow).where(ImageRow.relpath == "valid/alpha/0.jpg")).one()
         assert (img.width, img.height, img.bbox, img.skipped) == (32, 24, [1.0, 2.0, 3.5, 4.0], False)
         cam = s.scalars(select(CamMap)).first()
-        assert bytes(cam.data) == bytes(range(8)) and (cam.method, cam.target, cam.class_index) == ("gradcam", "pred", 1)
+        assert bytes(cam.data) == bytes(range(8)) and (cam.method, cam.target, cam.class_index) == (DEFAULT_METHOD, "pred", 1)
         p = s.scalars(select(Prediction)).first()
         assert p.top5_idx == [1, 0] and p.top5_prob == [0.75, 0.25]
         assert s.scalar(select(EpochRow.val_acc)) is None

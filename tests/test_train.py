@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from core.cammaps import DEFAULT_METHOD
 from db import queries, store
 from db.models import CamMap, EpochRow, EvalRow, ImageRow, Prediction, Run
 from jobs import runs as runs_job
@@ -65,8 +66,8 @@ def test_store_is_complete(tiny_run):
         p = s.scalars(select(Prediction)).first()
         assert len(p.top5_idx) == 3 and abs(sum(p.top5_prob) - 1) < 1e-4
         cam = s.scalars(select(CamMap)).first()
-        assert len(cam.data) == 2 * cam.h * cam.w and cam.method == "gradcam"
-        assert run.cam_layer == "features.35" and run.cam_methods == ["gradcam"]
+        assert len(cam.data) == 2 * cam.h * cam.w and cam.method == DEFAULT_METHOD
+        assert run.cam_layer == "features.35" and run.cam_methods == [DEFAULT_METHOD]
         assert len(p.logits) == 2 * 3  # float16 logits of the three classes
         hashes = s.scalars(select(ImageRow.sha256).where(ImageRow.skipped.is_(False))).all()
         assert all(h is not None and len(h) == 64 for h in hashes)
