@@ -27,11 +27,11 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 from core.audit import ImageRef, audit, hash_images, find_pairs
+from core.splits import SPLITS
 
 log = logging.getLogger(__name__)
 
 PLANT_KINDS = ("bytes", "pixels", "reencode", "resize", "crop", "shift", "brightness")
-SPLITS = ("train", "valid", "test")
 FULL_DATASET = 14_500
 
 

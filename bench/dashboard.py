@@ -17,7 +17,8 @@ from typing import Callable
 
 from streamlit.testing.v1 import AppTest
 
-from tests.storefactory import build_store
+from core.splits import SPLITS, TEST, TRAIN, VALID
+from db.builder import build_store
 
 HOME = Path(__file__).resolve().parents[1] / "dashboard" / "Home.py"
 WARM_GOAL, COLD_TILES_GOAL = 1.0, 1.5
@@ -44,8 +45,8 @@ def main(args: argparse.Namespace) -> int:
     logging.getLogger("streamlit").setLevel(logging.ERROR)
     tmp = Path(tempfile.mkdtemp(prefix="bench-dashboard-"))
     t = time.perf_counter()
-    per = {"train": args.train_per_class, "valid": args.eval_per_class, "test": args.eval_per_class}
-    url, _, _ = build_store(tmp, n_classes=args.classes, n_per_class=per, splits=("train", "valid", "test"),
+    per = {TRAIN: args.train_per_class, VALID: args.eval_per_class, TEST: args.eval_per_class}
+    url, _, _ = build_store(tmp, n_classes=args.classes, n_per_class=per, splits=SPLITS,
                             image_size=224, reuse_files=args.files, error_rate=args.error_rate, cam_size=14)
     n_images = args.classes * sum(per.values())
     print(f"store: {n_images:,} images, {args.classes} classes, built in {time.perf_counter() - t:.1f} s ({url})")
@@ -91,10 +92,10 @@ def main(args: argparse.Namespace) -> int:
     change("gallery: confidence 0.5-0.9", lambda: at.slider(key="gal_conf").set_value((0.5, 0.9)))
     change("gallery: page 2", lambda: at.number_input(key="gal_page").set_value(2))
 
-    from dashboard import common
+    from dashboard import loaders, tiles as tile_module
 
-    common.render_view.clear()
-    common.load_cams.clear()
+    tile_module.render_view.clear()
+    loaders.load_maps.clear()
     change("gallery: 50 tiles per page, tiles cold", lambda: at.selectbox(key="gal_size").set_value(50),
            COLD_TILES_GOAL)
     tiles = len(at.get("image"))

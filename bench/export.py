@@ -13,8 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from core.splits import SPLITS, TEST, TRAIN, VALID
+from db.builder import add_audit, build_store
 from jobs import export
-from tests.storefactory import add_audit, build_store
 
 GOAL_S = 30.0
 
@@ -34,10 +35,10 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     tmp = Path(tempfile.mkdtemp(prefix="bench-export-"))
     t = time.perf_counter()
-    per = {"train": args.train_per_class, "valid": args.eval_per_class, "test": args.eval_per_class}
-    url, run_id, _ = build_store(tmp, n_classes=args.classes, n_per_class=per, splits=("train", "valid", "test"),
+    per = {TRAIN: args.train_per_class, VALID: args.eval_per_class, TEST: args.eval_per_class}
+    url, run_id, _ = build_store(tmp, n_classes=args.classes, n_per_class=per, splits=SPLITS,
                                  image_size=224, reuse_files=args.files, error_rate=0.2, cam_size=14)
-    add_audit(url, run_id, [[("train", f"train/{c}/001.jpg", i), ("valid", f"valid/{c}/001.jpg", i)]
+    add_audit(url, run_id, [[(TRAIN, f"train/{c}/001.jpg", i), (VALID, f"valid/{c}/001.jpg", i)]
                             for i, c in enumerate(["air hockey", "archery", "baseball"][: args.classes])])
     print(f"store: {args.classes * sum(per.values()):,} images, {args.classes} classes, built in "
           f"{time.perf_counter() - t:.1f} s")

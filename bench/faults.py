@@ -33,8 +33,9 @@ import torch
 from PIL import Image
 from sqlalchemy import func, select
 
-from db import store
-from db.models import CamRow, EpochRow, EvalRow, ImageRow, Prediction, Run
+from core.splits import EVAL_SPLITS, TEST, TRAIN, VALID
+from db import queries, store
+from db.models import CamMap, EpochRow, EvalRow, ImageRow, Prediction, Run
 
 EPOCHS = (2, 2)  # frozen, fine-tune
 FLAGS = ["--image-size", "32", "--batch-size", "4", "--workers", "0", "--weights", "none", "--device", "cpu",
@@ -59,7 +60,7 @@ def make_data(root: Path) -> Path:
     """
     rng = np.random.default_rng(0)
     for ci, cls in enumerate(("archery", "bobsled", "curling")):
-        for split, n in (("train", 4), ("valid", 2), ("test", 16)):
+        for split, n in ((TRAIN, 4), (VALID, 2), (TEST, 16)):
             for k in range(n):
                 arr = rng.integers(0, 60, size=(32, 32, 3), dtype=np.uint8)
                 arr[..., ci] += 150
@@ -119,13 +120,13 @@ def mid_test_evaluation(db: Path) -> Callable[[], bool]:
         if S is None:
             return False
         with S() as s:
-            ev = s.get(EvalRow, (1, "test"))
+            ev = s.get(EvalRow, (1, TEST))
             return ev is not None and ev.status == "running" and test_predictions(s) > 0
     return ready
 
 
 def test_predictions(s) -> int:
-    on_test = select(ImageRow.id).where(ImageRow.split == "test")
+    on_test = select(ImageRow.id).where(ImageRow.split == TEST)
     return s.scalar(select(func.count()).select_from(Prediction).where(Prediction.image_id.in_(on_test)))
 
 
@@ -145,10 +146,10 @@ class Reader:
                 S = S or open_store(self.db)
                 if S is not None:
                     with S() as s:
-                        store.run_summaries(s)
+                        queries.run_summaries(s)
                         s.execute(select(EpochRow)).all()
                         s.execute(select(Prediction.pred, ImageRow.label).join(ImageRow)).all()
-                        s.execute(select(CamRow.data).limit(5)).all()
+                        s.execute(select(CamMap.data).limit(5)).all()
                     self.reads += 1
             except Exception as exc:
                 self.errors.append(f"{type(exc).__name__}: {exc}")
@@ -171,11 +172,11 @@ def survey(work: Path, reference: Optional[dict] = None) -> dict:
     with S() as s:
         runs = s.scalars(select(Run)).all()
         usable = s.scalar(select(func.count()).select_from(ImageRow).where(
-            ImageRow.split.in_(("valid", "test")), ImageRow.skipped.is_(False)))
+            ImageRow.split.in_(EVAL_SPLITS), ImageRow.skipped.is_(False)))
         n_pred = s.scalar(select(func.count()).select_from(Prediction))
-        n_cams = s.scalar(select(func.count()).select_from(CamRow))
+        # images with maps (the key of cam_maps, image + method + target, rules out duplicate maps)
+        n_cams = s.scalar(select(func.count(func.distinct(CamMap.image_id))))
         dup = (n_pred - s.scalar(select(func.count(func.distinct(Prediction.image_id))))
-               + n_cams - s.scalar(select(func.count(func.distinct(CamRow.image_id))))
                + s.scalar(select(func.count()).select_from(EpochRow))
                - s.scalar(select(func.count(func.distinct(EpochRow.global_epoch)))))
         epochs = [e.global_epoch for e in s.scalars(select(EpochRow).order_by(EpochRow.global_epoch))]

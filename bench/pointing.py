@@ -10,27 +10,28 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from types import SimpleNamespace
 
-import numpy as np
 from PIL import Image, ImageDraw
-from sqlalchemy import select
 
-from core.cammaps import decode_maps, overlay, peak_location, pointing_game
+from core.cammaps import TARGET_PRED, overlay, peak_location, pointing_game
 from core.images import load_display_image
-from db import store
-from db.models import CamRow, ImageRow, Prediction
+from core.splits import TEST
+from db import queries, store
 
 
 def localisation_rows(session, run_id: int, split: str) -> list:
-    return session.execute(
-        select(ImageRow.relpath, ImageRow.label, ImageRow.bbox, ImageRow.width, ImageRow.height, CamRow.data, CamRow.classes,
-               CamRow.h, CamRow.w)
-        .join(Prediction, Prediction.image_id == ImageRow.id)
-        .join(CamRow, CamRow.image_id == ImageRow.id)
-        .where(ImageRow.run_id == run_id, ImageRow.split == split, ImageRow.bbox.is_not(None),
-               Prediction.pred == ImageRow.label)
-        .order_by(ImageRow.id)
-    ).all()
+    """The correctly classified images of ``split`` that have an object box and a stored map: one row each
+    (relpath, label, bbox, width, height, cam) with ``cam`` the raw predicted-class map."""
+    preds = queries.predictions_frame(session, run_id, [split])
+    images = queries.images_frame(session, run_id, [split])
+    rows = preds[preds["pred"] == preds["label"]].merge(images[["image_id", "bbox", "width", "height"]],
+                                                        on="image_id")
+    rows = rows[rows["bbox"].notna()]
+    maps = queries.maps_for(session, run_id, rows["image_id"].tolist())
+    return [SimpleNamespace(relpath=r.relpath, label=int(r.label), bbox=tuple(r.bbox), width=int(r.width),
+                            height=int(r.height), cam=maps[r.image_id].map(TARGET_PRED))
+            for r in rows.itertuples() if r.image_id in maps]
 
 
 def example_sheet(rows, data_root: str, size: int, out: Path, n: int = 10, scale: int = 4) -> None:
@@ -43,7 +44,7 @@ def example_sheet(rows, data_root: str, size: int, out: Path, n: int = 10, scale
     side = size * scale
     sheet = Image.new("RGB", (side * n, side), "white")
     for k, r in enumerate(rows[:n]):
-        cam = decode_maps(r.data, len(r.classes), r.h, r.w)[0]
+        cam = r.cam
         rgb = load_display_image(data_root, r.relpath, size)
         tile = Image.fromarray(overlay(rgb, cam, alpha=0.45)).resize((side, side), Image.Resampling.NEAREST)
         d = ImageDraw.Draw(tile)
@@ -62,18 +63,18 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--db", default=None, help="store URL (default: $SPORTS_DB, else runs/sports.db)")
     p.add_argument("--run", default="latest", help="run id, name or 'latest'")
-    p.add_argument("--split", default="test", help="split to score")
+    p.add_argument("--split", default=TEST, help="split to score")
     p.add_argument("--figure", default=None, help="write a sheet of examples to this PNG")
     args = p.parse_args()
     with store.make_sessionmaker(store.make_engine(args.db, readonly=True))() as s:
-        run = store.resolve_run(s, args.run)
+        run = queries.find_run(s, args.run)
         rows = localisation_rows(s, run.id, args.split)
     if not rows:
         raise SystemExit(f"run {run.id}: no correctly classified {args.split} images with boxes and maps")
-    cams = [decode_maps(r.data, len(r.classes), r.h, r.w)[0] for r in rows]
+    cams = [r.cam for r in rows]
     res = pointing_game(cams, [tuple(r.bbox) for r in rows], run.image_size, [(r.width, r.height) for r in rows])
     print(f"run {run.id} ({run.name}), {args.split}, layer {run.cam_layer}, input {run.image_size} px, "
-          f"map {rows[0].h}x{rows[0].w}")
+          f"map {rows[0].cam.shape[0]}x{rows[0].cam.shape[1]}")
     print(f"pointing game over {res['n']} correctly classified images: hit rate {res['hit_rate']:.3f}, "
           f"random point {res['random_rate']:.3f}")
     if args.figure:

@@ -23,11 +23,10 @@ from PIL import Image
 
 from core.images import MAX_PIXELS, BadImage, model_pixels, open_rgb, read_image_header  # noqa: F401
 from core.model import IMAGENET_MEAN, IMAGENET_STD
+from core.splits import SPLIT_ALIASES, SPLITS, TRAIN
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "valid", "test")
-SPLIT_ALIASES = {"train": "train", "valid": "valid", "validation": "valid", "val": "valid", "test": "test"}
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -130,10 +129,10 @@ def discover(root: str | Path, boxes: Optional[dict[str, Sequence[float]]] = Non
         found = _scan_folders(root)
         if not found:
             raise DatasetError(f"--data {root}: holds neither sports.csv nor any of the folders train/ valid/ test/")
-    train = found.get("train", {})
+    train = found.get(TRAIN, {})
     empty = sorted(c for c, rels in train.items() if not rels)
     for c in empty:
-        warns.append(f"{root / 'train' / c}: class folder is empty; the class is left out")
+        warns.append(f"{root / TRAIN / c}: class folder is empty; the class is left out")
     classes = sorted(c for c, rels in train.items() if rels)
     if not classes:
         raise DatasetError(f"--data {root}: no classes with training images (train split empty or absent)")
@@ -163,6 +162,19 @@ def discover(root: str | Path, boxes: Optional[dict[str, Sequence[float]]] = Non
     for w in warns:
         log.warning(w)
     return DatasetIndex(root=root, classes=classes, splits=splits, absent=absent, warnings=warns, layout=layout)
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> Optional[str]:
+    """Hex SHA-256 of a file's bytes (its identity across runs and copies of the data); None when it cannot
+    be read."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            while block := fh.read(chunk):
+                h.update(block)
+    except OSError:
+        return None
+    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- decoding
@@ -205,8 +217,9 @@ def augment(img: Image.Image, size: int, rng: np.random.Generator) -> np.ndarray
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """Samples of one split. Items are ``(tensor, label, index, reason)``; a bad file gives a zero tensor
-    and a reason string so the batch goes on and the file is recorded as skipped."""
+    """Samples of one split. Items are ``(tensor, label, index, reason, size)``: ``reason`` is "" for a good
+    file, whose ``size`` is its original (width, height); a bad file gives a zero tensor, a reason string
+    and size (0, 0), so the batch goes on and the file is recorded as skipped."""
 
     def __init__(self, root: Path, samples: Sequence[Sample], size: int, train: bool, seed: int = 0,
                  mean=IMAGENET_MEAN, std=IMAGENET_STD):
@@ -235,7 +248,9 @@ class ImageDataset(torch.utils.data.Dataset):
 
 
 def collate(batch):
-    """Stack the good items; return (images, labels, indices, bad) with bad = [(index, reason)]."""
+    """Stack the good items; return ``(images, labels, indices, bad, sizes)`` with ``bad`` = [(index,
+    reason)] and ``sizes`` = {index: (width, height)} of the good ones. A batch of bad files only gives
+    ``(None, None, None, bad, {})``."""
     good = [b for b in batch if not b[3]]
     bad = [(b[2], b[3]) for b in batch if b[3]]
     sizes = {b[2]: b[4] for b in good}

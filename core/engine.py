@@ -13,9 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from core.dist import DistEnv, all_reduce_sum
+from core.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +58,17 @@ def train_one_epoch(
     skipped: Skipped,
     clip_norm: Optional[float] = None,
     scheduler=None,
+    label_smoothing: float = 0.0,
     desc: str = "train",
 ) -> dict[str, float]:
     """Train for one pass over ``loader``; return the loss and accuracy averaged over images.
 
-    ``scheduler``, when given, steps once per optimizer step (warm-up and cosine are per step).
+    ``scheduler``, when given, steps once per optimizer step (warm-up and cosine are per step);
+    ``label_smoothing`` is that of the cross-entropy (the reported loss includes it).
     """
     model.train()
     loss_sum = correct = seen = 0.0
-    for x, y, _idx, bad, _sizes in tqdm(loader, desc=desc, leave=False, disable=not env.is_main):
+    for x, y, _idx, bad, _sizes in progress(loader, desc, show=env.is_main):
         skipped.add(bad)
         blank = x is None
         if blank:
@@ -80,7 +82,7 @@ def train_one_epoch(
         x, y = _to_device(x, device), y.to(device, non_blocking=True)
         with _autocast(device, scaler is not None):
             logits = model(x, frozen_base=frozen_base)
-            loss = F.cross_entropy(logits, y) * (0.0 if blank else 1.0)
+            loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing) * (0.0 if blank else 1.0)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -114,7 +116,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, *, amp: bool, env: 
     model.eval()
     loss_sum = correct = seen = 0.0
     with torch.inference_mode():
-        for x, y, _idx, bad, _sizes in tqdm(loader, desc=desc, leave=False, disable=not env.is_main):
+        for x, y, _idx, bad, _sizes in progress(loader, desc, show=env.is_main):
             skipped.add(bad)
             if x is None:
                 continue
@@ -143,6 +145,7 @@ class BatchResult:
     loss: np.ndarray  # (N,) cross-entropy of the true class
     maps: Optional[np.ndarray]  # (N, 2, h, w) float32: [pred, true] maps; None without CAMs
     sizes: dict[int, tuple[int, int]]
+    logits: Optional[np.ndarray] = None  # (N, C) float32, every class's logit
 
 
 def predict_batches(
@@ -161,7 +164,7 @@ def predict_batches(
     ``explain_fn(model, x, y)`` returns ``(logits, maps)``; without it a plain inference pass runs.
     """
     model.eval()
-    for x, y, idx, bad, sizes in tqdm(loader, desc=desc, leave=False, disable=not env.is_main):
+    for x, y, idx, bad, sizes in progress(loader, desc, show=env.is_main):
         skipped.add(bad)
         if x is None:
             continue
@@ -189,4 +192,5 @@ def predict_batches(
             loss=loss.detach().cpu().numpy(),
             maps=maps_np,
             sizes=sizes,
+            logits=logits.detach().cpu().numpy(),
         )

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -70,6 +71,18 @@ class SportsVGG(nn.Module):
                 feats = self.features(x)
             return self.head(feats)
         return self.head(self.features(x))
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode inside the block; afterwards every module's own mode as before (mixed states too)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def resolve_module(model: nn.Module, path: str) -> nn.Module:

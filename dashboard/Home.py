@@ -1,13 +1,15 @@
 """Entry point: ``streamlit run dashboard/Home.py -- --db URL`` (or set SPORTS_DB).
 
-Lists the pages and draws the run picker that every page shares; the pages themselves live in ``views/``.
+Lists the pages and draws the run picker that every page shares; the pages themselves live in ``views/``,
+what they share beside them: ``loaders`` (cached reads of the store), ``state`` (choices carried across
+pages and into the URL), ``context`` (the run a page shows), ``tiles`` (images with their maps).
 """
 import streamlit as st
 
-from dashboard import common
+from dashboard import context, state
 
 st.set_page_config(page_title="Sports Grad-CAM workbench", page_icon=":material/sports:", layout="wide")
-common.init_state()
+state.init_state()
 
 page = st.navigation(
     [
@@ -21,8 +23,5 @@ page = st.navigation(
         st.Page("views/trust.py", title="Can the maps be trusted?", icon=":material/verified:"),
     ]
 )
-try:
-    common.run_picker(common.store_url())
-except (common.StoreError, common.SQLAlchemyError):
-    pass  # the page explains a missing or empty store
+context.sidebar()  # the page itself explains a missing, empty or old store
 page.run()

@@ -1,8 +1,10 @@
 """SQLAlchemy 2.0 models of the results store.
 
-One run is one training job. A run owns its class names, one row per epoch, one row per image it looked
-at (skipped ones too, with the reason), at most one prediction per image and at most one Grad-CAM row per
-image. ``SchemaInfo`` holds the schema version that ``db.store`` checks on open.
+One run is one training job (or a snapshot of one: a run row of its own, with ``parent_id`` and ``stage``).
+A run owns its class names, one row per epoch, one row per image it looked at (skipped ones too, with the
+reason), at most one prediction per image and, per image, one raw map per CAM method and target
+(``CamMap``). ``SchemaInfo`` holds the schema version that ``db.store`` checks on open; ``db.upgrade``
+brings older stores up to it.
 """
 from __future__ import annotations
 
@@ -23,11 +25,9 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
-
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 RUN_STATUSES = ("running", "complete", "failed")
-SPLITS = ("train", "valid", "test")
 
 
 def utcnow() -> datetime:
@@ -55,6 +55,11 @@ class Run(Base):
     weights: Mapped[str] = mapped_column(String(300), default="none")
     image_size: Mapped[int] = mapped_column(Integer)
     cam_layer: Mapped[Optional[str]] = mapped_column(String(120))
+    # CAM methods whose maps the run stores, in the order they were written (names of core.cammaps)
+    cam_methods: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    # a snapshot (e.g. stage "phase1", the model at the end of phase 1) points at the run it was taken from
+    parent_id: Mapped[Optional[int]] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    stage: Mapped[Optional[str]] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     started_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
     finished_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
@@ -108,6 +113,8 @@ class ImageRow(Base):
     skip_reason: Mapped[Optional[str]] = mapped_column(Text)
     # object box in original pixel coordinates [x0, y0, x1, y1] where the dataset knows it (the demo)
     bbox: Mapped[Optional[list[Any]]] = mapped_column(JSON)
+    # hex SHA-256 of the file's bytes: matches images across runs and copies of the data by content
+    sha256: Mapped[Optional[str]] = mapped_column(String(64), index=True)
     __table_args__ = (
         UniqueConstraint("run_id", "split", "relpath", name="uq_image"),
         Index("ix_images_run_split", "run_id", "split"),
@@ -123,19 +130,28 @@ class Prediction(Base):
     top5_idx: Mapped[list[Any]] = mapped_column(JSON)
     top5_prob: Mapped[list[Any]] = mapped_column(JSON)
     loss: Mapped[Optional[float]] = mapped_column(Float)  # cross-entropy of the true class
+    # the full logit vector, little-endian float16, one value per class (core.metrics.decode_logits)
+    logits: Mapped[Optional[bytes]] = mapped_column(LargeBinary)
 
 
-class CamRow(Base):
-    """Raw Grad-CAM maps of one image: float16 bytes of shape (k, h, w), k = 1 when pred == label."""
+class CamMap(Base):
+    """One raw map of one image: float16 bytes of shape (h, w) as ``core.cammaps.encode_maps`` writes them.
 
-    __tablename__ = "cams"
+    ``method`` names the CAM method (``core.cammaps.METHOD_NAMES``), ``target`` what the map explains
+    (``core.cammaps.TARGETS``) and ``class_index`` the class whose score it explains. A correctly
+    classified image stores only the "pred" map of a method: its true-class map is the same map.
+    """
+
+    __tablename__ = "cam_maps"
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
-    layer: Mapped[str] = mapped_column(String(120))
-    classes: Mapped[list[Any]] = mapped_column(JSON)  # class index of each map, e.g. [pred, label]
+    method: Mapped[str] = mapped_column(String(16), primary_key=True)
+    target: Mapped[str] = mapped_column(String(8), primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    class_index: Mapped[int] = mapped_column(Integer)
     h: Mapped[int] = mapped_column(Integer)
     w: Mapped[int] = mapped_column(Integer)
     data: Mapped[bytes] = mapped_column(LargeBinary)
+    __table_args__ = (Index("ix_cam_maps_run_method", "run_id", "method"),)
 
 
 class EvalRow(Base):

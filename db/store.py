@@ -11,15 +11,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from sqlalchemy import Connection, Engine, create_engine, delete, event, func, insert, inspect, select, text
+from sqlalchemy import Connection, Engine, create_engine, delete, event, insert, inspect, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.cammaps import TARGETS, check_method
 from db.models import (
     SCHEMA_VERSION,
+    AuditRow,
     Base,
-    CamRow,
+    CamMap,
     EpochRow,
     EvalRow,
     ImageRow,
@@ -197,12 +199,6 @@ def resolve_run(session: Session, ref: str | int) -> Run:
     return run
 
 
-def class_names(session: Session, run_id: int) -> list[str]:
-    return list(
-        session.scalars(select(RunClass.name).where(RunClass.run_id == run_id).order_by(RunClass.index))
-    )
-
-
 def add_epoch(session: Session, run_id: int, **fields: Any) -> None:
     # An epoch re-run after a resume replaces the row of the same number.
     session.execute(
@@ -225,6 +221,7 @@ class ImageRecord:
     skipped: bool = False
     skip_reason: Optional[str] = None
     bbox: Optional[list[float]] = None
+    sha256: Optional[str] = None  # hex digest of the file's bytes
 
 
 def upsert_images(session: Session, run_id: int, records: Iterable[ImageRecord]) -> dict[tuple[str, str], int]:
@@ -244,6 +241,8 @@ def upsert_images(session: Session, run_id: int, records: Iterable[ImageRecord])
             row.width, row.height = rec.width, rec.height
         if rec.bbox is not None:
             row.bbox = rec.bbox
+        if rec.sha256 is not None:
+            row.sha256 = rec.sha256
         if rec.skipped:
             row.skipped, row.skip_reason = True, rec.skip_reason
     session.flush()
@@ -253,7 +252,7 @@ def upsert_images(session: Session, run_id: int, records: Iterable[ImageRecord])
 def begin_evaluation(session: Session, run_id: int, split: str) -> None:
     """Mark a split's evaluation as running and drop whatever an earlier, interrupted pass left."""
     image_ids = select(ImageRow.id).where(ImageRow.run_id == run_id, ImageRow.split == split)
-    session.execute(delete(CamRow).where(CamRow.image_id.in_(image_ids)))
+    session.execute(delete(CamMap).where(CamMap.image_id.in_(image_ids)))
     session.execute(delete(Prediction).where(Prediction.image_id.in_(image_ids)))
     ev = session.get(EvalRow, (run_id, split))
     if ev is None:
@@ -263,11 +262,51 @@ def begin_evaluation(session: Session, run_id: int, split: str) -> None:
     session.flush()
 
 
-def add_predictions(session: Session, rows: list[dict[str, Any]], cams: list[dict[str, Any]]) -> None:
+def add_predictions(session: Session, rows: list[dict[str, Any]], maps: list[dict[str, Any]] = ()) -> None:
+    """Insert prediction rows and their map rows (dicts of ``Prediction`` and ``CamMap`` columns)."""
     if rows:
         session.execute(Prediction.__table__.insert(), rows)
-    if cams:
-        session.execute(CamRow.__table__.insert(), cams)
+    add_maps(session, maps)
+
+
+def add_maps(session: Session, rows: Iterable[dict[str, Any]]) -> None:
+    """Insert map rows: dicts of ``CamMap`` columns, one per (image, method, target)."""
+    rows = list(rows)
+    for row in rows:
+        check_method(row["method"])
+        if row["target"] not in TARGETS:
+            raise ValueError(f"map of image {row['image_id']}: target {row['target']!r}, expected one of "
+                             f"{', '.join(TARGETS)}")
+    if rows:
+        session.execute(CamMap.__table__.insert(), rows)
+
+
+def replace_maps(session: Session, run_id: int, method: str, image_ids: Iterable[int],
+                 rows: Iterable[dict[str, Any]]) -> None:
+    """Drop the run's ``method`` maps of ``image_ids`` and insert ``rows`` (of that method) in their place."""
+    check_method(method)
+    ids = [int(i) for i in image_ids]
+    for lo in range(0, len(ids), 500):
+        session.execute(delete(CamMap).where(CamMap.run_id == run_id, CamMap.method == method,
+                                             CamMap.image_id.in_(ids[lo:lo + 500])))
+    rows = list(rows)
+    strays = {r["method"] for r in rows} - {method}
+    if strays:
+        raise ValueError(f"replace_maps of method {method!r} was given rows of {', '.join(sorted(strays))}")
+    add_maps(session, rows)
+
+
+def record_cams(session: Session, run_id: int, *, layer: Optional[str] = None, methods: Iterable[str] = ()) -> None:
+    """Note the run's CAM layer (when given) and add ``methods`` to the methods it stores."""
+    run = session.get(Run, run_id)
+    if run is None:
+        raise StoreError(f"no run {run_id}")
+    if layer is not None:
+        run.cam_layer = layer
+    known = list(run.cam_methods or [])
+    new = [check_method(m) for m in methods if m not in known]
+    if new:
+        run.cam_methods = known + list(dict.fromkeys(new))
 
 
 def finish_evaluation(session: Session, run_id: int, split: str, **metrics: Any) -> None:
@@ -280,6 +319,21 @@ def finish_evaluation(session: Session, run_id: int, split: str, **metrics: Any)
     ev.finished_at = utcnow()
 
 
+def reopen_run(session: Session, run_id: int) -> bool:
+    """Mark a run running again (a resumed job), clearing its error; False when the store has no such run."""
+    run = session.get(Run, run_id)
+    if run is None:
+        return False
+    run.status, run.error = "running", None
+    return True
+
+
+def set_image_hashes(session: Session, hashes: dict[int, str]) -> None:
+    """Record the SHA-256 of image files by image id."""
+    for image_id, digest in hashes.items():
+        session.execute(update(ImageRow).where(ImageRow.id == image_id).values(sha256=digest))
+
+
 def finish_run(session: Session, run_id: int, status: str, **fields: Any) -> None:
     run = session.get(Run, run_id)
     if run is None:
@@ -290,73 +344,15 @@ def finish_run(session: Session, run_id: int, status: str, **fields: Any) -> Non
         setattr(run, k, v)
 
 
-# --------------------------------------------------------------------------- summaries
+# --------------------------------------------------------------------------- audit and trust
 
-def run_summaries(session: Session) -> list[dict[str, Any]]:
-    """Per run: id, name, status, classes, and per split images/predictions/skipped/maps/top-1/top-5."""
-    runs = list(session.scalars(select(Run).order_by(Run.id)))
-    n_classes = dict(
-        session.execute(select(RunClass.run_id, func.count()).group_by(RunClass.run_id)).all()
-    )
+def replace_audit(session: Session, run_id: int, *, seconds: float, report: dict[str, Any],
+                  leakage_accuracy: list[dict[str, Any]]) -> None:
+    """Keep one data audit per run: the latest. ``report`` is ``AuditReport.to_dict()`` (with class_names)."""
+    session.execute(delete(AuditRow).where(AuditRow.run_id == run_id))
+    session.add(AuditRow(run_id=run_id, created_at=utcnow(), seconds=float(seconds), report=report,
+                         leakage_accuracy=list(leakage_accuracy)))
 
-    def counts(stmt) -> dict[tuple[int, str], int]:
-        return {(r, s): n for r, s, n in session.execute(stmt).all()}
-
-    img = counts(select(ImageRow.run_id, ImageRow.split, func.count()).group_by(ImageRow.run_id, ImageRow.split))
-    skipped = counts(
-        select(ImageRow.run_id, ImageRow.split, func.count())
-        .where(ImageRow.skipped.is_(True))
-        .group_by(ImageRow.run_id, ImageRow.split)
-    )
-    preds = counts(
-        select(ImageRow.run_id, ImageRow.split, func.count())
-        .join(Prediction, Prediction.image_id == ImageRow.id)
-        .group_by(ImageRow.run_id, ImageRow.split)
-    )
-    maps = counts(
-        select(ImageRow.run_id, ImageRow.split, func.count())
-        .join(CamRow, CamRow.image_id == ImageRow.id)
-        .group_by(ImageRow.run_id, ImageRow.split)
-    )
-    evals = {(e.run_id, e.split): e for e in session.scalars(select(EvalRow))}
-    out = []
-    for run in runs:
-        splits = {}
-        for split in ("train", "valid", "test"):
-            key = (run.id, split)
-            if key not in img and key not in evals:
-                continue
-            ev = evals.get(key)
-            splits[split] = {
-                "images": img.get(key, 0),
-                "predictions": preds.get(key, 0),
-                "skipped": skipped.get(key, 0),
-                "maps": maps.get(key, 0),
-                "evaluation": ev.status if ev else None,
-                "top1": ev.top1 if ev else None,
-                "top5": ev.top5 if ev else None,
-            }
-        out.append(
-            {
-                "id": run.id,
-                "name": run.name,
-                "status": run.status,
-                "classes": n_classes.get(run.id, 0),
-                "device": run.device,
-                "weights": run.weights,
-                "image_size": run.image_size,
-                "started_at": run.started_at.isoformat(timespec="seconds") if run.started_at else None,
-                "finished_at": run.finished_at.isoformat(timespec="seconds") if run.finished_at else None,
-                "best_epoch": run.best_epoch,
-                "metrics": run.metrics,
-                "absent_splits": run.absent_splits,
-                "splits": splits,
-            }
-        )
-    return out
-
-
-# --------------------------------------------------------------------------- trust
 
 def replace_trust_scores(session: Session, run_id: int, image_ids: Iterable[int], rows: list[dict[str, Any]]) -> None:
     """Drop the run's earlier scores of ``image_ids`` and insert ``rows`` (dicts of ``TrustScore`` columns)."""

@@ -6,7 +6,10 @@ spells out its own tables instead of using today's models: it must keep meaning 
 written, after the models have moved on. A SQLite file is copied next to itself before the first step.
 
 Version 0 is the layout before evaluations were tracked: no ``evaluations`` table and no ``loss`` column
-in ``predictions``.
+in ``predictions``. Version 1 kept all Grad-CAM maps of an image in one ``cams`` row (float16 bytes of
+shape (k, h, w): the predicted class's map, then the true class's when they differ); version 2 keeps one
+``cam_maps`` row per image, CAM method and target, and adds ``runs.cam_methods``, ``runs.parent_id``,
+``runs.stage``, ``predictions.logits`` and ``images.sha256``.
 """
 from __future__ import annotations
 
@@ -18,16 +21,20 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from sqlalchemy import (
+    JSON,
     Column,
     Connection,
     DateTime,
     Engine,
     Float,
     ForeignKey,
+    Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
+    bindparam,
     event,
     inspect,
     text,
@@ -86,6 +93,62 @@ def upgrade_0_to_1(conn: Connection) -> None:
         conn.execute(evaluations.insert().values(
             run_id=run_id, split=split, status="complete" if done else "running", n_images=a["n"],
             top1=a["c1"] / a["n"], top5=a["c5"] / a["n"], loss=None, finished_at=a["finished"] if done else None))
+
+
+# The names version 2 gave the gradcam method and the two targets a version-1 row held; spelled out here so
+# that the step keeps its meaning if the shared names change.
+_V2_METHOD, _V2_TARGETS = "gradcam", ("pred", "true")
+_MOVE_CHUNK = 500  # v1 rows read and written per round trip
+
+
+@step(1)
+def upgrade_1_to_2(conn: Connection) -> None:
+    """Split each cams row into one cam_maps row per map (method gradcam, targets pred and true), add
+    runs.cam_methods / parent_id / stage, predictions.logits and images.sha256, and drop cams."""
+    md = MetaData()
+    Table("runs", md, Column("id", Integer, primary_key=True))
+    Table("images", md, Column("id", Integer, primary_key=True))
+    cam_maps = Table(
+        "cam_maps", md,
+        Column("image_id", Integer, ForeignKey("images.id", ondelete="CASCADE"), primary_key=True),
+        Column("method", String(16), primary_key=True),
+        Column("target", String(8), primary_key=True),
+        Column("run_id", Integer, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+        Column("class_index", Integer, nullable=False),
+        Column("h", Integer, nullable=False),
+        Column("w", Integer, nullable=False),
+        Column("data", LargeBinary, nullable=False),
+        Index("ix_cam_maps_run_method", "run_id", "method"),
+    )
+    cam_maps.create(conn)
+    old = conn.execute(text("SELECT image_id, run_id, classes, h, w, data FROM cams ORDER BY image_id"),
+                       execution_options={"stream_results": True})
+    for chunk in old.partitions(_MOVE_CHUNK):
+        rows = []
+        for image_id, run_id, classes, h, w, data in chunk:
+            classes = json.loads(classes) if isinstance(classes, str) else list(classes)
+            size = 2 * h * w  # bytes of one float16 map
+            if len(classes) > len(_V2_TARGETS) or len(data) != size * len(classes):
+                raise StoreError(f"cams row of image {image_id}: {len(classes)} classes and {len(data)} bytes "
+                                 f"do not make (k, {h}, {w}) float16 maps with k <= 2")
+            for i, cls in enumerate(classes):
+                rows.append(dict(image_id=image_id, method=_V2_METHOD, target=_V2_TARGETS[i], run_id=run_id,
+                                 class_index=int(cls), h=h, w=w, data=bytes(data[i * size:(i + 1) * size])))
+        if rows:
+            conn.execute(cam_maps.insert(), rows)
+    # Column types compiled for this dialect (JSON, BLOB / BYTEA), so the statements hold on both backends.
+    def ddl(type_) -> str:
+        return type_.compile(dialect=conn.dialect)
+
+    conn.execute(text(f"ALTER TABLE runs ADD COLUMN cam_methods {ddl(JSON())} NOT NULL DEFAULT '[]'"))
+    conn.execute(text("ALTER TABLE runs ADD COLUMN parent_id INTEGER REFERENCES runs (id) ON DELETE SET NULL"))
+    conn.execute(text(f"ALTER TABLE runs ADD COLUMN stage {ddl(String(32))}"))
+    conn.execute(text(f"ALTER TABLE predictions ADD COLUMN logits {ddl(LargeBinary())}"))
+    conn.execute(text(f"ALTER TABLE images ADD COLUMN sha256 {ddl(String(64))}"))
+    conn.execute(text("CREATE INDEX ix_images_sha256 ON images (sha256)"))
+    conn.execute(text("UPDATE runs SET cam_methods = :m WHERE id IN (SELECT DISTINCT run_id FROM cams)")
+                 .bindparams(bindparam("m", type_=JSON)), {"m": [_V2_METHOD]})
+    conn.execute(text("DROP TABLE cams"))
 
 
 # --------------------------------------------------------------------------- running the steps

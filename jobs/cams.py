@@ -17,23 +17,22 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from sqlalchemy import select
 
 from core import dist
-from core.data import DatasetIndex, Sample
+from core.data import DatasetIndex, Sample, file_sha256
 from core.model import CheckpointError, build_model, load_checkpoint, read_checkpoint, resolve_module
-from db import store
-from db.models import EvalRow, ImageRow
-from jobs.common import add_db_arg, add_run_arg, run_cli, run_distributed
+from core.splits import EVAL_SPLITS, SPLITS, VALID
+from db import queries, store
+from jobs.common import DefaultsHelpFormatter, add_db_arg, add_run_arg, run_cli, run_distributed
 from jobs.evaluation import evaluate_split
-from jobs.train import slug
+from jobs.rundir import run_dir_of
 
 log = logging.getLogger("jobs.cams")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.cams", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     add_run_arg(p)
     add_db_arg(p)
     p.add_argument("--layer", default=None, help="module path of the Grad-CAM target layer "
@@ -48,36 +47,25 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run_index(s, run: store.Run, splits: list[str]) -> DatasetIndex:
+def run_index(s, run: queries.RunInfo, splits: list[str]) -> DatasetIndex:
     """The run's own images (not a fresh scan of the folder), so a recomputation covers the same files."""
-    rows = s.execute(
-        select(ImageRow.split, ImageRow.relpath, ImageRow.label)
-        .where(ImageRow.run_id == run.id, ImageRow.split.in_(splits))
-        .order_by(ImageRow.relpath)
-    ).all()
     by_split: dict[str, list[Sample]] = {}
-    for split, rel, label in rows:
+    for split, rel, label in queries.image_samples(s, run.id, splits):
         by_split.setdefault(split, []).append(Sample(rel, label))
-    return DatasetIndex(root=Path(run.data_root), classes=store.class_names(s, run.id), splits=by_split)
+    return DatasetIndex(root=Path(run.data_root), classes=list(run.classes), splits=by_split)
 
 
-def run_splits(s, run: store.Run) -> list[str]:
+def run_splits(s, run: queries.RunInfo) -> list[str]:
     """The splits the run's training job evaluates (or has begun to), among those it has images of."""
-    have = set(s.scalars(select(ImageRow.split).where(ImageRow.run_id == run.id).distinct()))
-    begun = set(s.scalars(select(EvalRow.split).where(EvalRow.run_id == run.id)))
-    wanted = set((run.config or {}).get("eval_splits", "valid,test").split(",")) | begun
-    return [sp for sp in ("train", "valid", "test") if sp in wanted and sp in have]
+    have = set(queries.image_splits(s, run.id))
+    begun = set(queries.evaluation_rows(s, run.id))
+    wanted = set((run.config or {}).get("eval_splits", ",".join(EVAL_SPLITS)).split(",")) | begun
+    return [sp for sp in SPLITS if sp in wanted and sp in have]
 
 
-def run_dir(run: store.Run) -> Path:
-    """The run's checkpoint folder: recorded in its config, else where ``jobs.train`` would have put it."""
-    cfg = run.config or {}
-    return Path(cfg.get("run_dir") or Path(cfg.get("out", "runs/checkpoints")) / slug(run.name))
-
-
-def finished_training(run: store.Run) -> Optional[dict[str, Any]]:
+def finished_training(run: queries.RunInfo) -> Optional[dict[str, Any]]:
     """The ``last.pt`` state when it counts every epoch of the run, else None (training not over)."""
-    path = run_dir(run) / "last.pt"
+    path = run_dir_of(run.config, run.name) / "last.pt"
     if not path.is_file():
         return None
     state = read_checkpoint(path)
@@ -88,33 +76,41 @@ def finished_training(run: store.Run) -> Optional[dict[str, Any]]:
     return state
 
 
-def run_no_cams(s, run_id: int) -> bool:
-    return bool((s.get(store.Run, run_id).config or {}).get("no_cams"))
-
-
 def complete_if_done(s, run_id: int) -> bool:
     """Mark a run complete when its training finished and every split it evaluates has a complete evaluation.
 
     Only ``last.pt`` can tell that training finished: the epoch rows go in before the checkpoint, so
     they can count an epoch whose weights were never saved.
     """
-    run = s.get(store.Run, run_id)
+    run = queries.run_info(s, run_id)
     if run.status == "complete":
         return False
     state = finished_training(run)
     splits = run_splits(s, run)
-    evals = {e.split: e for e in s.scalars(select(EvalRow).where(EvalRow.run_id == run_id))}
-    if state is None or not splits or any(sp not in evals or evals[sp].status != "complete" for sp in splits):
+    evals = queries.evaluation_rows(s, run_id)
+    if state is None or not splits or any(sp not in evals or evals[sp]["status"] != "complete" for sp in splits):
         return False
     best = state.get("best") or {}
-    metrics: dict[str, Any] = {"best_val_acc": best.get("acc") if "valid" in splits else None}
+    metrics: dict[str, Any] = {"best_val_acc": best.get("acc") if VALID in splits else None}
     for sp in splits:
         e = evals[sp]
-        metrics[sp] = {"top1": e.top1, "top5": e.top5, "loss": e.loss, "images": e.n_images}
-    best_path = run_dir(run) / "best.pt"
+        metrics[sp] = {"top1": e["top1"], "top5": e["top5"], "loss": e["loss"], "images": e["n_images"]}
+    best_path = run_dir_of(run.config, run.name) / "best.pt"
     store.finish_run(s, run_id, "complete", best_epoch=best.get("epoch"), metrics=metrics,
                      checkpoint_path=str(best_path.resolve()), error=None)
     return True
+
+
+def hash_missing_files(Session_, run_id: int, root: Path) -> int:
+    """Record the SHA-256 of the run's files that have none yet (a run from a schema-1 store); returns how
+    many were hashed."""
+    with Session_() as s:
+        missing = queries.images_without_sha256(s, run_id)
+    hashes = {i: h for i, rel in missing if (h := file_sha256(root / rel)) is not None}
+    if hashes:
+        with Session_.begin() as s:
+            store.set_image_hashes(s, hashes)
+    return len(hashes)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -127,7 +123,7 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
     plan = None
     if env.is_main:
         with Session_() as s:
-            run = store.resolve_run(s, args.run)
+            run = queries.find_run(s, args.run)
             # By default every split the run evaluates: a kill may have struck before some were begun.
             splits = args.split.split(",") if args.split else run_splits(s, run)
             index = run_index(s, run, splits)
@@ -135,13 +131,18 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
             if missing or not splits:
                 raise ValueError(f"run {run.id} ({run.name}) has no images in split(s) {missing or splits}")
             # An interrupted run has no checkpoint_path yet; its best.pt is in its checkpoint folder.
+            folder = run_dir_of(run.config, run.name)
             ckpt = args.checkpoint or run.checkpoint_path
-            if not ckpt and (run_dir(run) / "best.pt").is_file():
-                ckpt = str(run_dir(run) / "best.pt")
+            if not ckpt and (folder / "best.pt").is_file():
+                ckpt = str(folder / "best.pt")
             if not ckpt:
                 raise CheckpointError(f"run {run.id} ({run.name}) has no checkpoint yet (status {run.status}; "
-                                      f"none in {run_dir(run)})")
-            plan = dict(run_id=run.id, name=run.name, splits=splits, index=index, checkpoint=ckpt)
+                                      f"none in {folder})")
+            plan = dict(run_id=run.id, name=run.name, splits=splits, index=index, checkpoint=ckpt,
+                        no_cams=bool(run.config.get("no_cams")))
+        hashed = hash_missing_files(Session_, run.id, index.root)
+        if hashed:
+            log.info("run %d: recorded the SHA-256 of %d files", run.id, hashed)
     plan = dist.broadcast_from_main(env, plan)
     # As in jobs.train, only rank 0 need see the checkpoint; the others get its weights over the process group.
     model, meta = load_checkpoint(plan["checkpoint"]) if env.is_main else (None, None)
@@ -158,10 +159,8 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
                        batch_size=args.batch_size, workers=args.workers, cams=not args.no_cams, layer=layer)
     if env.is_main:
         with Session_.begin() as s:
-            if not args.no_cams:
-                s.get(store.Run, plan["run_id"]).cam_layer = layer
             # Only a pass like the training job's own (its checkpoint, maps unless it went without) completes it.
-            like_training = args.checkpoint is None and (not args.no_cams or run_no_cams(s, plan["run_id"]))
+            like_training = args.checkpoint is None and (not args.no_cams or plan["no_cams"])
             if like_training and complete_if_done(s, plan["run_id"]):
                 log.info("run %d (%s): training had finished; the run is complete", plan["run_id"], plan["name"])
     return 0

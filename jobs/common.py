@@ -19,6 +19,17 @@ from db.store import ENV_VAR, StoreError
 USER_ERRORS = (DatasetError, WeightsUnavailable, CheckpointError, StoreError, ValueError, FileNotFoundError)
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" to a flag's help, unless the help already states its default or there is no
+    value to state (a default of None, described in words where it matters)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default" in text or action.default is None:
+            return text
+        return super()._get_help_string(action)
+
+
 def add_db_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--db",

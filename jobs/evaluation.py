@@ -14,9 +14,11 @@ import torch
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import dist
+from core.cammaps import DEFAULT_METHOD, TARGET_PRED, TARGET_TRUE
 from core.data import DatasetIndex, ImageDataset, collate
 from core.engine import BatchResult, Skipped, predict_batches
 from core.gradcam import encode_maps, predict_and_explain
+from core.metrics import encode_logits
 from core.model import ModelMeta
 from db import store
 
@@ -45,20 +47,25 @@ def pred_true_explainer(layer: str):
     return explain_fn
 
 
-def _rows(res: BatchResult, ids: list[int], run_id: int, layer: Optional[str]) -> tuple[list[dict], list[dict]]:
-    preds, cams = [], []
+def _rows(res: BatchResult, ids: list[int], run_id: int) -> tuple[list[dict], list[dict]]:
+    """Prediction rows and map rows of one batch. The maps are the gradcam maps of [pred, true]; a correctly
+    classified image keeps only its "pred" map (the "true" one is the same map)."""
+    preds, maps = [], []
     for j, image_id in enumerate(ids):
         pred, label = int(res.pred[j]), int(res.label[j])
         preds.append(dict(image_id=image_id, run_id=run_id, pred=pred, confidence=float(res.confidence[j]),
                           top5_idx=[int(v) for v in res.top_idx[j]],
                           top5_prob=[round(float(v), 6) for v in res.top_prob[j]],
-                          loss=float(res.loss[j])))
+                          loss=float(res.loss[j]),
+                          logits=encode_logits(res.logits[j]) if res.logits is not None else None))
         if res.maps is not None:
-            maps = res.maps[j] if pred != label else res.maps[j, :1]
-            classes = [pred, label] if pred != label else [pred]
-            cams.append(dict(image_id=image_id, run_id=run_id, layer=layer, classes=classes,
-                             h=int(maps.shape[-2]), w=int(maps.shape[-1]), data=encode_maps(maps)))
-    return preds, cams
+            targets = [(TARGET_PRED, pred)] + ([(TARGET_TRUE, label)] if pred != label else [])
+            for k, (target, cls) in enumerate(targets):
+                cam = res.maps[j, k]
+                maps.append(dict(image_id=image_id, run_id=run_id, method=DEFAULT_METHOD, target=target,
+                                 class_index=cls, h=int(cam.shape[-2]), w=int(cam.shape[-1]),
+                                 data=encode_maps(cam[None])))
+    return preds, maps
 
 
 def evaluate_split(
@@ -95,6 +102,8 @@ def evaluate_split(
     # chunk under a ``running`` evaluation row and memory stays flat; a kill leaves that row running.
     with Session_.begin() as s:
         store.begin_evaluation(s, run_id, split)
+        if cams:
+            store.record_cams(s, run_id, layer=layer, methods=[DEFAULT_METHOD])
         ids = store.upsert_images(s, run_id, [store.ImageRecord(split, x.relpath, x.label) for x in samples])
     sizes: dict[int, tuple[int, int]] = {}
     n = correct1 = correct5 = 0
@@ -104,7 +113,7 @@ def evaluate_split(
     for r in batches:
         sizes.update(r.sizes)
         image_ids = [ids[(split, samples[int(i)].relpath)] for i in r.index]
-        p, c = _rows(r, image_ids, run_id, layer if cams else None)
+        p, c = _rows(r, image_ids, run_id)
         pending_p += p
         pending_c += c
         n += len(image_ids)

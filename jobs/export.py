@@ -12,17 +12,12 @@ they are skipped and the rest is written.
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 from pathlib import Path
-from typing import Optional, Sequence
 
-from sqlalchemy.orm import Session
-
-from core.images import load_display_image
-from core.report import FORMATS, ExportOptions, RunData, write_figure_set
+from core.report import FORMATS, ExportOptions, write_figure_set
 from db import queries, store
-from jobs.common import add_db_arg, add_run_arg, run_cli, setup_logging
+from jobs.common import DefaultsHelpFormatter, add_db_arg, add_run_arg, run_cli, setup_logging
 
 log = logging.getLogger("jobs.export")
 
@@ -33,7 +28,7 @@ def _csv(text: str) -> tuple[str, ...]:
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.export", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     add_run_arg(p)
     p.add_argument("--out", default=None, help="folder to write into (default: runs/export-<run id>)")
     add_db_arg(p)
@@ -55,45 +50,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_run_data(session: Session, run_id: int, splits: Optional[Sequence[str]] = None) -> RunData:
-    """Everything the figure set is drawn from, read in ``session`` (which must stay open while it is drawn:
-    maps are read on demand)."""
-    info = queries.run_info(session, run_id)
-    if info is None:
-        raise store.StoreError(f"no run {run_id} in the store")
-    names = info.classes
-    present = queries.prediction_splits(session, run_id)
-    if splits is not None:
-        unknown = [s for s in splits if s not in present]
-        if unknown:
-            raise ValueError(f"--splits: run {run_id} has no predictions for {', '.join(unknown)}; "
-                             f"it has {', '.join(present) or 'none'}")
-    preds = queries.predictions_frame(session, run_id, splits)
-    if preds.empty:
-        raise ValueError(f"run {run_id} ({info.name}) has no predictions to export; evaluate it first")
-    cm = queries.confusion_matrix(session, run_id, len(names), splits)
-    audit = queries.audit_for(session, run_id)
-    trust = queries.trust_for(session, run_id, names, splits)
-    return RunData(
-        run_id=run_id,
-        run_name=info.name,
-        names=names,
-        predictions=preds,
-        errors=queries.errors_frame(session, run_id, splits=splits),
-        cm=cm,
-        per_class=queries.per_class_metrics(preds["label"].to_numpy(), preds["pred"].to_numpy(), names),
-        pairs=queries.confused_pairs(cm, names, limit=None),
-        epochs=queries.epochs_frame(session, run_id),
-        load_image=functools.partial(load_display_image, info.data_root),
-        load_cams=lambda ids: queries.cams_for(session, run_id, ids),
-        audit=audit[0] if audit else None,
-        leakage=audit[1] if audit else None,
-        trust=trust.scores,
-        trust_per_class=trust.per_class,
-        sanity=trust.sanity,
-    )
-
-
 def main(args: argparse.Namespace) -> int:
     setup_logging(args.verbose)
     for noisy in ("choreographer", "kaleido", "logistro"):  # the browser's own progress lines
@@ -107,9 +63,9 @@ def main(args: argparse.Namespace) -> int:
     engine = store.make_engine(args.db, readonly=True)
     try:
         with store.make_sessionmaker(engine)() as s:
-            run = store.resolve_run(s, args.run)
+            run = queries.find_run(s, args.run)
             out = Path(args.out) if args.out else Path("runs") / f"export-{run.id}"
-            data = load_run_data(s, run.id, options.splits)
+            data = queries.run_data(s, run.id, options.splits)
             manifest = write_figure_set(data, out, options)
     finally:
         engine.dispose()

@@ -11,13 +11,13 @@ import argparse
 import json
 import sys
 
-from db import store
-from jobs.common import add_db_arg, run_cli
+from db import queries, store
+from jobs.common import DefaultsHelpFormatter, add_db_arg, run_cli
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.runs", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     add_db_arg(p)
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     return p
@@ -46,7 +46,7 @@ def format_table(runs: list[dict]) -> str:
 def main(args: argparse.Namespace) -> int:
     engine = store.make_engine(args.db, readonly=True)
     with store.make_sessionmaker(engine)() as s:
-        runs = store.run_summaries(s)
+        runs = queries.run_summaries(s)
     if args.json:
         json.dump(runs, sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -20,25 +20,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sqlalchemy import select
 
 from core import dist, trust
 from core.data import ImageDataset, Sample, collate
+from core.cammaps import TARGET_PRED, TARGET_TRUE
 from core.gradcam import predict_and_explain
+from core.metrics import trust_summary
 from core.model import load_checkpoint, resolve_module
+from core.splits import VALID
 from db import queries, store
-from db.models import ImageRow
-from jobs.common import add_db_arg, add_run_arg, run_cli, run_distributed
+from jobs.common import DefaultsHelpFormatter, add_db_arg, add_run_arg, run_cli, run_distributed
 
 log = logging.getLogger("jobs.trust")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.trust", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     add_run_arg(p)
     add_db_arg(p)
-    p.add_argument("--split", default="valid", help="split whose images are scored")
+    p.add_argument("--split", default=VALID, help="split whose images are scored")
     p.add_argument("--sample", type=int, default=0, help="score a seeded random sample of this many images "
                    "(0: all of the split)")
     p.add_argument("--steps", type=int, default=16, help="steps of each deletion / insertion curve")
@@ -70,13 +71,9 @@ def _check_args(args: argparse.Namespace) -> None:
         )
 
 
-def plan_images(s, run, split: str, sample: int, seed: int) -> list[tuple[int, str, int]]:
+def plan_images(s, run: queries.RunInfo, split: str, sample: int, seed: int) -> list[tuple[int, str, int]]:
     """(image_id, relpath, label) of the usable images of ``split``, or a seeded sample of them, by id."""
-    rows = s.execute(
-        select(ImageRow.id, ImageRow.relpath, ImageRow.label)
-        .where(ImageRow.run_id == run.id, ImageRow.split == split, ImageRow.skipped.is_(False))
-        .order_by(ImageRow.id)
-    ).all()
+    rows = queries.usable_images(s, run.id, split)
     if not rows:
         raise ValueError(f"run {run.id} ({run.name}) has no usable images in split {split!r}")
     if sample and sample < len(rows):
@@ -114,7 +111,8 @@ def score_images(model, dataset: ImageDataset, ids: list[int], positions: list[i
         for r, image_id in enumerate(image_ids):
             for method, c in curves.items():
                 rows.append(dict(
-                    image_id=image_id, target="pred" if column[r] == 0 else "true", class_index=int(classes[r]),
+                    image_id=image_id, target=TARGET_PRED if column[r] == 0 else TARGET_TRUE,
+                    class_index=int(classes[r]),
                     method=method, deletion_auc=float(c.deletion_auc[r, 0]),
                     insertion_auc=float(c.insertion_auc[r, 0]),
                     deletion_curve=[round(float(v), 5) for v in c.deletion[r, 0]],
@@ -155,7 +153,7 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
     plan = None
     if env.is_main:
         with Session_() as s:
-            run = store.resolve_run(s, args.run)
+            run = queries.find_run(s, args.run)
             ckpt = args.checkpoint or run.checkpoint_path
             if not ckpt:
                 raise ValueError(f"run {run.id} ({run.name}) has no checkpoint yet (status {run.status})")
@@ -192,7 +190,7 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
         frame = queries.trust_frame(s, plan["run_id"], curves=False)
     frame = frame[frame["image_id"].isin(ids)]
     report = dict(run_id=plan["run_id"], layer=layer, settings=settings,
-                  scores={t: queries.trust_summary(frame, t) for t in ("pred", "true")}, sanity=stages)
+                  scores={t: trust_summary(frame, t) for t in (TARGET_PRED, TARGET_TRUE)}, sanity=stages)
     if args.json:
         json.dump(report, sys.stdout, indent=1)
         sys.stdout.write("\n")
@@ -207,7 +205,7 @@ def format_summary(report: dict) -> str:
     lines = [f"run {report['run_id']}: {st['images']} {st['split']} images scored in {st['seconds_scores']:.1f} s "
              f"({st['steps']} steps, fill {st['fill']}, layer {report['layer']}); lower deletion AUC and higher "
              "insertion AUC are better"]
-    summary = report["scores"]["pred"]
+    summary = report["scores"][TARGET_PRED]
     for m, v in summary["methods"].items():
         lines.append(f"  {m:<8} deletion AUC {v['deletion_auc']:.3f}  insertion AUC {v['insertion_auc']:.3f}  "
                      f"(n={v['n']})")

@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 
 from db.upgrade import upgrade
-from jobs.common import add_db_arg, run_cli, setup_logging
+from jobs.common import DefaultsHelpFormatter, add_db_arg, run_cli, setup_logging
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.upgrade", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     add_db_arg(p)
     p.add_argument("--dry-run", action="store_true", help="say which steps would run; change nothing")
     return p

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +13,14 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from core import figures
+from core.metrics import confused_pairs
 from core.images import load_display_image, safe_image_path
 from core import cammaps as _cam
-from dashboard.common import db_url_from_argv, filter_errors
+from dashboard import loaders, tiles
+from dashboard.context import Ctx, upgrade_message
+from dashboard.loaders import db_url_from_argv
+from dashboard.state import filter_errors
+from dashboard.tiles import map_of_class
 from db import queries
 from db.store import make_engine, make_sessionmaker
 from tests.storefactory import build_empty_store, build_store
@@ -24,6 +30,9 @@ PAGES = ["views/overview.py", "views/confusion.py", "views/per_class.py", "views
          "views/data_issues.py"]
 TITLES = dict(zip(PAGES, ["Overview", "Confusion matrix", "Per-class accuracy", "Misclassifications",
                           "Heatmap comparison", "Data issues"]))
+ALL_PAGES = PAGES + ["views/export.py", "views/trust.py"]
+ALL_TITLES = {**TITLES, "views/export.py": "Export", "views/trust.py": "Can the maps be trusted?"}
+V1_STORE = Path(__file__).resolve().parent / "fixtures" / "store_v1.db"
 
 
 # --------------------------------------------------------------------------- stores
@@ -113,7 +122,25 @@ def test_unreadable_store_is_an_error_not_a_traceback(tmp_path, monkeypatch):
     bad.write_bytes(b"this is not a database" * 100)
     at = app(f"sqlite:///{bad}", monkeypatch)
     assert not at.exception
-    assert at.error or at.info
+    assert [e.value for e in at.error] == ["Cannot read the store: DatabaseError: (sqlite3.DatabaseError) file is "
+                                           "not a database"]
+    assert not at.info and not at.metric  # the page stopped at the message
+
+
+@pytest.mark.parametrize("page", ALL_PAGES)
+def test_v1_store_names_the_upgrade(page, tmp_path, monkeypatch):
+    store = tmp_path / "old.db"
+    shutil.copyfile(V1_STORE, store)
+    before = store.read_bytes()
+    url = f"sqlite:///{store}"
+    at = app(url, monkeypatch, page)
+    assert not at.exception, [e.value for e in at.exception]
+    assert [t.value for t in at.title] == [ALL_TITLES[page]]
+    (line,) = [e.value for e in at.error]
+    assert line == upgrade_message(url) and "\n" not in line
+    assert f"`python -m jobs.upgrade --db {url}`" in line
+    assert not at.info and not at.warning and not at.metric and not at.dataframe
+    assert store.read_bytes() == before, "the dashboard must not change the store"
 
 
 def test_overview_headline(normal, monkeypatch):
@@ -234,6 +261,8 @@ def test_compare_walks_the_gallery(normal, monkeypatch):
     at.selectbox(key="cmp_cmap").set_value("viridis").run()
     assert not at.exception
     assert param(at, "image") == [str(first)]
+    assert not at.info  # a misclassified image of this store has both maps stored
+    assert len(at.get("image")) == 3  # the input, the predicted class's map, the true class's map
 
 
 def test_compare_from_link_on_a_correct_image(normal, monkeypatch):
@@ -243,7 +272,11 @@ def test_compare_from_link_on_a_correct_image(normal, monkeypatch):
     right = int(p.loc[p["label"] == p["pred"], "image_id"].iloc[0])
     at = app(url, monkeypatch, "views/compare.py", image=str(right))
     assert not at.exception
-    assert any("correct" in m.value for m in at.markdown)
+    assert at.session_state["image"] == right and param(at, "image") == [str(right)]
+    (line,) = [m.value for m in at.markdown if m.value.startswith("**") and " · true **" in m.value]
+    assert line.endswith(" · correct") or " · correct · loss " in line, line
+    assert [i.value for i in at.info] == ["Prediction is correct: the true class's map is the one to its left."]
+    assert len(at.get("image")) == 2  # the input and the predicted class's map
 
 
 # --------------------------------------------------------------------------- queries
@@ -268,29 +301,12 @@ def test_queries_counts_and_pairs(normal):
     assert list(errors["confidence"]) == sorted(errors["confidence"], reverse=True)
     assert ((one["label"] == 0) & (one["pred"] == 1) & (one["confidence"] >= 0.5)).all()
 
-    pairs = queries.confused_pairs(cm, info.classes, limit=None)
+    pairs = confused_pairs(cm, info.classes, limit=None)
     assert pairs["count"].sum() == len(errors)
     assert list(pairs["count"]) == sorted(pairs["count"], reverse=True)
     top = pairs.iloc[0]
     assert cm[top.true_idx, top.pred_idx] == top["count"]
     assert top.reverse_count == cm[top.pred_idx, top.true_idx]
-
-
-def test_confused_pairs_by_hand():
-    cm = np.array([[5, 3, 0], [1, 4, 0], [0, 3, 2]])
-    pairs = queries.confused_pairs(cm, ["a", "b", "c"])
-    assert list(zip(pairs["true"], pairs["predicted"], pairs["count"])) == [("a", "b", 3), ("c", "b", 3), ("b", "a", 1)]
-    assert pairs["share_of_true"].iloc[0] == pytest.approx(3 / 8)
-    assert queries.confused_pairs(np.eye(3, dtype=int), ["a", "b", "c"]).empty
-
-
-def test_per_class_metrics_worst_first():
-    labels = np.array([0, 0, 1, 1, 2, 2])
-    preds = np.array([0, 0, 1, 0, 1, 1])
-    df = queries.per_class_metrics(labels, preds, ["a", "b", "c"])
-    assert df["class"].iloc[0] == "c" and df["f1"].iloc[0] == 0
-    row = df.set_index("class").loc["a"]
-    assert row.precision == pytest.approx(2 / 3) and row.recall == 1.0 and row.support == 2
 
 
 def test_default_run_prefers_complete(tmp_path):
@@ -316,6 +332,14 @@ def test_filter_errors_matches_query(normal):
         by_sql = queries.errors_frame(s, run_id, splits=["test"], true_classes=[1, 2], confidence=(0.4, 0.9))
     by_pandas = filter_errors(all_errors, names, splits=["test"], true=[names[1], names[2]], conf=(0.4, 0.9))
     assert list(by_pandas["image_id"]) == list(by_sql["image_id"])
+
+
+def test_one_engine_and_sessionmaker_per_store(normal):
+    url = normal[0]
+    first = loaders.connect(url)
+    assert loaders.connect(url) is first  # cached with the engine, not made per load
+    with loaders.session(url) as a, loaders.session(url) as b:
+        assert a is not b and a.get_bind() is b.get_bind() is first.engine
 
 
 def test_argv_db_option():
@@ -381,6 +405,36 @@ def test_decode_and_overlay():
         _cam.overlay(rgb, out[0], colormap="rainbow-unicorn")
 
 
+def test_map_of_class_finds_only_the_map_that_explains_it():
+    def stored(targets, classes):
+        data = tuple(_cam.encode_maps(np.full((1, 2, 2), i + 1, np.float32)) for i in range(len(targets)))
+        return _cam.StoredMaps(image_id=1, method=_cam.DEFAULT_METHOD, targets=targets, classes=classes, h=2, w=2,
+                               data=data)
+
+    wrong = stored((_cam.TARGET_PRED, _cam.TARGET_TRUE, _cam.TARGET_CONTRAST), (3, 5, 3))
+    assert map_of_class(wrong, 3)[0, 0] == 1 and map_of_class(wrong, 5)[0, 0] == 2
+    assert map_of_class(wrong, 4) is None and map_of_class(None, 3) is None
+    right = stored((_cam.TARGET_PRED,), (3,))  # a correct prediction stores one map, for both classes
+    assert map_of_class(right, 3)[0, 0] == 1
+    assert map_of_class(stored((_cam.TARGET_PRED,), (3,)), 5) is None  # never the predicted map for another class
+
+
+def test_tiles_show_the_predicted_class_map(normal):
+    url, run_id, _ = normal
+    with session_for(url) as s:
+        info = queries.run_info(s, run_id)
+        errs = queries.errors_frame(s, run_id).head(4)
+        maps = queries.maps_for(s, run_id, errs["image_id"])
+    assert len(errs) == 4 and set(maps) == set(errs["image_id"])
+    ctx = Ctx(url=url, run_id=run_id, stamp="test", info=info)
+    px = min(tiles.TILE_PX, info.image_size)
+    for r, pic in zip(errs.itertuples(), tiles.tile_images(ctx, errs)):
+        cam = maps[int(r.image_id)].map(_cam.TARGET_PRED)
+        assert maps[int(r.image_id)].class_of(_cam.TARGET_PRED) == r.pred
+        assert pic == tiles.render_view(info.data_root, r.relpath, px, cam, "jet", tiles.TILE_ALPHA, "image")
+        assert pic != tiles.render_view(info.data_root, r.relpath, px)  # the map is drawn over the image
+
+
 def test_confusion_order_is_a_permutation_grouping_confused_classes():
     names = [f"c{i}" for i in range(6)]
     cm = np.eye(6, dtype=int) * 10
@@ -431,7 +485,8 @@ def test_dashboard_does_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys, dashboard.common, core.cammaps, core.figures, core.images, db.queries; "
+    code = ("import sys, dashboard.common, dashboard.context, dashboard.figureset, dashboard.loaders, "
+            "dashboard.state, dashboard.tiles, core.cammaps, core.figures, core.images, db.queries; "
             "sys.exit('torch' in sys.modules)")
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(repo)}

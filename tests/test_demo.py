@@ -21,7 +21,7 @@ from core.gradcam import explain
 from core.model import load_checkpoint
 from core.synth import generate_demo_dataset
 from db import store
-from db.models import CamRow, ImageRow, Prediction, Run
+from db.models import CamMap, ImageRow, Prediction, Run
 from jobs import train as train_job
 
 pytestmark = pytest.mark.slow
@@ -54,13 +54,17 @@ def test_demo_run_is_complete_with_both_maps(demo_run):
         assert run.metrics["test"]["top1"] >= 0.6, run.metrics  # it learned (the full demo reaches > 0.9)
         n_eval = s.scalar(select(func.count()).select_from(ImageRow).where(ImageRow.split.in_(["valid", "test"])))
         assert s.scalar(select(func.count()).select_from(Prediction)) == n_eval == 300
-        rows = s.execute(select(Prediction.pred, ImageRow.label, CamRow.classes, CamRow.h, CamRow.w, CamRow.data)
+        rows = s.execute(select(Prediction.image_id, Prediction.pred, ImageRow.label, CamMap.target,
+                                CamMap.class_index, CamMap.h, CamMap.w, CamMap.data)
                          .join(ImageRow, ImageRow.id == Prediction.image_id)
-                         .join(CamRow, CamRow.image_id == Prediction.image_id)).all()
-        assert len(rows) == n_eval
-        for pred, label, classes, h, w, data in rows:
-            assert classes == ([pred] if pred == label else [pred, label])
-            assert (h, w) == (6, 6) and len(data) == 2 * len(classes) * 36
+                         .join(CamMap, CamMap.image_id == Prediction.image_id)).all()
+        targets: dict[int, dict[str, int]] = {}
+        for image_id, pred, label, target, cls, h, w, data in rows:
+            targets.setdefault(image_id, {})[target] = cls
+            assert (h, w) == (6, 6) and len(data) == 2 * 36
+        assert len(targets) == n_eval
+        for (image_id, pred, label, *_rest) in rows:
+            assert targets[image_id] == ({"pred": pred} if pred == label else {"pred": pred, "true": label})
         assert all(b is not None for b in s.scalars(select(ImageRow.bbox)))
     out = subprocess.run([sys.executable, "-m", "jobs.runs", "--db", demo_run["db"], "--json"],
                          capture_output=True, text=True, check=True).stdout

@@ -9,6 +9,7 @@ import sqlite3
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -17,6 +18,7 @@ from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1 import app_test as app_test_module
 
 from core import report
+from core.cammaps import DEFAULT_METHOD, TARGET_PRED, TARGET_TRUE, StoredMaps, encode_maps, overlay
 from db.models import ImageRow, RunClass, TrustScore
 from db.store import make_engine, make_sessionmaker
 from jobs import export
@@ -226,6 +228,45 @@ def test_a_new_section_is_one_entry(audited, tmp_path, monkeypatch):
     url, _, _ = audited
     assert _export(url, tmp_path / "set", *NO_BROWSER) == 0
     assert "trust-scores.csv" in {f["file"] for f in _manifest(tmp_path / "set")["files"]}
+
+
+def _stored(image_id, targets, classes, h=4, w=4):
+    rng = np.random.default_rng(image_id)
+    return StoredMaps(image_id=image_id, method=DEFAULT_METHOD, targets=tuple(targets), classes=tuple(classes),
+                      h=h, w=w, data=tuple(encode_maps(rng.random((1, h, w)).astype(np.float32)) for _ in targets))
+
+
+def test_error_tiles_draw_the_stored_maps_of_the_classes_shown():
+    grey = np.full((40, 40, 3), 128, np.uint8)
+    empty = pd.DataFrame()
+    errors = pd.DataFrame({"image_id": [1, 2, 3], "split": "test", "relpath": ["a/1.jpg", "a/2.jpg", "a/3.jpg"],
+                           "label": [0, 0, 1], "pred": [1, 2, 0], "confidence": [0.9, 0.8, 0.7]})
+    stored = {1: _stored(1, [TARGET_PRED, TARGET_TRUE], [1, 0]),
+              2: _stored(2, [TARGET_PRED], [2])}  # no true-class map: it must not stand in for one
+    asked = []
+
+    def load_cams(ids):
+        asked.append(list(ids))
+        return {i: stored[i] for i in ids if i in stored}
+
+    data = report.RunData(run_id=1, run_name="r", names=("a", "b", "c"), predictions=errors, errors=errors,
+                          cm=np.zeros((3, 3), int), per_class=empty, pairs=empty, epochs=empty,
+                          load_image=lambda relpath, side: np.full((side, side, 3), 128, np.uint8),
+                          load_cams=load_cams)
+    tiles = report.error_tiles(data, errors, side=40, dpi=72)
+    assert asked == [[1, 2, 3]]  # one call for the whole sheet
+    placeholder = (225, 225, 225)
+
+    def drawn(panel):
+        return tuple(panel[0][0, 0]) != placeholder and not np.array_equal(panel[0], grey)
+
+    assert [label for _, label in tiles[0].panels] == ["test · 1.jpg", "Grad-CAM: predicted", "Grad-CAM: true"]
+    assert tiles[0].header == ["true: a", "pred: b (90%)"]
+    assert [drawn(p) for p in tiles[0].panels[1:]] == [True, True]
+    for panel, target in zip(tiles[0].panels[1:], (TARGET_PRED, TARGET_TRUE)):
+        assert np.array_equal(panel[0], overlay(grey, stored[1].map(target), alpha=0.5)), target
+    assert [drawn(p) for p in tiles[1].panels[1:]] == [True, False]
+    assert [drawn(p) for p in tiles[2].panels[1:]] == [False, False]
 
 
 @pytest.mark.parametrize("kwargs", [{"formats": ()}, {"formats": ("jpg",)}, {"worst": 0}, {"dpi": 10}])

@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select, text
 
-from db import store
-from db.models import CamRow, EpochRow, EvalRow, ImageRow, Prediction, Run
+from db import queries, store
+from db.models import CamMap, EpochRow, EvalRow, ImageRow, Prediction, Run
 from jobs import train as train_job
 from tests.conftest import make_dataset
 
@@ -62,11 +62,11 @@ def kill_when(cmd: list[str], db: Path, ready: Callable, timeout: float = 300) -
 
 
 def split_counts(s, split: str) -> tuple[int, int, int]:
-    """(predictions, distinct predicted images, maps) of one split."""
+    """(predictions, distinct predicted images, images with maps) of one split."""
     on_split = select(ImageRow.id).where(ImageRow.split == split)
     n = s.scalar(select(func.count()).select_from(Prediction).where(Prediction.image_id.in_(on_split)))
     distinct = s.scalar(select(func.count(func.distinct(Prediction.image_id))).where(Prediction.image_id.in_(on_split)))
-    maps = s.scalar(select(func.count()).select_from(CamRow).where(CamRow.image_id.in_(on_split)))
+    maps = s.scalar(select(func.count(func.distinct(CamMap.image_id))).where(CamMap.image_id.in_(on_split)))
     return n, distinct, maps
 
 
@@ -99,7 +99,7 @@ def test_kill_during_evaluation_then_rerun(tmp_path, eval_data, rerun):
         assert s.get(EvalRow, (1, "test")).status == "running"
         n, _, _ = split_counts(s, "test")
         assert 0 < n < N_TEST, "the kill must land mid-evaluation"
-        (summary,) = store.run_summaries(s)
+        (summary,) = queries.run_summaries(s)
         assert summary["status"] == "running" and summary["splits"]["test"]["evaluation"] == "running"
 
     if rerun == "cams":
@@ -144,11 +144,11 @@ def test_dashboard_reads_while_a_job_writes(tmp_path):
                 if S is None:
                     continue
                 with S() as s:  # what a dashboard page asks for
-                    for r in store.run_summaries(s):
+                    for r in queries.run_summaries(s):
                         seen.add(f"{r['status']}:{(r['splits'].get('valid') or {}).get('evaluation')}")
                     s.execute(select(EpochRow).order_by(EpochRow.global_epoch)).all()
                     s.execute(select(Prediction.pred, ImageRow.label).join(ImageRow)).all()
-                    s.execute(select(CamRow.data).limit(5)).all()
+                    s.execute(select(CamMap.data).limit(5)).all()
                 reads += 1
             except Exception as exc:  # any error a page would show
                 errors.append(f"{type(exc).__name__}: {exc}")
@@ -185,7 +185,7 @@ def test_read_only_open_never_writes(tmp_path):
     before = db.read_bytes()
     reader = store.make_engine(str(db), readonly=True)
     with store.make_sessionmaker(reader)() as s:
-        assert [r["name"] for r in store.run_summaries(s)] == ["r"]
+        assert [r["name"] for r in queries.run_summaries(s)] == ["r"]
         with pytest.raises(Exception, match="readonly|read-only|query_only|attempt to write"):
             s.execute(text("DELETE FROM runs"))
     reader.dispose()
@@ -243,7 +243,7 @@ def test_run_over_bad_and_odd_files_completes(tmp_path):
     with S() as s:
         run = s.scalars(select(Run)).one()
         assert run.status == "complete"
-        assert store.class_names(s, run.id) == sorted(ODD_CLASSES)
+        assert queries.class_names(s, run.id) == sorted(ODD_CLASSES)
         rows = {r.relpath: r for r in s.scalars(select(ImageRow))}
         predicted = set(s.scalars(select(ImageRow.relpath).join(Prediction, Prediction.image_id == ImageRow.id)))
         for rel, why in bad.items():

@@ -14,11 +14,12 @@ from core.model import (
     ModelMeta,
     SportsVGG,
     WeightsUnavailable,
+    eval_mode,
     load_checkpoint,
     load_imagenet_base,
     save_checkpoint,
 )
-from jobs.train import make_optimizer
+from jobs.training import make_optimizer
 
 
 @pytest.mark.parametrize("size,fmap", [(224, 14), (64, 4), (32, 2)])
@@ -115,3 +116,17 @@ def test_weights_from_a_file(tmp_path):
     assert torch.equal(dst.features[0].weight, src.features[0].weight)
     with pytest.raises(WeightsUnavailable, match="no such file"):
         load_imagenet_base(dst, str(tmp_path / "missing.pt"))
+
+
+def test_eval_mode_restores_each_module_mode_even_on_error():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5), torch.nn.Linear(2, 2))
+    model.train()
+    model[1].eval()  # a mixed state: the block must give back exactly this
+    before = [m.training for m in model.modules()]
+    with eval_mode(model) as inside:
+        assert inside is model and not any(m.training for m in model.modules())
+    assert [m.training for m in model.modules()] == before
+    with pytest.raises(RuntimeError, match="boom"):
+        with eval_mode(model):
+            raise RuntimeError("boom")
+    assert [m.training for m in model.modules()] == before

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, text
 
-from db import store
-from db.models import SCHEMA_VERSION, CamRow, EpochRow, EvalRow, ImageRow, Prediction, Run
+from core.cammaps import DEFAULT_METHOD
+from db import queries, store
+from db.models import SCHEMA_VERSION, CamMap, EpochRow, EvalRow, ImageRow, Prediction, Run
 from tests.conftest import make_dataset
 from tests.pg import new_database
 
@@ -42,7 +43,7 @@ def predictions_for(S, run_id: int, image_ids: dict, split: str) -> None:
         store.begin_evaluation(s, run_id, split)
     rows = [dict(image_id=i, run_id=run_id, pred=1, confidence=0.75, top5_idx=[1, 0], top5_prob=[0.75, 0.25],
                  loss=0.3) for (sp, _), i in image_ids.items() if sp == split]
-    cams = [dict(image_id=r["image_id"], run_id=run_id, layer="features.35", classes=[1], h=2, w=2,
+    cams = [dict(image_id=r["image_id"], run_id=run_id, method=DEFAULT_METHOD, target="pred", class_index=1, h=2, w=2,
                  data=bytes(range(8))) for r in rows]
     with S.begin() as s:
         store.add_predictions(s, rows, cams)
@@ -54,7 +55,7 @@ def test_schema_is_created_once_and_reopened(db_url):
     eng = store.make_engine(db_url, create=False)
     with store.make_sessionmaker(eng)() as s:
         assert s.get(store.SchemaInfo, "version").value == str(SCHEMA_VERSION)
-        assert store.run_summaries(s) == []
+        assert queries.run_summaries(s) == []
 
 
 def test_jobs_opening_an_empty_store_together_all_succeed(db_url):
@@ -110,15 +111,15 @@ def test_round_trip_of_a_run(db_url):
         run = s.get(Run, run_id)
         assert run.config == {"lr": 1e-3, "nested": {"a": [1, 2]}} and run.absent_splits["test"]
         assert run.started_at is not None and run.finished_at >= run.started_at
-        assert store.class_names(s, run_id) == ["alpha", "beta"]
+        assert queries.class_names(s, run_id) == ["alpha", "beta"]
         img = s.scalars(select(ImageRow).where(ImageRow.relpath == "valid/alpha/0.jpg")).one()
         assert (img.width, img.height, img.bbox, img.skipped) == (32, 24, [1.0, 2.0, 3.5, 4.0], False)
-        cam = s.scalars(select(CamRow)).first()
-        assert bytes(cam.data) == bytes(range(8)) and cam.classes == [1]
+        cam = s.scalars(select(CamMap)).first()
+        assert bytes(cam.data) == bytes(range(8)) and (cam.method, cam.target, cam.class_index) == (DEFAULT_METHOD, "pred", 1)
         p = s.scalars(select(Prediction)).first()
         assert p.top5_idx == [1, 0] and p.top5_prob == [0.75, 0.25]
         assert s.scalar(select(EpochRow.val_acc)) is None
-        (summary,) = store.run_summaries(s)
+        (summary,) = queries.run_summaries(s)
     assert summary["status"] == "complete" and summary["classes"] == 2 and summary["best_epoch"] == 1
     v = summary["splits"]["valid"]
     assert (v["images"], v["predictions"], v["skipped"], v["maps"], v["evaluation"]) == (4, 3, 1, 3, "complete")
@@ -143,8 +144,8 @@ def test_evaluating_again_leaves_no_duplicates(db_url):
         def count(model, rid: int) -> int:
             return s.scalar(select(func.count()).select_from(model).where(model.run_id == rid))
 
-        assert (count(ImageRow, run_id), count(Prediction, run_id), count(CamRow, run_id)) == (8, 8, 8)
-        assert (count(ImageRow, other), count(Prediction, other), count(CamRow, other)) == (8, 4, 4)
+        assert (count(ImageRow, run_id), count(Prediction, run_id), count(CamMap, run_id)) == (8, 8, 8)
+        assert (count(ImageRow, other), count(Prediction, other), count(CamMap, other)) == (8, 4, 4)
         assert s.get(EvalRow, (run_id, "valid")).status == "complete"
 
 
@@ -196,7 +197,7 @@ def test_two_runs_write_one_server_store_while_it_is_read(tmp_path, pg_url):  # 
             try:
                 engine = engine or store.make_engine(url, create=False)
                 with store.make_sessionmaker(engine)() as s:
-                    store.run_summaries(s)
+                    queries.run_summaries(s)
                 reads += 1
             except store.StoreError:
                 pass  # the schema is not there yet
@@ -225,11 +226,11 @@ def test_two_runs_write_one_server_store_while_it_is_read(tmp_path, pg_url):  # 
         for name, per_split in sizes.items():
             run = runs[name]
             n_classes = 3 if name == "a" else 2
-            assert len(store.class_names(s, run.id)) == n_classes
+            assert len(queries.class_names(s, run.id)) == n_classes
             images = s.scalars(select(ImageRow).where(ImageRow.run_id == run.id)).all()
             assert len(images) == sum(per_split.values()) * n_classes
             assert Path(run.data_root).name == name
-            assert {i.relpath.split("/")[1] for i in images} == set(store.class_names(s, run.id))
+            assert {i.relpath.split("/")[1] for i in images} == set(queries.class_names(s, run.id))
             evaluated = [i.id for i in images if i.split != "train"]
             pred_rows = s.execute(select(Prediction.image_id, Prediction.run_id).join(ImageRow)
                                   .where(ImageRow.run_id == run.id)).all()
@@ -237,6 +238,14 @@ def test_two_runs_write_one_server_store_while_it_is_read(tmp_path, pg_url):  # 
             assert {r for _, r in pred_rows} == {run.id}
             assert s.scalar(select(func.count()).select_from(Prediction).where(Prediction.run_id == run.id)) \
                 == len(evaluated)
-            assert s.scalar(select(func.count()).select_from(CamRow).where(CamRow.run_id == run.id)) \
+            assert s.scalar(select(func.count(func.distinct(CamMap.image_id))).where(CamMap.run_id == run.id)) \
                 == len(evaluated)
             assert [e.global_epoch for e in s.scalars(select(EpochRow).where(EpochRow.run_id == run.id))] == [1, 2]
+
+
+def test_the_store_imports_neither_torch_nor_scikit_learn():
+    """The dashboard and the export read the store without the model's framework."""
+    code = ("import sys, db.builder, db.models, db.queries, db.store, db.upgrade; "
+            "print(sorted(m for m in ('torch', 'sklearn', 'cleanlab') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=_env())
+    assert out.stdout.strip() == "[]"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import synth
+from core import drawings, synth
 
 SMALL = dict(seed=3, n_classes=4, n_train=3, n_valid=1, n_test=2, image_size=48)
 
@@ -81,7 +81,7 @@ def test_box_is_tight_around_the_drawn_object(class_index):
     assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x0, y0, x1, y1)
     # Outside the mask the image is the background drawn by the same generator, pixel for pixel.
     rng = np.random.default_rng(class_index)
-    bg = np.round(synth._background(rng, 64)).astype(np.uint8)
+    bg = np.round(drawings._background(rng, 64)).astype(np.uint8)
     pixels = np.asarray(image)
     assert np.array_equal(pixels[~mask], bg[~mask])
     assert not np.array_equal(pixels[mask], bg[mask])

@@ -1,6 +1,7 @@
 """End to end: a tiny two-phase run writes a complete store that ``jobs.runs --json`` reports."""
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -9,8 +10,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from db import store
-from db.models import CamRow, EpochRow, EvalRow, ImageRow, Prediction, Run
+from core.cammaps import DEFAULT_METHOD
+from db import queries, store
+from db.models import CamMap, EpochRow, EvalRow, ImageRow, Prediction, Run
 from jobs import runs as runs_job
 from jobs import train as train_job
 from tests.conftest import make_dataset
@@ -42,7 +44,7 @@ def test_store_is_complete(tiny_run):
     with S() as s:
         run = s.get(Run, run_id)
         assert run.status == "complete" and run.name == "tiny run"
-        assert store.class_names(s, run_id) == ["alpha", "beta", "gamma"]
+        assert queries.class_names(s, run_id) == ["alpha", "beta", "gamma"]
         assert run.absent_splits.keys() == {"test"}
         assert Path(run.checkpoint_path).is_file()
         assert run.config["epochs_frozen"] == 1 and run.config["image_size"] == 32
@@ -54,14 +56,21 @@ def test_store_is_complete(tiny_run):
         broken = s.scalars(select(ImageRow).where(ImageRow.relpath.like("%broken.jpg"))).one()
         assert broken.skipped and "cannot" in broken.skip_reason
         n_pred = s.scalar(select(func.count()).select_from(Prediction))
-        n_cam = s.scalar(select(func.count()).select_from(CamRow))
-        assert n_pred == 9 and n_cam == 9
+        n_pred_maps = s.scalar(select(func.count()).select_from(CamMap).where(CamMap.target == "pred"))
+        n_wrong = s.scalar(select(func.count()).select_from(Prediction).join(ImageRow)
+                           .where(Prediction.pred != ImageRow.label))
+        n_true_maps = s.scalar(select(func.count()).select_from(CamMap).where(CamMap.target == "true"))
+        assert n_pred == 9 and n_pred_maps == 9 and n_true_maps == n_wrong
         ev = s.get(EvalRow, (run_id, "valid"))
         assert ev.status == "complete" and ev.n_images == 9 and 0 <= ev.top1 <= ev.top5 <= 1
         p = s.scalars(select(Prediction)).first()
         assert len(p.top5_idx) == 3 and abs(sum(p.top5_prob) - 1) < 1e-4
-        cam = s.scalars(select(CamRow)).first()
-        assert len(cam.data) == 2 * len(cam.classes) * cam.h * cam.w and cam.layer == "features.35"
+        cam = s.scalars(select(CamMap)).first()
+        assert len(cam.data) == 2 * cam.h * cam.w and cam.method == DEFAULT_METHOD
+        assert run.cam_layer == "features.35" and run.cam_methods == [DEFAULT_METHOD]
+        assert len(p.logits) == 2 * 3  # float16 logits of the three classes
+        hashes = s.scalars(select(ImageRow.sha256).where(ImageRow.skipped.is_(False))).all()
+        assert all(h is not None and len(h) == 64 for h in hashes)
 
 
 def test_runs_json_reports_the_run(tiny_run, capsys):
@@ -82,14 +91,34 @@ def test_runs_cli_as_a_subprocess(tiny_run):
     assert "tiny run" in out and "[complete]" in out and "test  absent" in out
 
 
-def test_help_documents_every_flag():
-    out = subprocess.run([sys.executable, "-m", "jobs.train", "--help"], capture_output=True, text=True,
-                         check=True).stdout
-    for flag in ["--data", "--db", "--out", "--weights", "--epochs-frozen", "--epochs-finetune", "--lr-frozen",
-                 "--lr-finetune", "--batch-size", "--image-size", "--device", "--amp", "--workers", "--seed",
-                 "--run-name", "--resume"]:
-        assert flag in out
-    assert "default" in out
+def flag_help(parser) -> dict[str, tuple[argparse.Action, str]]:
+    """Each flag's action and its help as ``--help`` prints it, whitespace collapsed."""
+    out = {}
+    for action in parser._actions:
+        if action.option_strings and action.dest != "help":
+            text = " ".join(parser._get_formatter()._format_action(action).split())
+            out[action.option_strings[-1]] = (action, text)
+    return out
+
+
+def test_help_states_each_flags_actual_default(tmp_path):
+    parser = train_job.get_args_parser()
+    flags = flag_help(parser)
+    assert {"--data", "--db", "--epochs-frozen", "--lr-finetune", "--label-smoothing", "--resume"} <= set(flags)
+    for flag, (action, text) in flags.items():
+        assert text.count("(default: ") == 1 and "(default: None)" not in text, (flag, text)
+        if action.dest in train_job.REAL_DEFAULTS:
+            real, demo = train_job.REAL_DEFAULTS[action.dest], train_job.DEMO_DEFAULTS[action.dest]
+            assert f"(default: {real}, demo {demo})" in text, (flag, text)
+        elif action.default is not None:
+            assert f"(default: {action.default})" in text, (flag, text)
+    # ... and those two-mode defaults are what the job then uses.
+    for argv, expected in (([], train_job.DEMO_DEFAULTS), (["--data", str(tmp_path)], train_job.REAL_DEFAULTS)):
+        args = train_job.resolve_defaults(parser.parse_args(argv))
+        for key, value in expected.items():
+            if key != "weights":  # "auto" resolves to imagenet or none, as its help says
+                assert getattr(args, key) == value, key
+        assert args.weights in ("imagenet", "none")
 
 
 def test_bad_dataset_is_one_line_and_no_run(tmp_path):

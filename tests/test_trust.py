@@ -323,6 +323,9 @@ def test_page_with_scores(scored_run, monkeypatch):
     assert [m.label for m in at.metric][:3] == ["gradcam: deletion AUC", "random: deletion AUC",
                                                  "centre: deletion AUC"]
     assert len(at.get("plotly_chart")) >= 3
+    assert not at.error, [e.value for e in at.error]
+    worst = [c.value for c in at.caption if " · gap " in c.value]
+    assert worst and len(at.get("image")) == len(worst)  # each least faithful map drawn over its image
     at.radio(key="tr_metric").set_value("insertion_auc").run()
     at.radio(key="tr_target").set_value("true").run()
     assert not at.exception

@@ -1,18 +1,25 @@
-"""A store of an older schema: a clear error on open, and ``python -m jobs.upgrade`` that keeps its data."""
+"""A store of an older schema: a clear error on open, and ``python -m jobs.upgrade`` that keeps its data.
+
+``fixtures/store_v1.db`` is a schema-1 store as the code of that version wrote it (``build_store`` at commit
+650887b, two runs: 16 images with one map, 6 with two, a data audit and faithfulness scores).
+"""
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import MetaData, create_engine, func, inspect, select, text
 
-from db import store
+from core.cammaps import DEFAULT_METHOD, StoredMaps
+from db import queries, store
 from db import upgrade as upgrade_mod
 from db.models import SCHEMA_VERSION, EvalRow, Prediction
 from jobs import upgrade as upgrade_job
 from jobs.common import run_cli
+from tests.pg import new_database
 
 # Version 0 as it was written: no evaluations table, no predictions.loss column.
 V0_SCHEMA = """
@@ -109,7 +116,7 @@ def test_dry_run_changes_nothing(tmp_path, capsys):
     before = db.read_bytes()
     assert run_cli(upgrade_job.main, upgrade_job.get_args_parser(), ["--db", str(db), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "would apply upgrade_0_to_1" in out and "not changed" in out
+    assert "would apply upgrade_0_to_1" in out and "would apply upgrade_1_to_2" in out and "not changed" in out
     assert db.read_bytes() == before
     assert not list(tmp_path.glob("*.bak"))
 
@@ -125,7 +132,7 @@ def test_upgrade_keeps_the_data_and_backs_up_first(tmp_path, capsys):
 
     S = store.make_sessionmaker(store.make_engine(str(db), create=False))
     with S() as s:
-        (run,) = store.run_summaries(s)
+        (run,) = queries.run_summaries(s)
         assert (run["name"], run["status"], run["classes"]) == ("old run", "complete", 3)
         v = run["splits"]["valid"]
         assert (v["images"], v["predictions"], v["skipped"], v["maps"]) == (3, 2, 1, 2)
@@ -167,3 +174,152 @@ def test_missing_store_is_not_created(tmp_path, capsys):
     assert run_cli(upgrade_job.main, upgrade_job.get_args_parser(), ["--db", str(tmp_path / "none.db")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "none.db").exists()
+
+
+# --------------------------------------------------------------------------- version 1 -> 2
+
+V1_FIXTURE = Path(__file__).parent / "fixtures" / "store_v1.db"
+
+
+@pytest.fixture
+def v1_store(tmp_path) -> Path:
+    db = tmp_path / "v1.db"
+    shutil.copyfile(V1_FIXTURE, db)
+    return db
+
+
+def v1_maps(path: Path) -> dict[int, tuple[int, list[int], int, int, bytes]]:
+    """image id -> (run id, classes, h, w, bytes) of every ``cams`` row of a version-1 store."""
+    con = sqlite3.connect(path)
+    try:
+        return {i: (r, json.loads(c), h, w, bytes(d))
+                for i, r, c, h, w, d in con.execute("SELECT image_id, run_id, classes, h, w, data FROM cams")}
+    finally:
+        con.close()
+
+
+def counts(path: Path, tables: list[str]) -> dict[str, int]:
+    con = sqlite3.connect(path)
+    try:
+        return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
+    finally:
+        con.close()
+
+
+KEPT = ["runs", "run_classes", "epochs", "images", "predictions", "evaluations", "audits", "trust_scores",
+        "sanity_checks"]
+
+
+def test_the_v1_fixture_is_what_it_claims(v1_store):
+    assert version_of(v1_store) == "1"
+    old = v1_maps(v1_store)
+    assert sorted(len(c) for _, c, _, _, _ in old.values()) == [1] * 16 + [2] * 6
+    assert V1_FIXTURE.stat().st_size < 200_000
+
+
+def test_v1_store_is_refused_with_the_upgrade_command(v1_store):
+    with pytest.raises(store.StoreError) as err:
+        store.make_engine(str(v1_store), create=False)
+    assert f"schema version 1, this tool expects {SCHEMA_VERSION}" in str(err.value)
+    assert f"python -m jobs.upgrade --db sqlite:///{v1_store}" in str(err.value)
+    assert version_of(v1_store) == "1"
+
+
+def test_v1_upgrade_keeps_every_prediction_and_map_byte_for_byte(v1_store, capsys):
+    before, old = counts(v1_store, KEPT), v1_maps(v1_store)
+    assert run_cli(upgrade_job.main, upgrade_job.get_args_parser(), ["--db", str(v1_store)]) == 0
+    assert "applied upgrade_1_to_2: store now at schema version 2" in capsys.readouterr().out
+    assert version_of(v1_store) == str(SCHEMA_VERSION) == "2"
+    assert counts(v1_store, KEPT) == before
+    assert counts(v1_store, ["cam_maps"])["cam_maps"] == sum(len(c) for _, c, _, _, _ in old.values()) == 28
+    assert "cams" not in columns(v1_store, "sqlite_master") and not columns(v1_store, "cams")
+
+    S = store.make_sessionmaker(store.make_engine(str(v1_store), create=False))
+    with S() as s:
+        for run_id in (1, 2):
+            ids = [i for i, (r, *_rest) in old.items() if r == run_id]
+            maps = queries.maps_for(s, run_id, ids)
+            assert sorted(maps) == sorted(ids)
+            for image_id, m in maps.items():
+                _, classes, h, w, data = old[image_id]
+                assert isinstance(m, StoredMaps) and m.method == DEFAULT_METHOD and (m.h, m.w) == (h, w)
+                assert m.targets == ("pred", "true")[:len(classes)] and list(m.classes) == classes
+                assert b"".join(m.data) == data  # byte-equal, in the order of the v1 row
+            assert queries.stored_methods(s, run_id) == [DEFAULT_METHOD]
+        runs = {r["id"]: r for r in queries.run_summaries(s)}
+        assert {r["cam_methods"][0] for r in runs.values()} == {DEFAULT_METHOD}
+        assert sum(sp["maps"] for r in runs.values() for sp in r["splits"].values()) == len(old)
+        assert s.scalar(select(func.count()).where(Prediction.logits.is_not(None))) == 0
+
+
+def test_v1_upgrade_matches_a_fresh_v2_schema(v1_store, tmp_path):
+    upgrade_mod.upgrade(str(v1_store), say=lambda _: None)
+    fresh = tmp_path / "fresh.db"
+    store.make_engine(str(fresh)).dispose()
+    con_u, con_f = sqlite3.connect(v1_store), sqlite3.connect(fresh)
+    try:
+        tables = [r[0] for r in con_f.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for t in tables:
+            assert set(columns(v1_store, t)) == set(columns(fresh, t)), t
+        index_sql = "SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_autoindex%'"
+        assert {r[0] for r in con_u.execute(index_sql)} == {r[0] for r in con_f.execute(index_sql)}
+    finally:
+        con_u.close()
+        con_f.close()
+
+
+def test_a_failing_v1_step_leaves_the_store_as_it_was(v1_store, monkeypatch):
+    old = v1_maps(v1_store)
+
+    def half_done(conn):
+        upgrade_mod.upgrade_1_to_2(conn)
+        raise RuntimeError("power cut, say")
+
+    monkeypatch.setitem(upgrade_mod.STEPS, 1, half_done)
+    with pytest.raises(RuntimeError, match="power cut"):
+        upgrade_mod.upgrade(str(v1_store), say=lambda _: None)
+    assert version_of(v1_store) == "1" and v1_maps(v1_store) == old
+    assert "sha256" not in columns(v1_store, "images") and "cam_methods" not in columns(v1_store, "runs")
+    assert not columns(v1_store, "cam_maps")
+
+
+def copy_store(src_path: Path, url: str) -> None:
+    """Copy a SQLite store, tables and rows, to the empty database ``url`` (types made generic on the way)."""
+    src, dst = create_engine(f"sqlite:///{src_path}"), create_engine(url)
+    md = MetaData()
+    md.reflect(src)
+    for table in md.tables.values():
+        for col in table.columns:
+            col.type = col.type.as_generic()
+    md.create_all(dst)
+    with src.connect() as a, dst.begin() as b:
+        for table in md.sorted_tables:
+            rows = [dict(r) for r in a.execute(select(table)).mappings()]
+            if rows:
+                b.execute(table.insert(), rows)
+    src.dispose()
+    dst.dispose()
+
+
+@pytest.mark.postgres
+def test_v1_upgrade_on_postgresql(v1_store, pg_url):
+    url = new_database(pg_url)
+    copy_store(v1_store, url)
+    old = v1_maps(v1_store)
+    before = counts(v1_store, KEPT)
+    with pytest.raises(store.StoreError, match="python -m jobs.upgrade"):
+        store.make_engine(url, create=False)
+    report = upgrade_mod.upgrade(url, say=lambda _: None)
+    assert (report.found, report.applied, report.backup) == (1, ["upgrade_1_to_2"], None)
+    engine = store.make_engine(url, create=False)
+    with engine.connect() as c:
+        assert {t: c.execute(text(f"SELECT count(*) FROM {t}")).scalar() for t in KEPT} == before
+        assert c.execute(text("SELECT count(*) FROM cam_maps")).scalar() == 28
+        assert not inspect(c).has_table("cams")
+    with store.make_sessionmaker(engine)() as s:
+        for run_id in (1, 2):
+            maps = queries.maps_for(s, run_id, [i for i, (r, *_rest) in old.items() if r == run_id])
+            assert {i: b"".join(m.data) for i, m in maps.items()} == {
+                i: d for i, (r, _, _, _, d) in old.items() if r == run_id}
+        assert {r["cam_methods"][0] for r in queries.run_summaries(s)} == {DEFAULT_METHOD}
+    engine.dispose()

@@ -2,17 +2,19 @@
 import numpy as np
 import streamlit as st
 
+from core.cammaps import COLORMAPS, DEFAULT_METHOD, METHOD_LABELS
 from core.figures import top5_bars
-from dashboard import common
-from core.cammaps import COLORMAPS, decode_maps
+from dashboard import loaders, state
+from dashboard.context import gallery_errors, require_predictions, require_run
+from dashboard.tiles import map_of_class, picture, show_picture
 
 st.title("Heatmap comparison")
-ctx = common.require_run()
-preds = common.require_predictions(ctx)
+ctx = require_run()
+preds = require_predictions(ctx)
 names = ctx.names
 ss = st.session_state
 
-errors = common.gallery_errors(ctx)
+errors = gallery_errors(ctx)
 ids = [int(i) for i in errors["image_id"]]
 known = set(int(i) for i in preds["image_id"])
 image_id = ss.get("image")
@@ -41,7 +43,7 @@ b3.caption(
     else "This image is outside the gallery's current filter; Previous/Next start at its first image."
 )
 
-d = common.load_detail(ctx.url, ctx.run_id, image_id, ctx.stamp)
+d = loaders.load_detail(ctx.url, ctx.run_id, image_id, ctx.stamp)
 if d is None or d.pred is None:
     st.error(f"Image {image_id} has no prediction in run #{ctx.run_id}.")
     st.stop()
@@ -60,24 +62,20 @@ st.markdown(
 )
 
 size = ctx.info.image_size
-maps = decode_maps(d.cam_data, len(d.cam_classes), d.cam_h, d.cam_w) if d.cam_data else None
-i_pred = common.cam_index(d.cam_classes, d.pred)
-i_true = common.cam_index(d.cam_classes, d.label)
-if norm.startswith("shared") and maps is not None:
-    vmax = float(max(np.maximum(maps[i], 0).max() for i in {i_pred, i_true} if i is not None))
-    normalize = ("fixed", vmax)
+method = METHOD_LABELS.get(d.maps.method, d.maps.method) if d.maps is not None else METHOD_LABELS[DEFAULT_METHOD]
+cam_pred = map_of_class(d.maps, d.pred)
+cam_true = map_of_class(d.maps, d.label)
+shown = [c for c in (cam_pred, cam_true) if c is not None]
+if norm.startswith("shared") and shown:
+    normalize = ("fixed", float(max(np.maximum(c, 0).max() for c in shown)))
 elif norm.startswith("none"):
     normalize = "none"
 else:
     normalize = "image"
 
 
-def view(index):
-    spec = None if index is None or maps is None else (d.cam_data, len(d.cam_classes), d.cam_h, d.cam_w, index)
-    try:
-        return common.render_view(ctx.info.data_root, d.relpath, size, spec, colormap, alpha, normalize)
-    except (OSError, ValueError) as exc:
-        return f"cannot show {d.relpath}: {exc}"
+def view(cam):
+    return picture(ctx, d.relpath, size, cam, colormap=colormap, alpha=alpha, normalize=normalize)
 
 
 def show(col, title, pic, missing=None):
@@ -85,25 +83,24 @@ def show(col, title, pic, missing=None):
         st.markdown(f"**{title}**")
         if missing:
             st.info(missing)
-        elif isinstance(pic, bytes):
-            st.image(pic, width="stretch")
         else:
-            st.error(pic)
+            show_picture(pic)
 
 
 c1, c2, c3, c4 = st.columns([1, 1, 1, 1.2])
 show(c1, f"Model input ({size}×{size})", view(None))
-show(c2, f"Grad-CAM: predicted · {names[d.pred]}", view(i_pred),
-     None if i_pred is not None else "No map stored for the predicted class.")
+show(c2, f"{method}: predicted · {names[d.pred]}", view(cam_pred),
+     None if cam_pred is not None else "No map stored for the predicted class.")
 if d.pred == d.label:
-    show(c3, f"Grad-CAM: true · {names[d.label]}", None, "Prediction is correct: the true class's map is the one to its left.")
+    show(c3, f"{method}: true · {names[d.label]}", None, "Prediction is correct: the true class's map is the one to its left.")
 else:
-    show(c3, f"Grad-CAM: true · {names[d.label]}", view(i_true),
-         None if i_true is not None else "No map stored for the true class.")
+    show(c3, f"{method}: true · {names[d.label]}", view(cam_true),
+         None if cam_true is not None else "No map stored for the true class.")
 with c4:
     st.plotly_chart(top5_bars(names, d.top5_prob, label=d.label, idx=d.top5_idx), key="cmp_top5")
-if maps is not None and norm.startswith("none"):
-    st.caption(f"Raw map values span {float(maps.min()):.3g}–{float(maps.max()):.3g}; values above 1 saturate.")
+if shown and norm.startswith("none"):
+    lo, hi = min(float(c.min()) for c in shown), max(float(c.max()) for c in shown)
+    st.caption(f"Raw map values span {lo:.3g}–{hi:.3g}; values above 1 saturate.")
 
-common.publish(run=ctx.run_id, image=image_id, split=ss.get("split"), sport=ss.get("sport", []),
-               pred=ss.get("pred", []), conf=None if tuple(ss.get("conf", (0.0, 1.0))) == (0.0, 1.0) else tuple(ss["conf"]))
+state.publish(run=ctx.run_id, image=image_id, split=ss.get("split"), sport=ss.get("sport", []),
+              pred=ss.get("pred", []), conf=state.confidence_param())

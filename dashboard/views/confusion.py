@@ -2,22 +2,24 @@
 import streamlit as st
 
 from core.figures import confusion_heatmap
-from db.queries import confused_pairs
-from dashboard import common
+from core.metrics import confused_pairs
+from dashboard import loaders, state
+from dashboard.context import require_predictions, require_run, split_choice
+from dashboard.tiles import show_tiles
 
 st.title("Confusion matrix")
-ctx = common.require_run()
-preds = common.require_predictions(ctx)
+ctx = require_run()
+preds = require_predictions(ctx)
 names = ctx.names
 
 c1, c2, c3, c4 = st.columns([1, 1.3, 1.5, 1.2])
-splits = common.split_choice(ctx, preds, "cm_split", container=c1)
+splits = split_choice(ctx, preds, "cm_split", container=c1)
 scale = c2.radio("Cells", ["counts", "row-normalized"], key="cm_scale", horizontal=True)
 order = c3.radio("Order", ["alphabetical", "grouped by confusion"], key="cm_order", horizontal=True)
-common.seed("cm_hide_diag", "_cm_hide_diag", len(names) > 20)
+state.seed("cm_hide_diag", "_cm_hide_diag", len(names) > 20)
 hide_diag = c4.toggle("Hide correct (diagonal)", key="cm_hide_diag")
 
-cm = common.load_confusion(ctx.url, ctx.run_id, len(names), splits, ctx.stamp)
+cm = loaders.load_confusion(ctx.url, ctx.run_id, len(names), splits, ctx.stamp)
 fig = confusion_heatmap(
     cm,
     names,
@@ -32,7 +34,7 @@ pairs = confused_pairs(cm, names, limit=50)
 ss = st.session_state
 if pairs.empty:
     st.success("No misclassified images in this selection.")
-    common.publish(run=ctx.run_id, split=ss.get("split"))
+    state.publish(run=ctx.run_id, split=ss.get("split"))
     st.stop()
 
 labels = [f"{r.true} → {r.predicted} ({r.count})" for r in pairs.itertuples()]
@@ -62,7 +64,7 @@ if clicked != ss.get("_cm_last_click"):
 url_pair = None
 if len(ss.get("sport", [])) == 1 and len(ss.get("pred", [])) == 1 and ss["sport"][0] in names and ss["pred"][0] in names:
     url_pair = by_pair.get((names.index(ss["sport"][0]), names.index(ss["pred"][0])))
-common.seed("cm_pair", "_cm_pair", url_pair or labels[0], valid=lambda v: v in labels)
+state.seed("cm_pair", "_cm_pair", url_pair or labels[0], valid=lambda v: v in labels)
 if ss["cm_pair"] not in labels:
     ss["cm_pair"] = labels[0]
 
@@ -90,7 +92,7 @@ with right:
     rows = rows.sort_values("confidence", ascending=False)
     st.markdown(f"**{len(rows)}** image{'s' if len(rows) != 1 else ''} of *{names[t]}* predicted as *{names[p]}*"
                 + (f" (showing {min(len(rows), 12)})" if len(rows) > 12 else ""))
-    chosen = common.show_tiles(ctx, rows.head(12), per_row=4, key="cm_tile")
+    chosen = show_tiles(ctx, rows.head(12), per_row=4, key="cm_tile")
     if st.button("Open these in the gallery", key="cm_to_gallery"):
         ss["sport"], ss["pred"], ss["conf"], ss["page"] = [names[t]], [names[p]], (0.0, 1.0), 1
         st.switch_page("views/gallery.py")
@@ -98,4 +100,4 @@ with right:
         ss["image"] = chosen
         st.switch_page("views/compare.py")
 
-common.publish(run=ctx.run_id, split=ss.get("split"), sport=[names[t]], pred=[names[p]])
+state.publish(run=ctx.run_id, split=ss.get("split"), sport=[names[t]], pred=[names[p]])

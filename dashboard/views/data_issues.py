@@ -3,23 +3,25 @@
 These are problems of the data, not of the model; the page reads what ``jobs.audit`` stored and draws it.
 """
 import math
-from typing import Optional
 
 import pandas as pd
 import streamlit as st
 
-from dashboard import common
+from core.splits import SPLITS
+from dashboard import loaders, state
+from dashboard.context import require_run
+from dashboard.tiles import TILES_PER_ROW, map_of_class, picture, show_picture
 
 KINDS = ["exact", "near"]
 GROUP_PAGE_SIZES = (10, 25, 50)
 THUMB_PX = 160
 
 st.title("Data issues")
-ctx = common.require_run()
+ctx = require_run()
 names = list(ctx.names)
 ss = st.session_state
 
-report = common.load_audit(ctx.url, ctx.run_id, common.load_audit_stamp(ctx.url, ctx.run_id))
+report = loaders.load_audit(ctx.url, ctx.run_id, loaders.load_audit_stamp(ctx.url, ctx.run_id))
 if report is None:
     st.info(
         f"Run #{ctx.run_id} has no data audit yet. Run `python -m jobs.audit --run {ctx.run_id}` "
@@ -50,9 +52,9 @@ m4.metric("Suspect labels", f"{len(suspects):,}", help="given labels the model's
 # ------------------------------------------------------------------------------------------- filters
 with st.container(border=True):
     c1, c2, c3 = st.columns([1, 2, 1])
-    common.seed("di_kind", "kind", [], valid=lambda v: all(x in KINDS for x in v))
+    state.seed("di_kind", "kind", [], valid=lambda v: all(x in KINDS for x in v))
     kinds = c1.multiselect("Kind of duplicate", KINDS, key="di_kind", placeholder="any kind")
-    common.seed("di_sport", "sport", [], valid=lambda v: all(x in names for x in v))
+    state.seed("di_sport", "sport", [], valid=lambda v: all(x in names for x in v))
     sports = c2.multiselect("Sport", names, key="di_sport", placeholder="any sport")
     size = c3.selectbox("Per page", GROUP_PAGE_SIZES, key="di_size")
 ss["kind"], ss["sport"] = kinds, sports
@@ -95,26 +97,10 @@ def paged(items: list, key: str) -> list:
     return items[start : start + size]
 
 
-def picture(relpath: str, cam: Optional[tuple] = None):
-    """JPEG bytes of the file as the model saw it (with a map over it), or a text saying why not."""
-    try:
-        return common.render_view(ctx.info.data_root, relpath, min(THUMB_PX, ctx.info.image_size), cam,
-                                  "jet", 0.45, "image")
-    except (OSError, ValueError) as exc:
-        return f"cannot show {relpath}: {exc}"
-
-
-def show_picture(pic) -> None:
-    if isinstance(pic, bytes):
-        st.image(pic, width="stretch")
-    else:
-        st.error(pic)
-
-
 def show_group(g: dict) -> None:
     members = g["members"]
     labels = sorted({int(m["label"]) for m in members})
-    splits = [s for s in ("train", "valid", "test") if s in {m["split"] for m in members}]
+    splits = [s for s in SPLITS if s in {m["split"] for m in members}]
     extra = []
     if int(g["id"]) in conflict_labels:
         extra.append("⚠ labels disagree: " + ", ".join(
@@ -126,11 +112,11 @@ def show_group(g: dict) -> None:
             f"**Group {g['id']}** · {g['kind']} · score {g['score']:.3f} · {len(members)} images · "
             f"{', '.join(label_name(x) for x in labels)}" + "".join(f"  \n{e}" for e in extra)
         )
-        per_row = common.TILES_PER_ROW + 1
+        per_row = TILES_PER_ROW + 1
         for start in range(0, len(members), per_row):
             for col, m in zip(st.columns(per_row), members[start : start + per_row]):
                 with col:
-                    show_picture(picture(m["relpath"]))
+                    show_picture(picture(ctx, m["relpath"], THUMB_PX))
                     st.caption(f"**{m['split']}** · {label_name(int(m['label']))}  \n{m['relpath']}")
 
 
@@ -198,28 +184,22 @@ with t_sus:
     else:
         page = paged(shown_suspects, "di_suspects_page")
         rank = {id(sp): i + 1 for i, sp in enumerate(suspects)}
-        cams = common.load_cams(ctx.url, ctx.run_id, tuple(int(sp["image_id"]) for sp in page if "image_id" in sp),
-                                ctx.stamp)
-        per_row = common.TILES_PER_ROW
+        maps = loaders.load_maps(ctx.url, ctx.run_id, tuple(int(sp["image_id"]) for sp in page if "image_id" in sp),
+                                 ctx.stamp)
+        per_row = TILES_PER_ROW
         for start in range(0, len(page), per_row):
             for col, sp in zip(st.columns(per_row), page[start : start + per_row]):
-                spec = None
-                cam = cams.get(int(sp.get("image_id", -1)))
-                if cam is not None:
-                    classes, h, w, data = cam
-                    idx = common.cam_index(classes, int(sp["pred_label"]))
-                    if idx is not None:
-                        spec = (data, len(classes), h, w, idx)
+                cam = map_of_class(maps.get(int(sp.get("image_id", -1))), int(sp["pred_label"]))
                 with col:
-                    show_picture(picture(sp["relpath"], spec))
+                    show_picture(picture(ctx, sp["relpath"], THUMB_PX, cam))
                     st.caption(
                         f"#{rank[id(sp)]} · {sp['relpath']}  \n"
                         f"given: {label_name(int(sp['label']))} ({sp['given_prob']:.0%})  \n"
                         f"model: {label_name(int(sp['pred_label']))} ({sp['pred_prob']:.0%})"
-                        + ("" if spec else "  \nno stored map for the model's class")
+                        + ("" if cam is not None else "  \nno stored map for the model's class")
                     )
                     if "image_id" in sp and st.button("Compare", key=f"di_sus_{sp['image_id']}", width="stretch"):
                         ss["image"] = int(sp["image_id"])
                         st.switch_page("views/compare.py")
 
-common.publish(run=ctx.run_id, sport=sports, kind=kinds)
+state.publish(run=ctx.run_id, sport=sports, kind=kinds)

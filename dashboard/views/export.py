@@ -2,11 +2,13 @@
 import streamlit as st
 
 from core.report import FORMATS, ExportOptions
-from dashboard import common
+from dashboard import state
+from dashboard.context import require_predictions, require_run, split_choice
+from dashboard.figureset import figure_set_zip
 
 st.title("Export")
-ctx = common.require_run()
-preds = common.require_predictions(ctx)
+ctx = require_run()
+preds = require_predictions(ctx)
 names = list(ctx.names)
 ss = st.session_state
 
@@ -16,7 +18,7 @@ st.caption("The same files as `python -m jobs.export --run "
            "leakage and duplicate groups for an audited run, and the faithfulness table and plot and the sanity "
            "check for a run scored by `jobs.trust`. Plots are drawn at 300 dpi by a headless Chromium.")
 c1, c2 = st.columns([1, 2])
-splits = common.split_choice(ctx, preds, "exp_split", container=c1)
+splits = split_choice(ctx, preds, "exp_split", container=c1)
 formats = c2.multiselect("Formats of plots and sheets", list(FORMATS), default=["png"], key="exp_formats")
 sports = st.multiselect("Sports that get an error sheet", names, key="exp_sports",
                         placeholder="default: the 10 sports with the most errors")
@@ -25,7 +27,7 @@ signature = (ctx.run_id, ctx.stamp, splits, tuple(formats), tuple(sports))
 if st.button("Build figure set", key="exp_build", type="primary", disabled=not formats):
     options = ExportOptions(formats=tuple(formats), sports=tuple(sports) or None, splits=splits)
     with st.spinner("Drawing the figure set…"):
-        data, manifest = common.figure_set_zip(ctx, options)
+        data, manifest = figure_set_zip(ctx.url, ctx.run_id, options)
     ss["_exp_zip"] = (signature, data, manifest)
 
 built = ss.get("_exp_zip")
@@ -39,4 +41,4 @@ if built and built[0] == signature:
         st.warning(f"Skipped {item['item']}: {item['reason']}")
 elif not formats:
     st.info("Choose at least one format.")
-common.publish(run=ctx.run_id, split=ss.get("split"))
+state.publish(run=ctx.run_id, split=ss.get("split"))

@@ -3,29 +3,33 @@ import math
 
 import streamlit as st
 
-from dashboard import common
+from dashboard import loaders, state
+from dashboard.context import gallery_errors, require_predictions, require_run, split_choice
+from dashboard.tiles import TILES_PER_ROW, show_tiles
+
+PAGE_SIZES = (25, 50, 100)
 
 st.title("Misclassifications")
-ctx = common.require_run()
-preds = common.require_predictions(ctx)
+ctx = require_run()
+preds = require_predictions(ctx)
 names = list(ctx.names)
 ss = st.session_state
 
 with st.container(border=True):
     c1, c2 = st.columns(2)
-    common.seed("gal_true", "sport", [], valid=lambda v: all(x in names for x in v))
+    state.seed("gal_true", "sport", [], valid=lambda v: all(x in names for x in v))
     true = c1.multiselect("True sport", names, key="gal_true", placeholder="any sport")
-    common.seed("gal_pred", "pred", [], valid=lambda v: all(x in names for x in v))
+    state.seed("gal_pred", "pred", [], valid=lambda v: all(x in names for x in v))
     pred = c2.multiselect("Predicted sport", names, key="gal_pred", placeholder="any sport")
     c3, c4, c5 = st.columns([1, 2, 1])
-    common.split_choice(ctx, preds, "gal_split", container=c3)
-    common.seed("gal_conf", "conf", (0.0, 1.0), valid=lambda v: len(v) == 2 and 0 <= v[0] <= v[1] <= 1)
+    split_choice(ctx, preds, "gal_split", container=c3)
+    state.seed("gal_conf", "conf", (0.0, 1.0), valid=lambda v: len(v) == 2 and 0 <= v[0] <= v[1] <= 1)
     conf = c4.slider("Confidence of the prediction", 0.0, 1.0, step=0.01, key="gal_conf")
-    common.seed("gal_size", "_page_size", common.PAGE_SIZES[0], valid=lambda v: v in common.PAGE_SIZES)
-    size = c5.selectbox("Per page", common.PAGE_SIZES, key="gal_size")
+    state.seed("gal_size", "_page_size", PAGE_SIZES[0], valid=lambda v: v in PAGE_SIZES)
+    size = c5.selectbox("Per page", PAGE_SIZES, key="gal_size")
 ss["sport"], ss["pred"], ss["conf"], ss["_page_size"] = true, pred, tuple(conf), size
 
-errors = common.gallery_errors(ctx)
+errors = gallery_errors(ctx)
 total = int((preds["label"] != preds["pred"]).sum())
 pages = max(1, math.ceil(len(errors) / size))
 
@@ -36,13 +40,13 @@ if ss.get("_gal_sig") != signature:
         ss["page"] = 1
         ss.pop("gal_page", None)
     ss["_gal_sig"] = signature
-common.seed("gal_page", "page", 1, valid=lambda v: isinstance(v, int) and 1 <= v <= pages)
+state.seed("gal_page", "page", 1, valid=lambda v: isinstance(v, int) and 1 <= v <= pages)
 if not 1 <= ss["gal_page"] <= pages:
     ss["gal_page"] = 1
 
 st.markdown(f"**{len(errors):,}** misclassified images match the filters (of {total:,} errors in all).")
 if errors.empty:
-    common.publish(run=ctx.run_id, split=ss.get("split"), sport=true, pred=pred, conf=None if tuple(conf) == (0.0, 1.0) else tuple(conf))
+    state.publish(run=ctx.run_id, split=ss.get("split"), sport=true, pred=pred, conf=state.confidence_param())
     st.info("No misclassified image matches these filters." if total else "This run made no mistakes on these splits.")
     st.stop()
 
@@ -54,8 +58,9 @@ shown = errors.iloc[start : start + size]
 n2.caption(f"Showing {start + 1}–{start + len(shown)}, most confident mistakes first. "
            "The overlay is the Grad-CAM map of the predicted sport.")
 
-chosen = common.show_tiles(ctx, shown, per_row=common.TILES_PER_ROW, key="gal_tile", notes=common.flag_notes(ctx))
-common.publish(run=ctx.run_id, split=ss.get("split"), sport=true, pred=pred, conf=None if tuple(conf) == (0.0, 1.0) else tuple(conf), page=int(page))
+chosen = show_tiles(ctx, shown, per_row=TILES_PER_ROW, key="gal_tile", notes=loaders.flag_notes(ctx.url, ctx.run_id))
+state.publish(run=ctx.run_id, split=ss.get("split"), sport=true, pred=pred, conf=state.confidence_param(),
+              page=int(page))
 if chosen is not None:
     ss["image"] = chosen
     st.switch_page("views/compare.py")

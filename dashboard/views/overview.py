@@ -3,23 +3,25 @@ import pandas as pd
 import streamlit as st
 
 from core.figures import confidence_histogram, training_curves
-from dashboard import common
+from core.splits import SPLITS
+from dashboard import loaders, state
+from dashboard.context import TRAIN_HINT, require_run
 
 st.title("Overview")
-ctx = common.require_run()
+ctx = require_run()
 info = ctx.info
-common.publish(run=ctx.run_id)
+state.publish(run=ctx.run_id)
 st.caption(
     f"Run #{info.id} **{info.name}** · {info.status} · {len(info.classes)} classes · image size "
     f"{info.image_size}px · device {info.device} · weights {info.weights}"
     + (f" · finished {info.finished_at}" if info.finished_at else "")
 )
 
-preds = common.load_predictions(ctx.url, ctx.run_id, ctx.stamp)
-evals = common.load_evaluations(ctx.url, ctx.run_id, ctx.stamp).set_index("split")
-splits = [s for s in ("train", "valid", "test") if s in set(preds["split"]) or s in evals.index or s in info.metrics]
+preds = loaders.load_predictions(ctx.url, ctx.run_id, ctx.stamp)
+evals = loaders.load_evaluations(ctx.url, ctx.run_id, ctx.stamp).set_index("split")
+splits = [s for s in SPLITS if s in set(preds["split"]) or s in evals.index or s in info.metrics]
 if not splits:
-    st.info(f"Run #{info.id} has no evaluated split yet. {common.TRAIN_HINT}")
+    st.info(f"Run #{info.id} has no evaluated split yet. {TRAIN_HINT}")
 for split in splits:
     sp = preds[preds["split"] == split]
     m = info.metrics.get(split, {}) if isinstance(info.metrics.get(split), dict) else {}
@@ -27,7 +29,7 @@ for split in splits:
     top1 = ev["top1"] if ev is not None and pd.notna(ev["top1"]) else m.get("top1")
     top5 = ev["top5"] if ev is not None and pd.notna(ev["top5"]) else m.get("top5")
     if len(sp):
-        table = common.load_per_class(ctx.url, ctx.run_id, ctx.names, (split,), ctx.stamp)
+        table = loaders.load_per_class(ctx.url, ctx.run_id, ctx.names, (split,), ctx.stamp)
         seen = table[(table["support"] > 0) | (table["predicted"] > 0)]
         macro_f1 = float(seen["f1"].mean()) if len(seen) else None
         n_err = int((sp["label"] != sp["pred"]).sum())
@@ -43,7 +45,7 @@ for split, reason in info.absent_splits.items():
     st.caption(f"No {split} split: {reason}")
 
 st.subheader("Training curves")
-epochs = common.load_epochs(ctx.url, ctx.run_id, ctx.stamp)
+epochs = loaders.load_epochs(ctx.url, ctx.run_id, ctx.stamp)
 if epochs.empty:
     st.info("No epochs recorded for this run.")
 else:

@@ -2,23 +2,24 @@
 import streamlit as st
 
 from core.figures import per_class_bars
-from dashboard import common
+from dashboard import loaders, state
+from dashboard.context import require_predictions, require_run, split_choice
 
 st.title("Per-class accuracy")
-ctx = common.require_run()
-preds = common.require_predictions(ctx)
+ctx = require_run()
+preds = require_predictions(ctx)
 names = ctx.names
 ss = st.session_state
 
 c1, c2, c3 = st.columns([1, 1, 1])
-splits = common.split_choice(ctx, preds, "pc_split", container=c1)
+splits = split_choice(ctx, preds, "pc_split", container=c1)
 sort_by = c2.selectbox("Sort by", ["f1", "recall", "precision", "support", "class"], key="pc_sort")
 descending = c3.toggle("Best first", key="pc_desc")
 
-table = common.load_per_class(ctx.url, ctx.run_id, names, splits, ctx.stamp)
+table = loaders.load_per_class(ctx.url, ctx.run_id, names, splits, ctx.stamp)
 table = table.sort_values(sort_by, ascending=not descending, kind="stable")
 table = table.assign(errors=table["support"] - (table["recall"] * table["support"]).round().astype(int))
-flags = common.load_flags(ctx.url, ctx.run_id, common.load_audit_stamp(ctx.url, ctx.run_id))
+flags = loaders.load_current_flags(ctx.url, ctx.run_id)
 if not flags.empty:  # images the data audit involves, in the splits the table counts
     flags = flags[flags["split"].isin(splits or set(preds["split"]))]
     table = table.assign(flagged=table["class_idx"].map(flags["label"].value_counts()).fillna(0).astype(int))
@@ -44,7 +45,7 @@ left, right = st.columns([2, 1])
 with right:
     st.subheader("Look at a sport")
     order = list(table["class"])
-    common.seed("pc_sport", "_pc_sport", ss.get("sport", [order[0]])[0] if ss.get("sport") else order[0],
+    state.seed("pc_sport", "_pc_sport", ss.get("sport", [order[0]])[0] if ss.get("sport") else order[0],
                 valid=lambda v: v in order)
     sport = st.selectbox("Sport", order, key="pc_sport")
     ss["_pc_sport"] = sport
@@ -68,4 +69,4 @@ with left:
             st.caption(f"The first 40 classes in the table's order; switch on to chart all {len(table)}.")
     st.plotly_chart(per_class_bars(chart, sort_by=sort_by, ascending=not descending), key="pc_bars")
 
-common.publish(run=ctx.run_id, split=ss.get("split"), sport=sport)
+state.publish(run=ctx.run_id, split=ss.get("split"), sport=sport)

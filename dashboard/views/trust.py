@@ -1,39 +1,18 @@
 """Can the maps be trusted? Deletion / insertion scores against trivial maps, and the sanity cascade."""
-from typing import Optional
-
 import numpy as np
 import pandas as pd
 import streamlit as st
-from sqlalchemy.exc import OperationalError, ProgrammingError
 
+from core.cammaps import DEFAULT_METHOD, METHOD_LABELS, TARGET_PRED, TARGET_TRUE
 from core.figures import sanity_cascade, trust_curves, trust_distribution
-from dashboard import common
-from db import queries
+from core.metrics import RANDOM_BASELINE, trust_per_class, trust_summary
+from dashboard import loaders, state
+from dashboard.context import require_run
+from dashboard.tiles import TILE_PX, map_of_class, picture, show_picture
 
 GALLERY = 6
-
-
-@st.cache_data(show_spinner=False)
-def load_trust(url: str, run_id: int, stamp: str, version: str) -> pd.DataFrame:
-    with common._session(url) as s:
-        return queries.trust_frame(s, run_id)
-
-
-@st.cache_data(ttl=5, show_spinner=False)
-def load_trust_version(url: str, run_id: int) -> Optional[str]:
-    """When the run's latest trust job ran (``None``: never); part of the cache key of the scores."""
-    try:
-        with common._session(url) as s:
-            check = queries.sanity_check(s, run_id)
-    except (OperationalError, ProgrammingError):
-        return None  # a store written before these tables existed: no job has scored it yet
-    return None if check is None else str(check["created_at"])
-
-
-@st.cache_data(show_spinner=False)
-def load_sanity(url: str, run_id: int, version: str) -> Optional[dict]:
-    with common._session(url) as s:
-        return queries.sanity_check(s, run_id)
+BASELINES = (RANDOM_BASELINE, "centre")  # the maps that know nothing of the model, scored beside it
+LABEL = METHOD_LABELS[DEFAULT_METHOD]
 
 
 def curves_of(rows: pd.DataFrame) -> dict:
@@ -41,15 +20,15 @@ def curves_of(rows: pd.DataFrame) -> dict:
 
 
 st.title("Can the maps be trusted?")
-ctx = common.require_run()
+ctx = require_run()
 names = ctx.names
-version = load_trust_version(ctx.url, ctx.run_id)
+version = loaders.load_trust_version(ctx.url, ctx.run_id)
 if version is None:
     st.info(f"Run #{ctx.run_id} has no faithfulness scores yet. Run "
             f"`python -m jobs.trust --run {ctx.run_id}` (add `--sample 200` for a quick look), then reload.")
     st.stop()
-frame = load_trust(ctx.url, ctx.run_id, ctx.stamp, version)
-check = load_sanity(ctx.url, ctx.run_id, version)
+frame = loaders.load_trust(ctx.url, ctx.run_id, ctx.stamp, version)
+check = loaders.load_sanity(ctx.url, ctx.run_id, version)
 settings = check["settings"]
 st.caption(
     f"{settings.get('images', '?')} {settings.get('split', '')} images, {settings.get('steps')} steps, deleted "
@@ -60,29 +39,29 @@ st.caption(
 )
 
 c1, c2 = st.columns([1, 2])
-target = c1.radio("Map of", ["pred", "true"], key="tr_target", horizontal=True,
-                  format_func={"pred": "predicted class", "true": "true class (mistakes)"}.get)
+target = c1.radio("Map of", [TARGET_PRED, TARGET_TRUE], key="tr_target", horizontal=True,
+                  format_func={TARGET_PRED: "predicted class", TARGET_TRUE: "true class (mistakes)"}.get)
 rows = frame[frame["target"] == target]
 if rows.empty:
     st.info("No maps of this kind were scored (the true-class map is scored only for misclassified images).")
     st.stop()
-summary = queries.trust_summary(frame, target)
+summary = trust_summary(frame, target)
 cols = st.columns(4)
-for col, m in zip(cols, ("gradcam", "random", "centre")):
+for col, m in zip(cols, (DEFAULT_METHOD, *BASELINES)):
     v = summary["methods"].get(m)
     if v:
         col.metric(f"{m}: deletion AUC", f"{v['deletion_auc']:.3f}", help=f"insertion AUC {v['insertion_auc']:.3f}")
-beats = summary["gradcam_beats"].get("random")
+beats = summary["gradcam_beats"].get(RANDOM_BASELINE)
 if beats:
-    cols[3].metric("Grad-CAM beats random", f"{beats['deletion']:.0%}",
+    cols[3].metric(f"{LABEL} beats random", f"{beats['deletion']:.0%}",
                    help=f"share of images with a lower deletion AUC; {beats['insertion']:.0%} with a higher "
                    "insertion AUC")
 
 st.subheader("Per class")
-table = queries.trust_per_class(frame, names, target).sort_values("beats_random", kind="stable")
+table = trust_per_class(frame, names, target).sort_values("beats_random", kind="stable")
 classes = list(table["class"])
 default = classes[: min(12, len(classes))]
-chosen = c2.multiselect("Classes in the chart (default: the 12 where Grad-CAM beats random least often)",
+chosen = c2.multiselect(f"Classes in the chart (default: the 12 where {LABEL} beats random least often)",
                         classes, default=default, key="tr_classes")
 metric = st.radio("Score", ["deletion_auc", "insertion_auc"], key="tr_metric", horizontal=True,
                   format_func=lambda m: m.replace("_", " "))
@@ -93,32 +72,22 @@ prog = {c: st.column_config.ProgressColumn(c, min_value=0.0, max_value=1.0, form
         for c in table.columns if c.startswith(("del_", "ins_"))}
 prog["beats_random"] = st.column_config.ProgressColumn(
     "beats random", min_value=0.0, max_value=1.0, format="%.2f",
-    help="share of the class's images where Grad-CAM's deletion AUC is below the random map's")
+    help=f"share of the class's images where {LABEL}'s deletion AUC is below the random map's")
 st.dataframe(table, hide_index=True, key="tr_table", column_config=prog, height=min(420, 38 + 35 * len(table)))
 
 st.subheader("Least faithful maps")
 wide = rows.pivot_table(index="image_id", columns="method", values="deletion_auc")
-gap = (wide["gradcam"] - wide.get("random", 0.0)).sort_values(ascending=False)
+gap = (wide[DEFAULT_METHOD] - wide.get(RANDOM_BASELINE, 0.0)).sort_values(ascending=False)
 worst = gap.index[:GALLERY].tolist()
-st.caption("Grad-CAM's deletion AUC minus the random map's, largest first: where removing the pixels the "
+st.caption(f"{LABEL}'s deletion AUC minus the random map's, largest first: where removing the pixels the "
            "map calls important hurts the prediction less than removing random ones.")
 info = rows.drop_duplicates("image_id").set_index("image_id")
-cams = common.load_cams(ctx.url, ctx.run_id, tuple(int(i) for i in worst), ctx.stamp)
-px = min(common.TILE_PX, ctx.info.image_size)
+maps = loaders.load_maps(ctx.url, ctx.run_id, tuple(int(i) for i in worst), ctx.stamp)
 for start in range(0, len(worst), 3):
     for col, image_id in zip(st.columns(3), worst[start : start + 3]):
         r = info.loc[image_id]
-        spec = None
-        cam = cams.get(int(image_id))
-        if cam is not None:
-            idx = common.cam_index(cam[0], int(r.class_index))
-            spec = None if idx is None else (cam[3], len(cam[0]), cam[1], cam[2], idx)
         with col:
-            try:
-                st.image(common.render_view(ctx.info.data_root, r.relpath, px, spec, "jet", 0.45, "image"),
-                         width="stretch")
-            except (OSError, ValueError) as exc:
-                st.caption(f"cannot show {r.relpath}: {exc}")
+            show_picture(picture(ctx, r.relpath, TILE_PX, map_of_class(maps.get(int(image_id)), int(r.class_index))))
             st.caption(f"{r.relpath} · true {names[int(r.label)]} · map of {names[int(r.class_index)]} · "
                        f"gap {gap[image_id]:+.3f}")
             st.plotly_chart(trust_curves(np.linspace(0, 1, len(r.deletion_curve)),
@@ -128,7 +97,7 @@ for start in range(0, len(worst), 3):
 st.subheader("Curves of one image")
 ids = list(info.index)
 labels = {i: f"{info.loc[i].relpath} ({names[int(info.loc[i].label)]})" for i in ids}
-common.seed("tr_image", "image", ids[0], valid=lambda v: v in ids)
+state.seed("tr_image", "image", ids[0], valid=lambda v: v in ids)
 image_id = st.selectbox("Image", ids, format_func=labels.get, key="tr_image")
 one = rows[rows["image_id"] == image_id]
 st.plotly_chart(trust_curves(np.linspace(0, 1, len(one.iloc[0].deletion_curve)), curves_of(one)), key="tr_one")
@@ -144,4 +113,4 @@ st.caption(
 st.plotly_chart(sanity_cascade(check["stages"]), key="tr_cascade")
 st.dataframe(pd.DataFrame(check["stages"]).drop(columns=["modules"], errors="ignore"), hide_index=True,
              key="tr_cascade_table")
-common.publish(run=ctx.run_id, image=image_id)
+state.publish(run=ctx.run_id, image=image_id)

@@ -1,0 +1,142 @@
+"""The run a page shows: opening the store, the run picker, and the explanations when there is nothing to show.
+
+Every page starts with ``require_run()``: it returns a :class:`Ctx` (store URL, run, the stamp that keys
+the caches, the run's info) or explains in one message why there is nothing to show (no store, an empty
+one, one written by an older version, an unreadable one) and stops the page.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import pandas as pd
+import streamlit as st
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from core.splits import SPLITS
+from dashboard import loaders
+from dashboard.state import gallery_filtered, seed
+from db import queries
+from db.store import StoreError
+
+TRAIN_HINT = "Run `python -m jobs.train` (it trains the demo and writes the store), then reload this page."
+UPGRADE_COMMAND = "python -m jobs.upgrade"
+
+
+@dataclass(frozen=True)
+class Ctx:
+    url: str
+    run_id: int
+    stamp: str
+    info: queries.RunInfo
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.info.classes
+
+
+def shown_url(url: str) -> str:
+    """The store URL as a page may show it: any password hidden."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def upgrade_message(url: str) -> str:
+    """The one line shown on every page for a store of an older schema."""
+    return (f"This store was written by an older version of sports-cam. Upgrade it with "
+            f"`{UPGRADE_COMMAND} --db {shown_url(url)}` (a SQLite file is backed up first), then reload this page.")
+
+
+def open_store() -> str:
+    """The store URL, or an explanation and ``st.stop()`` when there is no usable store."""
+    url = None
+    try:
+        url = loaders.store_url()
+        loaders.connect(url)
+    except StoreError as exc:
+        if url is not None and UPGRADE_COMMAND in str(exc):
+            st.error(upgrade_message(url))
+        else:
+            st.info(f"No results to show yet: {exc}.\n\n{TRAIN_HINT}")
+        st.stop()
+    except SQLAlchemyError as exc:
+        st.error(f"Cannot read the store: {exc.__class__.__name__}: {str(exc).splitlines()[0]}")
+        st.stop()
+    return url
+
+
+def _stamp(runs: pd.DataFrame, run_id: int) -> str:
+    row = runs.loc[runs["id"] == run_id].iloc[0]
+    stamp = f"{row['status']}|{row['finished_at']}"
+    if row["status"] == "running":
+        stamp += f"|{int(time.time() // 30)}"  # a run in progress keeps changing: refresh every 30 s
+    return stamp
+
+
+def run_picker(url: str) -> Optional[int]:
+    """Sidebar choice of run (newest complete run by default); ``None`` when the store holds no run."""
+    runs = loaders.load_runs(url)
+    if runs.empty:
+        return None
+    ids = [int(i) for i in runs["id"]]
+    labels = {int(r.id): f"#{r.id} {r.name} ({r.status})" for r in runs.itertuples()}
+    default = loaders.load_default_run(url)
+    seed("sb_run", "run", default, valid=lambda v: v in ids)
+    run_id = st.sidebar.selectbox("Run", ids, format_func=labels.get, key="sb_run")
+    st.session_state["run"] = run_id
+    return run_id
+
+
+def sidebar() -> None:
+    """The run picker, when the store can be read; otherwise nothing (the page explains)."""
+    try:
+        run_picker(loaders.store_url())
+    except (StoreError, SQLAlchemyError):
+        pass
+
+
+def require_run() -> Ctx:
+    """The chosen run, or an explanation and ``st.stop()``."""
+    url = open_store()
+    runs = loaders.load_runs(url)
+    if runs.empty:
+        st.info(f"The store at `{shown_url(url)}` holds no runs yet.\n\n{TRAIN_HINT}")
+        st.stop()
+    run_id = st.session_state.get("run")
+    if run_id not in set(int(i) for i in runs["id"]):
+        run_id = loaders.load_default_run(url)
+    stamp = _stamp(runs, run_id)
+    info = loaders.load_run(url, run_id, stamp)
+    if info is None:
+        st.error(f"Run {run_id} is not in the store any more; choose another in the sidebar.")
+        st.stop()
+    if info.status == "failed":
+        st.warning(f"Run #{info.id} failed: {info.error or 'no error recorded'}. Showing what it wrote.")
+    elif info.status == "running":
+        st.warning(f"Run #{info.id} is still running; figures refresh as it writes.")
+    return Ctx(url=url, run_id=run_id, stamp=stamp, info=info)
+
+
+def require_predictions(ctx: Ctx) -> pd.DataFrame:
+    preds = loaders.load_predictions(ctx.url, ctx.run_id, ctx.stamp)
+    if preds.empty:
+        st.info(f"Run #{ctx.run_id} has no predictions yet: its evaluation has not been written. {TRAIN_HINT}")
+        st.stop()
+    return preds
+
+
+def split_choice(ctx: Ctx, preds: pd.DataFrame, key: str, *, container=st) -> Optional[tuple[str, ...]]:
+    """A split selector (``all`` or one split); returns the splits to use, ``None`` meaning all."""
+    present = [s for s in SPLITS if s in set(preds["split"])]
+    options = ["all"] + present
+    seed(key, "split", "all", valid=lambda v: v in options)
+    choice = container.selectbox("Split", options, key=key)
+    st.session_state["split"] = choice
+    return None if choice == "all" else (choice,)
+
+
+def gallery_errors(ctx: Ctx) -> pd.DataFrame:
+    """The run's errors under the gallery filters held in the shared state (the gallery's list, and the one
+    the comparison page's Previous/Next walk)."""
+    return gallery_filtered(loaders.load_errors(ctx.url, ctx.run_id, ctx.stamp), ctx.names)

@@ -1,0 +1,58 @@
+"""Stored CAM maps: one ``StoredMaps`` per image and method, and which methods a run has maps of."""
+from __future__ import annotations
+
+from typing import Iterable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core.cammaps import DEFAULT_METHOD, METHOD_NAMES, TARGET_PRED, TARGET_TRUE, TARGETS, StoredMaps, check_method
+from db.models import CamMap
+from db.queries.frames import ID_CHUNK
+
+
+def maps_for(session: Session, run_id: int, image_ids: Iterable[int],
+             method: str = DEFAULT_METHOD) -> dict[int, StoredMaps]:
+    """The stored ``method`` maps of several images, ``{image_id: StoredMaps}`` with the targets in
+    ``core.cammaps.TARGETS`` order; images without such maps are left out."""
+    check_method(method)
+    ids = sorted({int(i) for i in image_ids})
+    found: dict[int, list] = {}
+    for lo in range(0, len(ids), ID_CHUNK):
+        stmt = select(CamMap.image_id, CamMap.target, CamMap.class_index, CamMap.h, CamMap.w, CamMap.data).where(
+            CamMap.run_id == run_id, CamMap.method == method, CamMap.image_id.in_(ids[lo:lo + ID_CHUNK]))
+        for row in session.execute(stmt).all():
+            found.setdefault(int(row.image_id), []).append(row)
+    out = {}
+    for image_id, rows in found.items():
+        rows.sort(key=lambda r: TARGETS.index(r.target) if r.target in TARGETS else len(TARGETS))
+        sizes = {(r.h, r.w) for r in rows}
+        if len(sizes) != 1:
+            raise ValueError(f"run {run_id}, image {image_id}: {method} maps of different sizes {sorted(sizes)}")
+        (h, w), = sizes
+        out[image_id] = StoredMaps(image_id=image_id, method=method, targets=tuple(r.target for r in rows),
+                                   classes=tuple(int(r.class_index) for r in rows), h=int(h), w=int(w),
+                                   data=tuple(bytes(r.data) for r in rows))
+    return out
+
+
+def cams_for(session: Session, run_id: int, image_ids: Iterable[int]) -> dict[int, tuple[tuple[int, ...], int, int, bytes]]:
+    """The schema-1 shape of :func:`maps_for` for the gradcam maps, ``{image_id: (classes, h, w, float16
+    bytes of the pred map then the true map)}``; kept while pages move to ``maps_for``."""
+    out = {}
+    for image_id, m in maps_for(session, run_id, image_ids, DEFAULT_METHOD).items():
+        targets = [t for t in (TARGET_PRED, TARGET_TRUE) if t in m.targets]
+        out[image_id] = (tuple(m.class_of(t) for t in targets), m.h, m.w,
+                         b"".join(m.data[m.targets.index(t)] for t in targets))
+    return out
+
+
+def ordered_methods(names: Iterable[str]) -> list[str]:
+    """Method names without repeats, in ``METHOD_NAMES`` order, unknown ones after them."""
+    names = set(names)
+    return [m for m in METHOD_NAMES if m in names] + sorted(names - set(METHOD_NAMES))
+
+
+def stored_methods(session: Session, run_id: int) -> list[str]:
+    """The CAM methods the run has maps of, in ``core.cammaps.METHOD_NAMES`` order."""
+    return ordered_methods(session.scalars(select(CamMap.method).where(CamMap.run_id == run_id).distinct()))
