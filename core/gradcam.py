@@ -29,7 +29,6 @@ No gradient ever reaches a parameter's ``.grad``.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Sequence, Union
 
@@ -47,7 +46,7 @@ from core.cammaps import (  # noqa: F401 (re-exported)
     encode_maps, overlay, upsample,
 )
 from core.camlayer import LayerTap, forward_with_tap  # noqa: F401 (LayerTap re-exported)
-from core.model import DEFAULT_CAM_LAYER
+from core.model import DEFAULT_CAM_LAYER, eval_mode  # noqa: F401 (eval_mode re-exported)
 
 Targets = Union[torch.Tensor, np.ndarray, Sequence[int], Sequence[Sequence[int]]]
 
@@ -88,19 +87,6 @@ def _check_logits(logits, n: int, layer) -> None:
         raise ValueError(f"model must return logits (N, num_classes) with N={n}, got {got}")
     if not logits.requires_grad:
         raise ValueError(f"the model's logits do not depend on layer {layer!r} with grad enabled")
-
-
-# Until core.model provides the shared helper, this is it; callers use the name ``eval_mode``.
-@contextmanager
-def eval_mode(model: nn.Module):
-    """Eval mode inside the block; afterwards every module's own mode as before (mixed states too)."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 def check_methods(methods: str | Sequence[str]) -> tuple[str, ...]:
