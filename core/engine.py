@@ -106,6 +106,10 @@ def _autocast(device: torch.device, amp: "bool | Precision"):
     return torch.autocast(device_type=device.type, enabled=False)
 
 
+def _zero(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return torch.zeros((), dtype=dtype, device=device)
+
+
 def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     x = x.to(device, non_blocking=True)
     if device.type == "cuda":
@@ -135,7 +139,9 @@ def train_one_epoch(
     """
     amp = precision if precision is not None else scaler is not None
     model.train()
-    loss_sum = correct = seen = 0.0
+    # Sums stay on the device until the epoch ends: reading them per step would make the host wait for the
+    # GPU every step, so it could not queue the next batch's work while the current one runs.
+    loss_sum, correct, seen = _zero(device, torch.float64), _zero(device, torch.long), 0
     for x, y, _idx, bad, _sizes in tqdm(loader, desc=desc, leave=False, disable=not env.is_main):
         skipped.add(bad)
         blank = x is None
@@ -169,10 +175,10 @@ def train_one_epoch(
         if blank:
             continue
         n = y.numel()
-        loss_sum += loss.item() * n
-        correct += (logits.argmax(1) == y).sum().item()
+        loss_sum += loss.detach().double() * n
+        correct += (logits.argmax(1) == y).sum()
         seen += n
-    loss_sum, correct, seen = all_reduce_sum(env, [loss_sum, correct, seen], device)
+    loss_sum, correct, seen = all_reduce_sum(env, [loss_sum.item(), float(correct.item()), seen], device)
     if not seen:
         raise RuntimeError("no usable training image in this epoch: every file was skipped")
     return {"loss": loss_sum / seen, "acc": correct / seen, "images": int(seen)}
@@ -182,7 +188,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, *, amp: "bool | Pre
              skipped: Skipped, desc: str = "valid") -> dict[str, float]:
     """Loss and top-1 accuracy over this rank's shard, summed over ranks."""
     model.eval()
-    loss_sum = correct = seen = 0.0
+    loss_sum, correct, seen = _zero(device, torch.float64), _zero(device, torch.long), 0
     with torch.inference_mode():
         for x, y, _idx, bad, _sizes in tqdm(loader, desc=desc, leave=False, disable=not env.is_main):
             skipped.add(bad)
@@ -191,10 +197,10 @@ def evaluate(model: nn.Module, loader, device: torch.device, *, amp: "bool | Pre
             x, y = _to_device(x, device), y.to(device, non_blocking=True)
             with _autocast(device, amp):
                 logits = model(x)
-            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
-            correct += (logits.argmax(1) == y).sum().item()
+            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
+            correct += (logits.argmax(1) == y).sum()
             seen += y.numel()
-    loss_sum, correct, seen = all_reduce_sum(env, [loss_sum, correct, seen], device)
+    loss_sum, correct, seen = all_reduce_sum(env, [loss_sum.item(), float(correct.item()), seen], device)
     if not seen:
         return {"loss": float("nan"), "acc": float("nan"), "images": 0}
     return {"loss": loss_sum / seen, "acc": correct / seen, "images": int(seen)}

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from core import dist
-from core.augment import augment_batch, normalize
+from core.augment import boxes_on_grid, draw_crops, normalize, resized_crops
 from core.cache import DecodedCache, DecodedSplit
 from core.data import DatasetIndex, ImageDataset, collate
 from core.model import IMAGENET_MEAN, IMAGENET_STD
@@ -44,25 +44,30 @@ class CachedLoader:
     def __len__(self) -> int:
         return -(-len(self.order) // self.batch_size)
 
-    def _read(self, idx: Sequence[int]):
-        """The CPU half of a batch: good indices, bad (index, reason), uint8 pixels."""
+    def _read(self, idx: Sequence[int], epoch: int):
+        """The host half of a batch: good indices, bad (index, reason), uint8 pixels and, for training, the
+        crop boxes and flips drawn for this epoch."""
         ds = self.dataset
         good = [i for i in idx if ds.ok[i]]
         bad = [(i, ds.reasons[i]) for i in idx if not ds.ok[i]]
-        pixels = None
-        if good:
-            pixels = torch.from_numpy(ds.take(good))
-            if self.device.type == "cuda":
-                pixels = pixels.pin_memory()
-        return good, bad, pixels
+        if not good:
+            return good, bad, None, None
+        pixels = torch.from_numpy(ds.take(good))
+        if self.device.type == "cuda":
+            pixels = pixels.pin_memory()
+        crops = None
+        if self.train:
+            draws = draw_crops([ds.samples[i].relpath for i in good], ds.wh[good], self.seed, epoch)
+            crops = torch.from_numpy(boxes_on_grid(draws, ds.wh[good], ds.size)), torch.from_numpy(draws[:, 4] > 0.5)
+        return good, bad, pixels, crops
 
-    def _reads(self, stop: threading.Event, out: queue.Queue) -> None:
+    def _reads(self, epoch: int, stop: threading.Event, out: queue.Queue) -> None:
         try:
             order = list(iter(self.order))
             for a in range(0, len(order), self.batch_size):
                 if stop.is_set():
                     return
-                out.put(self._read(order[a:a + self.batch_size]))
+                out.put(self._read(order[a:a + self.batch_size], epoch))
             out.put(None)
         except BaseException as exc:  # handed to the consumer, which raises it
             out.put(exc)
@@ -70,7 +75,7 @@ class CachedLoader:
     def __iter__(self) -> Iterator:
         ds = self.dataset
         stop, q = threading.Event(), queue.Queue(maxsize=max(1, self.prefetch))
-        reader = threading.Thread(target=self._reads, args=(stop, q), daemon=True, name="cache-reader")
+        reader = threading.Thread(target=self._reads, args=(ds.epoch, stop, q), daemon=True, name="cache-reader")
         reader.start()
         try:
             while True:
@@ -79,14 +84,13 @@ class CachedLoader:
                     return
                 if isinstance(item, BaseException):
                     raise item
-                good, bad, pixels = item
+                good, bad, pixels, crops = item
                 if not good:
                     yield None, None, None, bad, {}
                     continue
                 x = pixels.to(self.device, non_blocking=True)
-                if self.train:
-                    x = augment_batch(x, [ds.samples[i].relpath for i in good], ds.wh[good], self.seed,
-                                      ds.epoch, ds.size, self.mean, self.std)
+                if crops is not None:
+                    x = resized_crops(x, *crops, ds.size, self.mean, self.std)
                 else:
                     x = normalize(x, self.mean, self.std)
                 y = torch.from_numpy(ds.labels[good])
