@@ -2,7 +2,7 @@
 
 The draws are those of the JPEG path (core.data.draw_crop, from the generator of each image, seed and epoch)
 made in the coordinates of the original image, so a crop covers the same part of the picture on both paths;
-only the resampling differs (torchvision's roi_align on the decoded array instead of PIL on the original).
+only the resampling differs (bilinear grid_sample on the decoded array instead of PIL on the original).
 Normalisation repeats core.data.to_tensor's operations in the same order, so evaluation tensors are equal
 bit for bit.
 """
@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torchvision.ops import roi_align
+import torch.nn.functional as F
 
 from core.data import _sample_seed, draw_crop
 
@@ -35,38 +35,65 @@ def boxes_on_grid(draws: np.ndarray, wh: np.ndarray, side: int) -> np.ndarray:
     return np.stack([x0 * sx, y0 * sy, (x0 + cw) * sx, (y0 + ch) * sy], axis=1)
 
 
-def _stats(values, like: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.float32).view(1, 3, 1, 1).to(like.device)
+_STATS: dict[tuple, torch.Tensor] = {}
+
+
+def _stats(values, device: torch.device) -> torch.Tensor:
+    """Mean or std as a (1, 3, 1, 1) float32 tensor on ``device``, made once."""
+    key = (tuple(float(v) for v in values), str(device))
+    if key not in _STATS:
+        _STATS[key] = torch.tensor(key[0], dtype=torch.float32).view(1, 3, 1, 1).to(device)
+    return _STATS[key]
+
+
+def _check_batch(pixels: torch.Tensor) -> None:
+    if pixels.dtype != torch.uint8 or pixels.dim() != 4 or pixels.shape[-1] != 3:
+        raise ValueError(f"expected a (B, H, W, 3) uint8 batch, got {tuple(pixels.shape)} {pixels.dtype}")
 
 
 def normalize(pixels: torch.Tensor, mean, std) -> torch.Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float32, exactly as core.data.to_tensor does image by image."""
-    if pixels.dtype != torch.uint8 or pixels.dim() != 4 or pixels.shape[-1] != 3:
-        raise ValueError(f"expected a (B, H, W, 3) uint8 batch, got {tuple(pixels.shape)} {pixels.dtype}")
-    t = pixels.permute(0, 3, 1, 2).float().div_(255.0)
-    return (t - _stats(mean, t)) / _stats(std, t)
+    _check_batch(pixels)
+    t = pixels.permute(0, 3, 1, 2).float().div_(255.0).contiguous()
+    return (t - _stats(mean, t.device)) / _stats(std, t.device)
+
+
+def sampling_grid(boxes: torch.Tensor, flips: torch.Tensor, size: int, height: int, width: int) -> torch.Tensor:
+    """The (B, size, size, 2) grid_sample grid that resizes each box to size x size, mirrored where ``flips``.
+
+    Output pixel j of a box from x0 to x1 samples x0 + (j + 1/2) (x1 - x0) / size in continuous pixel
+    coordinates (pixel i covers [i, i + 1)), as PIL's resize with a box does; a flip takes column
+    size - 1 - j instead, which is PIL's mirror of the resized crop.
+    """
+    b = boxes.shape[0]
+    j = torch.arange(size, dtype=torch.float32, device=boxes.device) + 0.5
+    jx = torch.where(flips.view(b, 1), size - j, j)  # (B, size)
+    x0, y0, x1, y1 = boxes.unbind(1)
+    gx = 2.0 * (x0[:, None] + jx * ((x1 - x0)[:, None] / size)) / width - 1.0
+    gy = 2.0 * (y0[:, None] + j * ((y1 - y0)[:, None] / size)) / height - 1.0
+    return torch.stack((gx[:, None, :].expand(b, size, size), gy[:, :, None].expand(b, size, size)), dim=-1)
 
 
 def resized_crops(pixels: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: int, mean, std
                   ) -> torch.Tensor:
     """Crop ``boxes`` (B, 4: x0, y0, x1, y1 in pixels of ``pixels``) out of the (B, H, W, 3) uint8 batch,
-    resize each to size x size (bilinear; averaging several samples per output pixel where it shrinks),
-    mirror where ``flips``, round to whole levels as PIL does, and normalise. One call for the batch."""
-    if pixels.dtype != torch.uint8 or pixels.dim() != 4 or pixels.shape[-1] != 3:
-        raise ValueError(f"expected a (B, H, W, 3) uint8 batch, got {tuple(pixels.shape)} {pixels.dtype}")
-    b = pixels.shape[0]
+    resize each to size x size (bilinear, edges repeated), mirror where ``flips`` and normalise: one
+    grid_sample for the whole batch.
+
+    Bilinear sampling without averaging is right while a crop is no larger than the output, as with the
+    decoded cache, whose side is the image size; much larger crops would alias.
+    """
+    _check_batch(pixels)
+    b, height, width = pixels.shape[:3]
     if boxes.shape != (b, 4) or flips.shape != (b,):
         raise ValueError(f"expected boxes ({b}, 4) and flips ({b},), got {tuple(boxes.shape)} and "
                          f"{tuple(flips.shape)}")
-    x = pixels.permute(0, 3, 1, 2).float().contiguous()
-    ids = torch.arange(b, dtype=torch.float32, device=x.device).unsqueeze(1)
-    rois = torch.cat([ids, boxes.to(device=x.device, dtype=torch.float32)], dim=1)
-    # aligned=True: pixel i covers [i, i + 1), as PIL's resize box does.
-    out = roi_align(x, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
-    out = out.round_().clamp_(0, 255)
-    out = torch.where(flips.to(x.device).view(b, 1, 1, 1), out.flip(-1), out)
-    out = out.div_(255.0)
-    return (out - _stats(mean, out)) / _stats(std, out)
+    x = pixels.permute(0, 3, 1, 2).float()
+    grid = sampling_grid(boxes.to(x.device, torch.float32), flips.to(x.device), size, height, width)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    # (v / 255 - mean) / std in one pass; training needs no bit-for-bit match with to_tensor
+    scale = 1.0 / (255.0 * _stats(std, out.device))
+    return torch.addcmul(-_stats(mean, out.device) / _stats(std, out.device), out, scale)
 
 
 def augment_batch(pixels: torch.Tensor, relpaths: Sequence[str], wh: np.ndarray, seed: int, epoch: int,

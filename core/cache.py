@@ -21,7 +21,7 @@ gives another key and so a fresh cache (the stale one of the same data folder is
 with the same size and the same mtime is not noticed. A cache that cannot be written (read-only folder, full
 disk) raises CacheUnavailable; :class:`DecodedCache` turns that into one warning and the JPEG path.
 
-This module reads and writes numpy arrays only (no torch), so its build workers start quickly.
+This module reads and writes numpy arrays only; it does not need torch.
 """
 from __future__ import annotations
 
@@ -32,9 +32,9 @@ import logging
 import os
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
@@ -127,7 +127,7 @@ class DecodedSplit:
         return out
 
 
-# --------------------------------------------------------------------------- decoding (runs in workers)
+# --------------------------------------------------------------------------- decoding
 
 def decode_chunk(job: tuple[str, list[str], int]) -> tuple[np.ndarray, list[str], list[tuple[int, int]]]:
     """Decode the files of one chunk: their pixels at side x side, skip reasons and original sizes."""
@@ -148,25 +148,32 @@ def decode_chunk(job: tuple[str, list[str], int]) -> tuple[np.ndarray, list[str]
 
 
 def _decoded(jobs: list[tuple[int, tuple]], workers: int) -> Iterator[tuple[int, tuple]]:
-    """(chunk number, decode_chunk result) in order; with workers, a bounded window of chunks in flight."""
+    """(chunk number, decode_chunk result) in order; with workers, threads decode a bounded window ahead.
+
+    Threads, not processes: Pillow lets go of the interpreter lock while it decodes and resizes, and a
+    thread hands its chunk back without pickling 40 MB of pixels.
+    """
     if workers <= 0:
         for k, job in jobs:
             yield k, decode_chunk(job)
         return
-    # spawn: the parent may hold CUDA and threads, which a forked child must not inherit.
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        window, pending = 2 * workers, []
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cache-decode") as pool:
+        pending: deque = deque()
         it = iter(jobs)
         for k, job in it:
             pending.append((k, pool.submit(decode_chunk, job)))
-            if len(pending) >= window:
+            if len(pending) >= 2 * workers:
                 break
-        while pending:
-            k, fut = pending.pop(0)
-            yield k, fut.result()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append((nxt[0], pool.submit(decode_chunk, nxt[1])))
+        try:
+            while pending:
+                k, fut = pending.popleft()
+                yield k, fut.result()
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.append((nxt[0], pool.submit(decode_chunk, nxt[1])))
+        finally:
+            for _, fut in pending:
+                fut.cancel()
 
 
 # --------------------------------------------------------------------------- writing

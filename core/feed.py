@@ -35,10 +35,14 @@ class CachedLoader:
     """Batches of a DecodedSplit in the order of ``order`` (a sampler or a list of indices)."""
 
     def __init__(self, split: DecodedSplit, order, batch_size: int, device: torch.device, *, train: bool,
-                 seed: int = 0, mean=IMAGENET_MEAN, std=IMAGENET_STD, prefetch: int = 2):
+                 seed: int = 0, mean=IMAGENET_MEAN, std=IMAGENET_STD, prefetch: Optional[int] = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.dataset, self.order, self.batch_size, self.device = split, order, batch_size, torch.device(device)
+        # A reader thread pays off where the main thread waits on the GPU; on the CPU both threads would
+        # contend for the interpreter lock instead, so batches are read in turn.
+        if prefetch is None:
+            prefetch = 2 if self.device.type == "cuda" else 0
         self.train, self.seed, self.mean, self.std, self.prefetch = train, seed, mean, std, prefetch
 
     def __len__(self) -> int:
@@ -72,10 +76,10 @@ class CachedLoader:
         except BaseException as exc:  # handed to the consumer, which raises it
             out.put(exc)
 
-    def __iter__(self) -> Iterator:
-        ds = self.dataset
-        stop, q = threading.Event(), queue.Queue(maxsize=max(1, self.prefetch))
-        reader = threading.Thread(target=self._reads, args=(ds.epoch, stop, q), daemon=True, name="cache-reader")
+    def _prefetched(self, epoch: int) -> Iterator:
+        """The host halves, read ahead by a thread."""
+        stop, q = threading.Event(), queue.Queue(maxsize=self.prefetch)
+        reader = threading.Thread(target=self._reads, args=(epoch, stop, q), daemon=True, name="cache-reader")
         reader.start()
         try:
             while True:
@@ -84,18 +88,7 @@ class CachedLoader:
                     return
                 if isinstance(item, BaseException):
                     raise item
-                good, bad, pixels, crops = item
-                if not good:
-                    yield None, None, None, bad, {}
-                    continue
-                x = pixels.to(self.device, non_blocking=True)
-                if crops is not None:
-                    x = resized_crops(x, *crops, ds.size, self.mean, self.std)
-                else:
-                    x = normalize(x, self.mean, self.std)
-                y = torch.from_numpy(ds.labels[good])
-                sizes = {i: (int(ds.wh[i][0]), int(ds.wh[i][1])) for i in good}
-                yield x, y, torch.tensor(good, dtype=torch.long), bad, sizes
+                yield item
         finally:
             stop.set()
             while reader.is_alive():  # unblock a reader waiting on a full queue
@@ -104,6 +97,26 @@ class CachedLoader:
                 except queue.Empty:
                     pass
             reader.join()
+
+    def __iter__(self) -> Iterator:
+        ds = self.dataset
+        if self.prefetch > 0:
+            parts = self._prefetched(ds.epoch)
+        else:
+            order = list(iter(self.order))
+            parts = (self._read(order[a:a + self.batch_size], ds.epoch) for a in range(0, len(order), self.batch_size))
+        for good, bad, pixels, crops in parts:
+            if not good:
+                yield None, None, None, bad, {}
+                continue
+            x = pixels.to(self.device, non_blocking=True)
+            if crops is not None:
+                x = resized_crops(x, *crops, ds.size, self.mean, self.std)
+            else:
+                x = normalize(x, self.mean, self.std)
+            y = torch.from_numpy(ds.labels[good])
+            sizes = {i: (int(ds.wh[i][0]), int(ds.wh[i][1])) for i in good}
+            yield x, y, torch.tensor(good, dtype=torch.long), bad, sizes
 
 
 def _jpeg_feed(index: DatasetIndex, split: str, *, train: bool, size: int, batch_size: int, env: dist.DistEnv,

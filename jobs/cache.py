@@ -34,7 +34,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", default=",".join(SPLITS), help="splits to cache, comma-separated")
     p.add_argument("--cache-dir", default=None,
                    help=f"cache folder (default: ${ENV_VAR}, else {default_cache_root()})")
-    p.add_argument("--workers", type=int, default=2, help="decoding processes (0: decode in this process)")
+    p.add_argument("--workers", type=int, default=2, help="decoding threads (0: decode in the main thread)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 

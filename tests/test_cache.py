@@ -5,6 +5,7 @@ import errno
 import json
 import logging
 import os
+import threading
 from collections import namedtuple
 from pathlib import Path
 from types import SimpleNamespace
@@ -212,6 +213,31 @@ def test_a_complete_cache_is_read_where_nothing_can_be_written(data, tmp_path, m
     monkeypatch.setattr(Path, "mkdir", lambda self, *a, **k: (_ for _ in ()).throw(OSError(errno.EROFS, "ro")))
     found = DecodedCache(tmp_path / "c").ensure(data, samples, "train", 32)
     assert found is not None and len(found) == len(samples)
+
+
+def test_threads_decode_the_same_array_in_the_same_order(data, tmp_path):
+    samples = discover(data).splits["valid"]
+    one = build_split(tmp_path / "a", data, samples, "valid", 32, chunk=3)
+    many = build_split(tmp_path / "b", data, samples, "valid", 32, chunk=3, workers=3)
+    assert np.array_equal(np.asarray(one.pixels), np.asarray(many.pixels))
+    assert one.reasons == many.reasons and np.array_equal(one.wh, many.wh)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_reading_ahead_in_a_thread_changes_nothing_and_stops_with_the_loop(data, tmp_path, train):
+    done = build_split(tmp_path / "c", data, discover(data).splits["valid"], "valid", 32)
+    done.set_epoch(3)
+    order = list(range(len(done)))[::-1]
+    plain = list(CachedLoader(done, order, 3, CPU, train=train, seed=1, prefetch=0))
+    ahead = list(CachedLoader(done, order, 3, CPU, train=train, seed=1, prefetch=2))
+    assert len(plain) == len(ahead) == 5
+    for a, b in zip(plain, ahead):
+        assert (a[0] is None and b[0] is None) or torch.equal(a[0], b[0])
+        assert a[3] == b[3]
+    before = threading.active_count()
+    for _ in CachedLoader(done, order, 1, CPU, train=train, prefetch=1):
+        break  # the reader thread, blocked on a full queue, must end with the loop
+    assert threading.active_count() == before
 
 
 def test_loader_refuses_a_zero_batch(data, tmp_path):
