@@ -185,8 +185,9 @@ def _unavailable(folder: Path, exc: OSError) -> CacheUnavailable:
     return CacheUnavailable(exc.errno or errno.EIO, f"decoded cache {folder} cannot be written: {what}")
 
 
-def _open_pixels(path: Path, n: int, side: int) -> tuple[int, int]:
-    """(file descriptor, offset of the data) of the pixel file, created at its full size when absent."""
+def _open_pixels(path: Path, n: int, side: int) -> tuple[int, int, bool]:
+    """(file descriptor, offset of the data, made afresh) of the pixel file; a missing or damaged one is
+    made anew at its full size."""
     shape = (n, side, side, 3)
     if path.exists():
         try:
@@ -195,14 +196,14 @@ def _open_pixels(path: Path, n: int, side: int) -> tuple[int, int]:
                 header = npformat.read_array_header_1_0(fh)
                 offset = fh.tell()
             if header[0] == shape and path.stat().st_size == offset + cache_bytes(n, side):
-                return os.open(path, os.O_WRONLY), offset
+                return os.open(path, os.O_WRONLY), offset, False
         except (OSError, ValueError):
             pass
     with open(path, "wb") as fh:
         npformat.write_array_header_1_0(fh, {"descr": "|u1", "fortran_order": False, "shape": shape})
         offset = fh.tell()
         fh.truncate(offset + cache_bytes(n, side))  # sparse until written
-    return os.open(path, os.O_WRONLY), offset
+    return os.open(path, os.O_WRONLY), offset, True
 
 
 def _read_progress(path: Path) -> dict[int, dict]:
@@ -242,8 +243,10 @@ def _build(folder: Path, data_root: Path, samples: Sequence, side: int, key: str
     if need > free:
         raise CacheUnavailable(errno.ENOSPC, f"decoded cache {folder} cannot be written: it needs "
                                f"{need / 1e9:.2f} GB more, the disk has {free / 1e9:.2f} GB free")
-    fd, offset = _open_pixels(pixels_path, n, side)
+    fd, offset, fresh = _open_pixels(pixels_path, n, side)
     try:
+        if fresh:
+            progress_path.unlink(missing_ok=True)  # what it listed is not in the new file
         done = _read_progress(progress_path)
         starts = list(range(0, n, chunk))
         jobs = [(k, (str(data_root), [s.relpath for s in samples[a:a + chunk]], side))
@@ -263,7 +266,7 @@ def _build(folder: Path, data_root: Path, samples: Sequence, side: int, key: str
                 prog.flush()
                 os.fsync(prog.fileno())
                 done[k] = {"reasons": reasons, "wh": sizes}
-                if (j + 1) % max(1, len(jobs) // 10) == 0:
+                if len(jobs) >= 20 and (j + 1) % (len(jobs) // 10) == 0:
                     log.info("decoded cache %s: %d/%d chunks, %.0f images/s", folder.name, j + 1, len(jobs),
                              (j + 1) * chunk / (time.perf_counter() - t0))
     finally:

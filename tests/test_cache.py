@@ -156,6 +156,28 @@ def test_resume_after_a_kill_rebuilds_only_the_missing_chunks(data, tmp_path, mo
     assert resumed.reasons == clean.reasons and np.array_equal(resumed.wh, clean.wh)
 
 
+def test_a_damaged_array_is_written_again_whole(data, tmp_path, monkeypatch):
+    samples = discover(data).splits["train"]
+    clean = build_split(tmp_path / "clean", data, samples, "train", 32, chunk=4)
+    real = cache_mod.decode_chunk
+    calls = []
+
+    def dies_at_third(job):
+        calls.append(job)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(job)
+
+    monkeypatch.setattr(cache_mod, "decode_chunk", dies_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        build_split(tmp_path / "c", data, samples, "train", 32, chunk=4)
+    folder = tmp_path / "c" / clean.folder.name
+    (folder / "pixels.npy").write_bytes(b"\x93NUMPY garbage")  # the header is gone, the log still lists 2 chunks
+    monkeypatch.setattr(cache_mod, "decode_chunk", real)
+    again = build_split(tmp_path / "c", data, samples, "train", 32, chunk=4)
+    assert np.array_equal(np.asarray(again.pixels), np.asarray(clean.pixels))
+
+
 def test_a_full_disk_falls_back_to_the_jpeg_path_with_one_warning(data, tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(cache_mod.shutil, "disk_usage", lambda p: SimpleNamespace(free=100))
     index = discover(data)
