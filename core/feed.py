@@ -13,7 +13,6 @@ import queue
 import threading
 from typing import Iterator, NamedTuple, Optional, Sequence
 
-import numpy as np
 import torch
 
 from core import dist
@@ -49,21 +48,22 @@ class CachedLoader:
         return -(-len(self.order) // self.batch_size)
 
     def _read(self, idx: Sequence[int], epoch: int):
-        """The host half of a batch: good indices, bad (index, reason), uint8 pixels and, for training, the
-        crop boxes and flips drawn for this epoch."""
+        """The host half of a batch: good indices, bad (index, reason), and the tensors uint8 pixels, labels
+        and, for training, the crop boxes and flips drawn for this epoch (pinned for a GPU: a copy from
+        pageable memory would wait for the GPU to finish its queue)."""
         ds = self.dataset
         good = [i for i in idx if ds.ok[i]]
         bad = [(i, ds.reasons[i]) for i in idx if not ds.ok[i]]
         if not good:
-            return good, bad, None, None
-        pixels = torch.from_numpy(ds.take(good))
-        if self.device.type == "cuda":
-            pixels = pixels.pin_memory()
-        crops = None
+            return good, bad, None
+        tensors = [torch.from_numpy(ds.take(good)), torch.from_numpy(ds.labels[good])]
         if self.train:
             draws = draw_crops([ds.samples[i].relpath for i in good], ds.wh[good], self.seed, epoch)
-            crops = torch.from_numpy(boxes_on_grid(draws, ds.wh[good], ds.size)), torch.from_numpy(draws[:, 4] > 0.5)
-        return good, bad, pixels, crops
+            tensors += [torch.from_numpy(boxes_on_grid(draws, ds.wh[good], ds.size)),
+                        torch.from_numpy(draws[:, 4] > 0.5)]
+        if self.device.type == "cuda":
+            tensors = [t.pin_memory() for t in tensors]
+        return good, bad, tensors
 
     def _reads(self, epoch: int, stop: threading.Event, out: queue.Queue) -> None:
         try:
@@ -104,17 +104,17 @@ class CachedLoader:
             parts = self._prefetched(ds.epoch)
         else:
             order = list(iter(self.order))
-            parts = (self._read(order[a:a + self.batch_size], ds.epoch) for a in range(0, len(order), self.batch_size))
-        for good, bad, pixels, crops in parts:
+            parts = (self._read(order[a:a + self.batch_size], ds.epoch)
+                     for a in range(0, len(order), self.batch_size))
+        for good, bad, tensors in parts:
             if not good:
                 yield None, None, None, bad, {}
                 continue
-            x = pixels.to(self.device, non_blocking=True)
-            if crops is not None:
+            x, y, *crops = (t.to(self.device, non_blocking=True) for t in tensors)
+            if crops:
                 x = resized_crops(x, *crops, ds.size, self.mean, self.std)
             else:
                 x = normalize(x, self.mean, self.std)
-            y = torch.from_numpy(ds.labels[good])
             sizes = {i: (int(ds.wh[i][0]), int(ds.wh[i][1])) for i in good}
             yield x, y, torch.tensor(good, dtype=torch.long), bad, sizes
 
