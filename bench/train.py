@@ -33,7 +33,7 @@ from core.feed import split_feed
 from core.model import DEFAULT_CAM_LAYER, ModelMeta, build_model
 
 # (defaults on the CPU, defaults on a GPU)
-DEFAULTS = {"image_size": (64, 224), "batch_size": (16, 128), "images": (1200, 4096), "model_steps": (3, 50),
+DEFAULTS = {"image_size": (64, 224), "batch_size": (16, 128), "images": (1200, 4096), "model_steps": (6, 50),
             "loop_steps": (6, 300), "per_class": (40, 80)}
 # Dense bfloat16 tensor-core peak in TFLOP/s (vendor data sheets, without sparsity); first match wins.
 PEAK_BF16 = [("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("GH200", 989.0), ("B200", 2250.0),
