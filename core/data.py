@@ -191,13 +191,13 @@ def _sample_seed(seed: int, epoch: int, relpath: str) -> int:
     return int.from_bytes(h, "little") & 0x7FFF_FFFF
 
 
-def augment(img: Image.Image, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Random resized crop (scale 0.6-1, aspect 3/4-4/3) and horizontal flip, from an explicit generator.
+def draw_crop(w: int, h: int, rng: np.random.Generator) -> tuple[int, int, int, int, bool]:
+    """One random resized crop of a ``w`` x ``h`` image: (x0, y0, crop width, crop height, flip).
 
-    Drawing from a per-(seed, epoch, image) generator makes the augmentation independent of the number of
-    data-loader workers and of the rank, which is what makes resumed and distributed runs reproducible.
+    Area 60-100 % of the image, aspect 3/4-4/3 (log-uniform), ten tries before the whole image; then a
+    horizontal flip with probability 1/2. The batch augmentation of the decoded cache (core.augment) makes
+    the same draws from the same generator, so both paths crop every image alike.
     """
-    w, h = img.size
     area = w * h
     for _ in range(10):
         target = area * rng.uniform(0.6, 1.0)
@@ -210,8 +210,18 @@ def augment(img: Image.Image, size: int, rng: np.random.Generator) -> np.ndarray
             break
     else:
         cw, ch, x0, y0 = w, h, 0, 0
+    return x0, y0, cw, ch, bool(rng.random() < 0.5)
+
+
+def augment(img: Image.Image, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Random resized crop (scale 0.6-1, aspect 3/4-4/3) and horizontal flip, from an explicit generator.
+
+    Drawing from a per-(seed, epoch, image) generator makes the augmentation independent of the number of
+    data-loader workers and of the rank, which is what makes resumed and distributed runs reproducible.
+    """
+    x0, y0, cw, ch, flip = draw_crop(*img.size, rng)
     img = img.resize((size, size), Image.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch))
-    if rng.random() < 0.5:
+    if flip:
         img = img.transpose(Image.FLIP_LEFT_RIGHT)
     return np.asarray(img, dtype=np.uint8)
 

@@ -33,10 +33,81 @@ class Skipped:
             self.items[i] = reason
 
 
-def _autocast(device: torch.device, amp: bool):
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The arithmetic of the forward pass: ``fp32`` (autocast off), ``bf16`` or ``fp16`` autocast.
+
+    float16 needs a GradScaler (its small exponent underflows gradients); bfloat16 has float32's exponent
+    and does not.
+    """
+
+    name: str
+    device_type: str
+
+    @property
+    def dtype(self) -> Optional[torch.dtype]:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.name)
+
+    @property
+    def needs_scaler(self) -> bool:
+        return self.name == "fp16"
+
+    def autocast(self):
+        if self.dtype is None:
+            return torch.autocast(device_type=self.device_type, enabled=False)
+        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
+
+    def make_scaler(self) -> Optional[torch.amp.GradScaler]:
+        return torch.amp.GradScaler(self.device_type) if self.needs_scaler else None
+
+
+def _cuda_bf16() -> bool:
+    """Whether the current GPU does bfloat16 natively (Ampere and later); emulation does not count."""
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # older torch: no including_emulation
+        return bool(torch.cuda.is_bf16_supported())
+
+
+def choose_precision(device: torch.device, precision: Optional[str] = None, *, amp: bool = False) -> Precision:
+    """The precision for ``--precision`` on ``device``.
+
+    Unset: on CUDA bfloat16 where the GPU supports it, else float16 with a GradScaler; with the older
+    ``amp=True`` (``--amp``) float16 on CUDA, as it always meant; float32 on the CPU. ``fp16`` needs CUDA
+    (the CPU has no GradScaler path here); ``bf16`` needs a GPU that has it, and runs on the CPU too.
+    """
+    device = torch.device(device)
+    kind = device.type
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if precision is None:
+        if kind != "cuda":
+            precision = "fp32"
+        elif amp:
+            precision = "fp16"
+        else:
+            precision = "bf16" if _cuda_bf16() else "fp16"
+    if precision == "fp16" and kind != "cuda":
+        raise ValueError(f"--precision fp16 needs a CUDA device, got {kind}; use fp32 or bf16")
+    if precision == "bf16" and kind == "cuda" and not _cuda_bf16():
+        raise ValueError("--precision bf16: this GPU has no native bfloat16 (before Ampere); use fp16 or fp32")
+    return Precision(precision, kind)
+
+
+def _autocast(device: torch.device, amp: "bool | Precision"):
+    """Autocast for ``amp``: a Precision, or the older bool (True: float16 on CUDA, off elsewhere)."""
+    if isinstance(amp, Precision):
+        return amp.autocast()
     if amp and device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.float16)
     return torch.autocast(device_type=device.type, enabled=False)
+
+
+def _zero(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return torch.zeros((), dtype=dtype, device=device)
 
 
 def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -60,14 +131,19 @@ def train_one_epoch(
     scheduler=None,
     label_smoothing: float = 0.0,
     desc: str = "train",
+    precision: Optional[Precision] = None,
 ) -> dict[str, float]:
     """Train for one pass over ``loader``; return the loss and accuracy averaged over images.
 
     ``scheduler``, when given, steps once per optimizer step (warm-up and cosine are per step);
-    ``label_smoothing`` is that of the cross-entropy (the reported loss includes it).
+    ``label_smoothing`` is that of the cross-entropy (the reported loss includes it). ``precision`` sets the
+    autocast; without it, float16 autocast runs exactly when ``scaler`` is given.
     """
+    amp = precision if precision is not None else scaler is not None
     model.train()
-    loss_sum = correct = seen = 0.0
+    # Sums stay on the device until the epoch ends: reading them per step would make the host wait for the
+    # GPU every step, so it could not queue the next batch's work while the current one runs.
+    loss_sum, correct, seen = _zero(device, torch.float64), _zero(device, torch.long), 0
     for x, y, _idx, bad, _sizes in progress(loader, desc, show=env.is_main):
         skipped.add(bad)
         blank = x is None
@@ -80,7 +156,7 @@ def train_one_epoch(
             size = loader.dataset.size
             x, y = torch.zeros(1, 3, size, size), torch.zeros(1, dtype=torch.long)
         x, y = _to_device(x, device), y.to(device, non_blocking=True)
-        with _autocast(device, scaler is not None):
+        with _autocast(device, amp):
             logits = model(x, frozen_base=frozen_base)
             loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing) * (0.0 if blank else 1.0)
         optimizer.zero_grad(set_to_none=True)
@@ -101,20 +177,20 @@ def train_one_epoch(
         if blank:
             continue
         n = y.numel()
-        loss_sum += loss.item() * n
-        correct += (logits.argmax(1) == y).sum().item()
+        loss_sum += loss.detach().double() * n
+        correct += (logits.argmax(1) == y).sum()
         seen += n
-    loss_sum, correct, seen = all_reduce_sum(env, [loss_sum, correct, seen], device)
+    loss_sum, correct, seen = all_reduce_sum(env, [loss_sum.item(), float(correct.item()), seen], device)
     if not seen:
         raise RuntimeError("no usable training image in this epoch: every file was skipped")
     return {"loss": loss_sum / seen, "acc": correct / seen, "images": int(seen)}
 
 
-def evaluate(model: nn.Module, loader, device: torch.device, *, amp: bool, env: DistEnv,
+def evaluate(model: nn.Module, loader, device: torch.device, *, amp: "bool | Precision", env: DistEnv,
              skipped: Skipped, desc: str = "valid") -> dict[str, float]:
     """Loss and top-1 accuracy over this rank's shard, summed over ranks."""
     model.eval()
-    loss_sum = correct = seen = 0.0
+    loss_sum, correct, seen = _zero(device, torch.float64), _zero(device, torch.long), 0
     with torch.inference_mode():
         for x, y, _idx, bad, _sizes in progress(loader, desc, show=env.is_main):
             skipped.add(bad)
@@ -123,10 +199,10 @@ def evaluate(model: nn.Module, loader, device: torch.device, *, amp: bool, env: 
             x, y = _to_device(x, device), y.to(device, non_blocking=True)
             with _autocast(device, amp):
                 logits = model(x)
-            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
-            correct += (logits.argmax(1) == y).sum().item()
+            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
+            correct += (logits.argmax(1) == y).sum()
             seen += y.numel()
-    loss_sum, correct, seen = all_reduce_sum(env, [loss_sum, correct, seen], device)
+    loss_sum, correct, seen = all_reduce_sum(env, [loss_sum.item(), float(correct.item()), seen], device)
     if not seen:
         return {"loss": float("nan"), "acc": float("nan"), "images": 0}
     return {"loss": loss_sum / seen, "acc": correct / seen, "images": int(seen)}
