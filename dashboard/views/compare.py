@@ -7,6 +7,7 @@ from core.figures import top5_bars
 from dashboard import loaders, state
 from dashboard.context import gallery_errors, require_predictions, require_run
 from dashboard.tiles import map_of_class, picture, show_picture
+from dashboard.charts import chart
 
 st.title("Heatmap comparison")
 ctx = require_run()
@@ -97,7 +98,7 @@ else:
     show(c3, f"{method}: true · {names[d.label]}", view(cam_true),
          None if cam_true is not None else "No map stored for the true class.")
 with c4:
-    st.plotly_chart(top5_bars(names, d.top5_prob, label=d.label, idx=d.top5_idx), key="cmp_top5")
+    chart(top5_bars(names, d.top5_prob, label=d.label, idx=d.top5_idx), key="cmp_top5", name=f"top5-{d.relpath}")
 if shown and norm.startswith("none"):
     lo, hi = min(float(c.min()) for c in shown), max(float(c.max()) for c in shown)
     st.caption(f"Raw map values span {lo:.3g}–{hi:.3g}; values above 1 saturate.")

@@ -6,6 +6,7 @@ from core.metrics import confused_pairs
 from dashboard import loaders, state
 from dashboard.context import require_predictions, require_run, split_choice
 from dashboard.tiles import show_tiles
+from dashboard.charts import chart
 
 st.title("Confusion matrix")
 ctx = require_run()
@@ -27,7 +28,7 @@ fig = confusion_heatmap(
     order="confusion" if order.startswith("grouped") else "alphabetical",
     hide_diagonal=hide_diag,
 )
-event = st.plotly_chart(fig, key="cm_chart", on_select="rerun", selection_mode="points")
+event = chart(fig, key="cm_chart", name="confusion-matrix", on_select="rerun", selection_mode="points")
 st.caption("Rows are the true sport, columns the prediction. Click an off-diagonal cell to see its images.")
 
 pairs = confused_pairs(cm, names, limit=50)

@@ -6,6 +6,7 @@ from core.figures import confidence_histogram, training_curves
 from core.splits import SPLITS
 from dashboard import loaders, state
 from dashboard.context import TRAIN_HINT, require_run
+from dashboard.charts import chart
 
 st.title("Overview")
 ctx = require_run()
@@ -49,7 +50,7 @@ epochs = loaders.load_epochs(ctx.url, ctx.run_id, ctx.stamp)
 if epochs.empty:
     st.info("No epochs recorded for this run.")
 else:
-    st.plotly_chart(training_curves(epochs), key="ov_curves")
+    chart(training_curves(epochs), key="ov_curves", name="training-curves")
     best = info.best_epoch
     st.caption(
         f"{int((epochs['phase'] == 1).sum())} epochs with the base frozen, then "
@@ -60,7 +61,7 @@ else:
 
 if len(preds):
     st.subheader("Confidence")
-    st.plotly_chart(confidence_histogram(preds), key="ov_conf")
+    chart(confidence_histogram(preds), key="ov_conf", name="confidence")
 
 st.subheader("Configuration")
 cfg = {**info.config, "data_root": info.data_root, "cam_layer": info.cam_layer}

@@ -4,6 +4,7 @@ import streamlit as st
 from core.figures import per_class_bars
 from dashboard import loaders, state
 from dashboard.context import require_predictions, require_run, split_choice
+from dashboard.charts import chart as show_chart
 
 st.title("Per-class accuracy")
 ctx = require_run()
@@ -67,6 +68,6 @@ with left:
         if not every:
             chart = table.head(40)
             st.caption(f"The first 40 classes in the table's order; switch on to chart all {len(table)}.")
-    st.plotly_chart(per_class_bars(chart, sort_by=sort_by, ascending=not descending), key="pc_bars")
+    show_chart(per_class_bars(chart, sort_by=sort_by, ascending=not descending), key="pc_bars", name="per-class")
 
 state.publish(run=ctx.run_id, split=ss.get("split"), sport=sport)

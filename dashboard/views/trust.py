@@ -9,6 +9,7 @@ from core.metrics import RANDOM_BASELINE, trust_per_class, trust_summary
 from dashboard import loaders, state
 from dashboard.context import require_run
 from dashboard.tiles import TILE_PX, map_of_class, picture, show_picture
+from dashboard.charts import chart
 
 GALLERY = 6
 BASELINES = (RANDOM_BASELINE, "centre")  # the maps that know nothing of the model, scored beside it
@@ -67,7 +68,7 @@ metric = st.radio("Score", ["deletion_auc", "insertion_auc"], key="tr_metric", h
                   format_func=lambda m: m.replace("_", " "))
 index = {n: i for i, n in enumerate(names)}
 shown = rows[rows["label"].isin([index[c] for c in chosen if c in index])] if chosen else rows
-st.plotly_chart(trust_distribution(shown, names, metric=metric), key="tr_dist")
+chart(trust_distribution(shown, names, metric=metric), key="tr_dist", name=f"trust-{metric}")
 prog = {c: st.column_config.ProgressColumn(c, min_value=0.0, max_value=1.0, format="%.3f")
         for c in table.columns if c.startswith(("del_", "ins_"))}
 prog["beats_random"] = st.column_config.ProgressColumn(
@@ -90,9 +91,9 @@ for start in range(0, len(worst), 3):
             show_picture(picture(ctx, r.relpath, TILE_PX, map_of_class(maps.get(int(image_id)), int(r.class_index))))
             st.caption(f"{r.relpath} · true {names[int(r.label)]} · map of {names[int(r.class_index)]} · "
                        f"gap {gap[image_id]:+.3f}")
-            st.plotly_chart(trust_curves(np.linspace(0, 1, len(r.deletion_curve)),
-                                         curves_of(rows[rows["image_id"] == image_id]), height=220, legend=False),
-                            key=f"tr_worst_{image_id}")
+            chart(trust_curves(np.linspace(0, 1, len(r.deletion_curve)),
+                               curves_of(rows[rows["image_id"] == image_id]), height=220, legend=False),
+                  key=f"tr_worst_{image_id}", name=f"trust-curves-{image_id}")
 
 st.subheader("Curves of one image")
 ids = list(info.index)
@@ -100,7 +101,8 @@ labels = {i: f"{info.loc[i].relpath} ({names[int(info.loc[i].label)]})" for i in
 state.seed("tr_image", "image", ids[0], valid=lambda v: v in ids)
 image_id = st.selectbox("Image", ids, format_func=labels.get, key="tr_image")
 one = rows[rows["image_id"] == image_id]
-st.plotly_chart(trust_curves(np.linspace(0, 1, len(one.iloc[0].deletion_curve)), curves_of(one)), key="tr_one")
+chart(trust_curves(np.linspace(0, 1, len(one.iloc[0].deletion_curve)), curves_of(one)), key="tr_one",
+      name=f"trust-curves-{image_id}")
 st.dataframe(one[["method", "deletion_auc", "insertion_auc"]], hide_index=True, key="tr_one_table")
 
 st.subheader("Sanity check: cascading model randomisation")
@@ -110,7 +112,7 @@ st.caption(
     "(similarity near 0); the trained model against itself and with slight input noise shows what 'alike' is. "
     "Data randomisation (retraining on shuffled labels) is not run."
 )
-st.plotly_chart(sanity_cascade(check["stages"]), key="tr_cascade")
+chart(sanity_cascade(check["stages"]), key="tr_cascade", name="sanity-cascade")
 st.dataframe(pd.DataFrame(check["stages"]).drop(columns=["modules"], errors="ignore"), hide_index=True,
              key="tr_cascade_table")
 state.publish(run=ctx.run_id, image=image_id)
