@@ -82,6 +82,11 @@ class Rate:
         pct = round(self.level * 100)
         return f"{self.value:.1%} ({self.k} of {self.n}; {pct}% interval {self.lo:.1%}-{self.hi:.1%})"
 
+    def brief(self) -> str:
+        """The n and the interval without the value, for a caption beside a shown value:
+        ``30 of 40 · 95% interval 60.0–85.8%``."""
+        return f"{self.k:,} of {self.n:,} · {round(self.level * 100)}% interval {self.lo:.1%}–{self.hi:.1%}"
+
 
 def rate(k: int, n: int, level: float = LEVEL) -> Rate:
     """``k`` of ``n`` with its Wilson interval at ``level``."""
@@ -281,3 +286,61 @@ def ordering_note(by: str = "f1", upper: bool = False, level: float = LEVEL, few
                 f"its best plausible {by} is low. Classes with fewer than {few} images are marked.")
     return (f"Worst first by {by}; with few images a low {by} may be chance (see the {pct}% interval). "
             f"Classes with fewer than {few} images are marked.")
+
+
+# --------------------------------------------------------------------------- intervals on existing tables
+
+def add_wilson(frame: pd.DataFrame, k: str, n: str, name: str, level: float = LEVEL) -> pd.DataFrame:
+    """``frame`` with ``<name>_lo`` and ``<name>_hi``: the Wilson interval of column ``k`` of column ``n``."""
+    if frame.empty:
+        return frame.assign(**{f"{name}_lo": pd.Series(dtype=float), f"{name}_hi": pd.Series(dtype=float)})
+    lo, hi = wilson_interval(frame[k].to_numpy(dtype=np.int64), frame[n].to_numpy(dtype=np.int64), z_for(level))
+    return frame.assign(**{f"{name}_lo": np.atleast_1d(lo), f"{name}_hi": np.atleast_1d(hi)})
+
+
+def attach_intervals(per_class: pd.DataFrame, labels: Any, preds: Any, *, level: float = LEVEL,
+                     resamples: int = RESAMPLES, seed: int = 0, few: int = FEW_IMAGES
+                     ) -> tuple[pd.DataFrame, F1Intervals]:
+    """A per-class table of ``core.metrics.per_class_metrics`` (class, precision, recall, f1, support,
+    predicted, class_idx; any order) with the intervals of :func:`per_class_table` added, row for row:
+    precision_lo/hi, recall_lo/hi (Wilson), f1_lo/hi (bootstrap) and ``few`` (support < ``few``).
+    Returns the table and the bootstrap, whose ``macro_lo``/``macro_hi`` bound macro-F1."""
+    k = len(per_class)
+    y, p = _labels(labels), _labels(preds, "preds")
+    if k == 0:
+        empty = F1Intervals(f1=np.zeros(0), lo=np.zeros(0), hi=np.zeros(0), macro=0.0, macro_lo=0.0, macro_hi=1.0,
+                            resamples=int(resamples), level=level, seed=int(seed))
+        extra = {c: pd.Series(dtype=float) for c in INTERVAL_COLUMNS}
+        return per_class.assign(**extra), empty
+    f1 = bootstrap_f1(y, p, k, resamples=resamples, level=level, seed=seed)
+    table = per_class_table(y, p, k, level=level, few=few, f1=f1).set_index("class_idx")
+    idx = per_class["class_idx"].to_numpy(dtype=np.int64)
+    extra = {c: table[c].to_numpy()[idx] for c in INTERVAL_COLUMNS}
+    return per_class.assign(**extra), f1
+
+
+INTERVAL_COLUMNS = ("precision_lo", "precision_hi", "recall_lo", "recall_hi", "f1_lo", "f1_hi", "few")
+
+
+# --------------------------------------------------------------------------- numbers that depend on the model
+
+# Below this top-1 accuracy the suspects a model's confidences point at are mostly its own mistakes.
+MIN_SUSPECT_ACCURACY = 0.5
+
+
+def suspects_warning(accuracy: Rate, n_classes: int, threshold: float = MIN_SUSPECT_ACCURACY) -> Optional[str]:
+    """A plain warning when the model whose confidences pick suspect labels is too weak for them to mean
+    much (top-1 under ``threshold``), ``None`` otherwise. "Near chance" when the interval reaches down to
+    twice the chance rate (1 / classes)."""
+    if n_classes < 1:
+        raise ValueError(f"n_classes must be >= 1, got {n_classes}")
+    if accuracy.n == 0:
+        return "No out-of-sample predictions: nothing says whether these suspects mean anything."
+    if accuracy.value >= threshold:
+        return None
+    chance = 1.0 / n_classes
+    if accuracy.lo <= 2 * chance:
+        return (f"The model is near chance (top-1 {accuracy.value:.1%} of {accuracy.n:,} images, chance "
+                f"{chance:.1%}); these suspects are mostly noise.")
+    return (f"The model's top-1 accuracy is {accuracy.value:.1%} of {accuracy.n:,} images, under "
+            f"{threshold:.0%}: many of these suspects are the model's own mistakes, not wrong labels.")
