@@ -344,3 +344,27 @@ def suspects_warning(accuracy: Rate, n_classes: int, threshold: float = MIN_SUSP
                 f"{chance:.1%}); these suspects are mostly noise.")
     return (f"The model's top-1 accuracy is {accuracy.value:.1%} of {accuracy.n:,} images, under "
             f"{threshold:.0%}: many of these suspects are the model's own mistakes, not wrong labels.")
+
+
+ACCURACY_COLUMNS = ["split", "metric", "value", "k", "n", "lo", "hi", "interval"]
+
+
+def accuracy_table(preds: pd.DataFrame, n_classes: int, top5: Optional[dict[str, tuple[int, int]]] = None, *,
+                   level: float = LEVEL, resamples: int = RESAMPLES, seed: int = 0) -> pd.DataFrame:
+    """Per split of ``preds`` (split, label, pred), in order of appearance: top-1 and (where ``top5`` gives
+    its (k, n)) top-5 accuracy with Wilson intervals, and macro-F1 with its bootstrap interval.
+    Columns :data:`ACCURACY_COLUMNS`; k is empty for macro-F1, whose n counts the images."""
+    rows = []
+    for split in pd.unique(preds["split"]):
+        part = preds[preds["split"] == split]
+        y, p = part["label"].to_numpy(dtype=np.int64), part["pred"].to_numpy(dtype=np.int64)
+        r1 = accuracy_rate(y, p, level)
+        rows.append((split, "top1", r1.value, r1.k, r1.n, r1.lo, r1.hi, "Wilson"))
+        if top5 and split in top5:
+            r5 = rate(*top5[split], level)
+            rows.append((split, "top5", r5.value, r5.k, r5.n, r5.lo, r5.hi, "Wilson"))
+        f1 = bootstrap_f1(y, p, n_classes, resamples=resamples, level=level, seed=seed)
+        rows.append((split, "macro_f1", f1.macro, None, len(y), f1.macro_lo, f1.macro_hi, "bootstrap"))
+    frame = pd.DataFrame(rows, columns=ACCURACY_COLUMNS)
+    frame["k"] = frame["k"].astype("Int64")
+    return frame

@@ -19,7 +19,8 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy.engine import make_url
 
-from core.calibration import calibrated_top, softmax
+from core.calibration import calibrated_top
+from core.report_calibration import calibrated_suspects
 from dashboard import loaders
 from db import queries
 from db.queries.calibration import StoredCalibration, calibration_for, calibration_stamp, logits_coverage
@@ -189,39 +190,12 @@ def top5(ctx, image_id: int) -> Optional[tuple[float, list[int], list[float]]]:
     return float(cal.confidence[row]), [int(i) for i in cal.top_idx[row]], [float(p) for p in cal.top_prob[row]]
 
 
-def class_probabilities(ctx, image_ids: Sequence[int], classes: Sequence[int]) -> Optional[np.ndarray]:
-    """softmax(logits / T)[image, class] for pairs of image ids and classes (NaN where an image has no
-    logits); ``None`` when the switch is off or unusable."""
-    t = temperature(ctx.url, ctx.run_id)
-    if t is None:
-        return None
-    stored = load_logits(ctx.url, ctx.run_id, len(ctx.names), ctx.stamp, logits_key(ctx.url, ctx.run_id))
-    index = pd.Index(stored.frame["image_id"].to_numpy(dtype=np.int64))
-    rows = index.get_indexer(pd.Index(np.asarray(image_ids, dtype=np.int64)))
-    out = np.full(len(rows), np.nan)
-    have = rows >= 0
-    if have.any():
-        p = softmax(stored.logits[rows[have]], t)
-        out[have] = p[np.arange(int(have.sum())), np.asarray(classes, dtype=np.int64)[have]]
-    return out
-
-
 def ranked_suspects(ctx, suspects: Sequence[dict]) -> tuple[list[dict], bool]:
-    """The audit's suspect labels, most suspect first, and whether that order is calibrated.
-
-    With the switch on, each suspect's probabilities of its given label and of the model's class are
-    recomputed as softmax(logits / T) (``given_prob``/``pred_prob`` replaced, the stored ones kept as
-    ``given_prob_raw``/``pred_prob_raw``) and the list is ranked by the calibrated probability of the given
-    label, lowest first. Suspects without logits keep their stored numbers."""
-    items = [dict(sp) for sp in suspects]
-    ids = [int(sp.get("image_id", -1)) for sp in items]
-    given = class_probabilities(ctx, ids, [int(sp["label"]) for sp in items]) if items else None
-    if given is None:
-        return items, False
-    pred = class_probabilities(ctx, ids, [int(sp["pred_label"]) for sp in items])
-    for sp, g, p in zip(items, given, pred):
-        if np.isfinite(g):
-            sp["given_prob_raw"], sp["pred_prob_raw"] = sp["given_prob"], sp["pred_prob"]
-            sp["given_prob"], sp["pred_prob"] = float(g), float(p)
-    order = sorted(range(len(items)), key=lambda i: (items[i]["given_prob"], i))
-    return [items[i] for i in order], True
+    """The audit's suspect labels, most suspect first, and whether that order is calibrated: with the switch
+    on, ``core.report_calibration.calibrated_suspects`` (probabilities recomputed as softmax(logits / T),
+    ranked by the given label's); off, the audit's own order and numbers."""
+    t = temperature(ctx.url, ctx.run_id)
+    if t is None or not suspects:
+        return [dict(sp) for sp in suspects], False
+    stored = load_logits(ctx.url, ctx.run_id, len(ctx.names), ctx.stamp, logits_key(ctx.url, ctx.run_id))
+    return calibrated_suspects(suspects, stored.frame["image_id"].to_numpy(), stored.logits, t), True
