@@ -182,6 +182,7 @@ def bootstrap_f1(labels: Any, preds: Any, n_classes: int, *, resamples: int = RE
     pred32 = p.astype(np.int32)
     rng = np.random.default_rng(seed)
     samples = np.empty((resamples, k))
+    macro_s = np.empty(resamples)
     step = max(1, chunk_elements // n)
     dtype = np.int32 if n < 2**31 else np.int64
     for start in range(0, resamples, step):
@@ -191,12 +192,17 @@ def bootstrap_f1(labels: Any, preds: Any, n_classes: int, *, resamples: int = RE
         cells = np.bincount((offset * (2 * k) + code_true[idx]).ravel(), minlength=b * 2 * k).reshape(b, k, 2)
         pred_counts = np.bincount((offset * k + pred32[idx]).ravel(), minlength=b * k).reshape(b, k)
         tp_b = cells[:, :, 0]
-        samples[start:start + b] = _f1(tp_b, tp_b + cells[:, :, 1], pred_counts)
+        support_b = tp_b + cells[:, :, 1]
+        f1_b = _f1(tp_b, support_b, pred_counts)
+        samples[start:start + b] = f1_b
+        # Macro-F1 of a resample averages the classes with an image in that resample, as the point value
+        # does on the data: a small class that a resample happens to leave out is not a zero.
+        held = support_b > 0
+        macro_s[start:start + b] = (f1_b * held).sum(axis=1) / np.maximum(held.sum(axis=1), 1)
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(samples, [alpha, 1.0 - alpha], axis=0)
     lo, hi = _widen_collapsed(lo, hi, tp, support, predicted, z_for(level))
     if present.any():
-        macro_s = samples[:, present].mean(axis=1)
         macro_lo, macro_hi = (float(v) for v in np.quantile(macro_s, [alpha, 1.0 - alpha]))
     else:
         macro_lo = macro_hi = 0.0

@@ -34,6 +34,7 @@ from db.store import (
     make_sessionmaker,
     record_cams,
     replace_audit,
+    replace_calibration,
     replace_sanity_check,
     replace_trust_scores,
     set_logits,
@@ -371,3 +372,26 @@ def add_logits(url: str, run_id: int, *, splits: Optional[Sequence[str]] = None,
         set_logits(s, logits)
     engine.dispose()
     return len(logits)
+
+
+def add_calibration(url: str, run_id: int, *, temperature: Optional[float] = None, bins: int = 15) -> float:
+    """Store what ``jobs.calibrate`` would for the run's stored logits (``add_logits`` first); with
+    ``temperature`` that temperature instead of the fitted one (a store whose T is far from 1). Returns T."""
+    from core.calibration import calibration_report, split_metrics
+
+    engine = make_engine(url, create=False)
+    Session = make_sessionmaker(engine)
+    with Session() as s:
+        stored = queries.logits_for(s, run_id, len(queries.class_names(s, run_id)), [VALID, TEST])
+    split = stored.frame["split"].to_numpy()
+    z, y = stored.logits, stored.frame["label"].to_numpy()
+    test = (z[split == TEST], y[split == TEST]) if (split == TEST).any() else (None, None)
+    report = calibration_report(z[split == VALID], y[split == VALID], *test, bins=bins)
+    if temperature is not None:
+        report = {"temperature": float(temperature),
+                  **{s: split_metrics(z[split == s], y[split == s], temperature=temperature, bins=bins)
+                     for s in (VALID, TEST) if (split == s).any()}}
+    with Session.begin() as s:
+        replace_calibration(s, run_id, temperature=report["temperature"], bins=bins, report=report)
+    engine.dispose()
+    return report["temperature"]

@@ -74,7 +74,7 @@ rows = []
 for s, m in reports.items():
     z, y = part(s)
     acc = rate(int((z.argmax(axis=1) == y).sum()), len(y))
-    rows.append({"split": s, "n": m["n"], "accuracy": acc.value, "accuracy 95%": f"{acc.lo:.1%}–{acc.hi:.1%}",
+    rows.append({"split": s, "n": m["n"], "accuracy": 100 * acc.value, "accuracy 95%": f"{acc.lo:.1%}–{acc.hi:.1%}",
                  "ECE": m["ece"], "ECE after T": m["ece_calibrated"] if temperature else None, "MCE": m["mce"],
                  "NLL": m["nll"], "NLL after T": m["nll_calibrated"] if temperature else None, "Brier": m["brier"]})
 c1, c2, c3 = st.columns(3)
@@ -91,7 +91,7 @@ c3.caption(f"{fm['n']:,} images")
 st.dataframe(pd.DataFrame(rows), hide_index=True, key="cal_table",
              column_config={c: st.column_config.NumberColumn(c, format="%.4f")
                             for c in ("ECE", "ECE after T", "MCE", "NLL", "NLL after T", "Brier")}
-             | {"accuracy": st.column_config.NumberColumn("accuracy", format="percent")})
+             | {"accuracy": st.column_config.NumberColumn("accuracy", format="%.1f%%")})
 if temperature is not None:
     chart(ece_before_after({"temperature": temperature, **reports}), key="cal_ece", name="ece-before-after")
 
@@ -104,10 +104,10 @@ scaled = None
 if temperature is not None:
     conf_t, pred_t = cal.top1(cal.softmax(z, temperature))
     scaled = cal.reliability_bins(conf_t, pred_t == y, bins).records()
-chart(reliability_diagram(reports[split]["bins"], calibrated=scaled, title=f"{split}, {len(y):,} images"),
-      key="cal_reliability", name=f"reliability-{split}")
-st.caption("Bars: the accuracy in each confidence bin with its 95% Wilson interval, against the diagonal of perfect "
-           "calibration; diamonds: the bin's mean confidence; below, the images per bin"
+chart(reliability_diagram(reports[split]["bins"], calibrated=scaled), key="cal_reliability",
+      name=f"reliability-{split}")
+st.caption(f"{split}, {len(y):,} images. Bars: the accuracy in each confidence bin with its 95% Wilson interval, "
+           "against the diagonal of perfect calibration; diamonds: the bin's mean confidence; below, the images per bin"
            + ("; the line: the same after temperature scaling." if scaled is not None else "."))
 
 shown_t = switch_t or 1.0

@@ -25,7 +25,7 @@ upper = upper and sort_by in SORT_KEYS and not descending
 
 table, macro = intervals_ui.load_class_intervals(ctx.url, ctx.run_id, names, splits, ctx.stamp)
 if upper:
-    table = worst_first(table, by=sort_by, upper=True)
+    table = worst_first(table.assign(n=table["support"]), by=sort_by, upper=True)
 else:
     table = table.sort_values(sort_by, ascending=not descending, kind="stable")
 table = table.assign(errors=table["support"] - (table["recall"] * table["support"]).round().astype(int))
