@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from db.builder import add_calibration, add_logits
+from db.builder_calibration import add_calibration, add_logits
 from tests.storefactory import build_store
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,7 +13,8 @@ from sqlalchemy import func, select, update
 from core import calibration as cal
 from core.metrics import decode_logits
 from db import queries, store
-from db.builder import add_logits, build_store
+from db.builder import build_store
+from db.builder_calibration import add_logits
 from db.models import CalibrationRow, Prediction
 from db.queries.calibration import calibration_for, logits_coverage
 from jobs import calibrate as job

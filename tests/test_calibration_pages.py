@@ -18,7 +18,8 @@ from core.report import ExportOptions, write_figure_set
 from core.report_calibration import calibrated_suspects
 from dashboard.context import upgrade_message
 from db import queries, store
-from db.builder import add_calibration, add_logits, build_store
+from db.builder import build_store
+from db.builder_calibration import add_calibration, add_logits
 from db.queries.calibration import calibration_for
 from jobs import calibrate as calibrate_job
 
