@@ -234,3 +234,10 @@ class CalibrationRow(Base):
     temperature: Mapped[float] = mapped_column(Float)
     bins: Mapped[int] = mapped_column(Integer)
     report: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+# Indexes the pages of a large run read through (db.queries.scale): the gallery walks the run's predictions
+# from the most confident down and filters on the predicted class. Stores made before them get them from
+# db.store.add_missing_indexes, which ensure_schema calls.
+Index("ix_predictions_run_confidence", Prediction.run_id, Prediction.confidence)
+Index("ix_predictions_run_pred", Prediction.run_id, Prediction.pred, Prediction.confidence)
