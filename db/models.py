@@ -238,6 +238,6 @@ class CalibrationRow(Base):
 
 # Indexes the pages of a large run read through (db.queries.scale): the gallery walks the run's predictions
 # from the most confident down and filters on the predicted class. Stores made before them get them from
-# db.store.add_missing_indexes, which ensure_schema calls.
+# db.indexes.add_missing_indexes, which db.store.ensure_schema calls.
 Index("ix_predictions_run_confidence", Prediction.run_id, Prediction.confidence)
 Index("ix_predictions_run_pred", Prediction.run_id, Prediction.pred, Prediction.confidence)

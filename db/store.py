@@ -144,7 +144,9 @@ def _check_or_create_schema(conn: Connection, create: bool, add_tables: bool) ->
         raise StoreError(f"store {shown} has schema version {found}, this tool expects {SCHEMA_VERSION}; {advice}")
     if add_tables:
         Base.metadata.create_all(conn)  # adds tables that a newer minor feature brought; no-op otherwise
-        add_missing_indexes(conn)  # create_all leaves the indexes of existing tables alone
+        from db.indexes import add_missing_indexes  # create_all leaves existing tables' indexes alone
+
+        add_missing_indexes(conn)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
@@ -390,22 +392,3 @@ def set_logits(session: Session, logits: dict[int, bytes]) -> None:
     if rows:
         session.execute(update(Prediction), rows)  # ORM bulk update by primary key
 
-
-# --------------------------------------------------------------------------- indexes
-
-def add_missing_indexes(conn: Connection) -> list[str]:
-    """Create the models' indexes that a store's existing tables lack (``CREATE INDEX`` for each); returns
-    their names. ``create_all`` makes missing tables with their indexes but adds none to a table that exists,
-    so an index added to the models later reaches older stores here."""
-    made = []
-    insp = inspect(conn)
-    present = set(insp.get_table_names())
-    for table in Base.metadata.sorted_tables:
-        if table.name not in present or not table.indexes:
-            continue
-        have = {ix["name"] for ix in insp.get_indexes(table.name)}
-        for index in sorted(table.indexes, key=lambda ix: ix.name):
-            if index.name not in have:
-                index.create(conn)
-                made.append(index.name)
-    return made

@@ -41,6 +41,7 @@ from sqlalchemy import (
 )
 
 from db.models import SCHEMA_VERSION
+from db.indexes import add_missing_indexes
 from db.store import StoreError, make_engine
 
 Step = Callable[[Connection], None]
@@ -253,6 +254,10 @@ def upgrade(url: Optional[str] = None, dry_run: bool = False, say: Callable[[str
                 conn.execute(text("UPDATE schema_info SET value = :v WHERE key = 'version'"), {"v": str(version)})
             report.applied.append(s.__name__)
             say(f"applied {s.__name__}: store now at schema version {version}")
+        with engine.begin() as conn:  # indexes the models gained since the last step was written
+            made = add_missing_indexes(conn)
+        if made:
+            say(f"added indexes: {', '.join(made)}")
         return report
     finally:
         engine.dispose()
