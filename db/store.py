@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timezone
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -17,6 +18,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.cammaps import TARGETS, check_method
+from core.reviews import Verdict
 from db.models import (
     SCHEMA_VERSION,
     AuditRow,
@@ -26,6 +28,7 @@ from db.models import (
     EvalRow,
     ImageRow,
     Prediction,
+    Review,
     Run,
     RunClass,
     SanityCheck,
@@ -369,3 +372,31 @@ def replace_sanity_check(session: Session, run_id: int, **fields: Any) -> None:
     """Keep one sanity check per run: the latest."""
     session.execute(delete(SanityCheck).where(SanityCheck.run_id == run_id))
     session.add(SanityCheck(run_id=run_id, created_at=utcnow(), **fields))
+
+
+# --------------------------------------------------------------------------- reviews
+
+def add_review(session: Session, verdict: Verdict, token: Optional[str] = None) -> int:
+    """Append one verdict (a ``core.reviews.Verdict``) to the review history; returns its row id.
+
+    The only write the dashboard makes. ``token`` names one submission: when a row with that token exists
+    (a retry of a write whose commit did go through), its id is returned and nothing is added. The verdict's
+    ``reviewed_at`` is its time, else now (UTC).
+    """
+    if not isinstance(verdict, Verdict):
+        raise ValueError(f"add_review takes a core.reviews.Verdict, got {type(verdict).__name__}")
+    if token is not None:
+        if not 0 < len(token) <= 64:
+            raise ValueError(f"a review token has 1 to 64 characters, got {len(token)}")
+        found = session.scalar(select(Review.id).where(Review.token == token))
+        if found is not None:
+            return int(found)
+    when = verdict.reviewed_at
+    if when is not None and when.tzinfo is not None:
+        when = when.astimezone(timezone.utc).replace(tzinfo=None)
+    row = Review(sha256=verdict.sha256, split=verdict.split, relpath=verdict.relpath, label=verdict.label,
+                 verdict=verdict.verdict, new_label=verdict.new_label, note=verdict.note, reviewer=verdict.reviewer,
+                 created_at=when or utcnow(), token=token)
+    session.add(row)
+    session.flush()
+    return int(row.id)
