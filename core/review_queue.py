@@ -40,6 +40,10 @@ def _name(names: Sequence[str], i: Any) -> str:
     return names[i] if 0 <= i < len(names) else f"class {i}"
 
 
+def _pct(p: float) -> str:
+    return f"{p:.1%}" if p < 0.01 else f"{p:.0%}"
+
+
 def build_queue(names: Sequence[str], *, predictions: pd.DataFrame, report: Optional[dict[str, Any]] = None,
                 looks_like: Optional[pd.DataFrame] = None, confident: float = CONFIDENT) -> pd.DataFrame:
     """One row per image that needs a look: ``QUEUE_COLUMNS``.
@@ -85,7 +89,7 @@ def build_queue(names: Sequence[str], *, predictions: pd.DataFrame, report: Opti
             continue
         e = entry(sp["image_id"], sp["split"], sp["relpath"], sp["label"])
         e["why"][SUSPECT] = (f"suspect label: the model gives {_name(names, sp['pred_label'])} "
-                             f"{sp['pred_prob']:.0%} and the given label {sp['given_prob']:.0%}")
+                             f"{_pct(sp['pred_prob'])} and the given label {_pct(sp['given_prob'])}")
         e["suggest"][SUSPECT] = int(sp["pred_label"])
     if looks_like is not None:
         for r in looks_like.itertuples(index=False):

@@ -73,6 +73,26 @@ def test_a_retried_submission_is_stored_once(db_url):
         assert s.scalar(select(func.count()).select_from(Review)) == 1
 
 
+def test_a_commit_whose_answer_was_lost_is_not_written_twice(db_url, monkeypatch):
+    """The write committed but the connection broke before the answer came: the retry finds the token."""
+    w = ReviewWriter(db_url, backoff_s=0.001)
+    real = w._write
+    calls = []
+
+    def lost_answer(verdicts, tokens):
+        calls.append(1)
+        ids = real(verdicts, tokens)
+        if len(calls) == 1:
+            raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+        return ids
+
+    monkeypatch.setattr(w, "_write", lost_answer)
+    first_id = w.save([verdict("a"), verdict("b")])
+    assert len(calls) == 2
+    with reader(db_url)() as s:
+        assert sorted(queries.review_history(s)["id"]) == sorted(first_id)
+
+
 def test_lock_errors_are_retried_and_never_shown_raw(db_url, monkeypatch):
     w = ReviewWriter(db_url, backoff_s=0.001)
     real = w._write
