@@ -377,23 +377,17 @@ def replace_sanity_check(session: Session, run_id: int, **fields: Any) -> None:
 # --------------------------------------------------------------------------- reviews
 
 def add_review(session: Session, verdict: Verdict, token: Optional[str] = None) -> int:
-    """Append one verdict (a ``core.reviews.Verdict``) to the review history; returns its row id.
-
-    The only write the dashboard makes. ``token`` names one submission: when a row with that token exists
-    (a retry of a write whose commit did go through), its id is returned and nothing is added. The verdict's
-    ``reviewed_at`` is its time, else now (UTC).
-    """
-    if not isinstance(verdict, Verdict):
-        raise ValueError(f"add_review takes a core.reviews.Verdict, got {type(verdict).__name__}")
-    if token is not None:
-        if not 0 < len(token) <= 64:
-            raise ValueError(f"a review token has 1 to 64 characters, got {len(token)}")
-        found = session.scalar(select(Review.id).where(Review.token == token))
-        if found is not None:
-            return int(found)
-    when = verdict.reviewed_at
-    if when is not None and when.tzinfo is not None:
-        when = when.astimezone(timezone.utc).replace(tzinfo=None)
+    """Append one verdict (a ``core.reviews.Verdict``) to the review history; returns its row id. The only
+    write the dashboard makes. ``token`` (at most 64 characters) names one submission: when a row with it
+    exists (a retry of a write that did commit), its id is returned and nothing is added."""
+    if not isinstance(verdict, Verdict) or (token is not None and not 0 < len(token) <= 64):
+        raise ValueError(f"add_review takes a core.reviews.Verdict and a token of 1 to 64 characters, got "
+                         f"{type(verdict).__name__} and {token!r}")
+    found = session.scalar(select(Review.id).where(Review.token == token)) if token is not None else None
+    if found is not None:
+        return int(found)
+    when = verdict.reviewed_at  # naive UTC, as every time in the store
+    when = when.astimezone(timezone.utc).replace(tzinfo=None) if when and when.tzinfo else when
     row = Review(sha256=verdict.sha256, split=verdict.split, relpath=verdict.relpath, label=verdict.label,
                  verdict=verdict.verdict, new_label=verdict.new_label, note=verdict.note, reviewer=verdict.reviewer,
                  created_at=when or utcnow(), token=token)
