@@ -35,7 +35,7 @@ def add_correction_args(p: argparse.ArgumentParser) -> None:
                    "records what was applied in its configuration (reviews_applied)")
     g.add_argument("--corrections", default=None, metavar="FILE",
                    help="as --apply-reviews, with the verdicts of a corrections CSV (python -m jobs.reviews "
-                   "export writes one) instead of the store's")
+                   "export writes one) instead of the store's (default: none)")
     p.add_argument("--allow-eval-relabel", action="store_true",
                    help="also relabel valid and test images (off by default: changing the evaluation data "
                    "changes what accuracy means, so the run would not compare with runs on the original labels; "

@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from core import review_queue as rq
+from core.reviews import MAX_NOTE
 from dashboard import loaders, reviews_ui, state
 from dashboard.context import require_run
 from dashboard.tiles import map_of_class, picture, show_picture
@@ -130,7 +131,7 @@ else:
             class_key, note_key = f"rq_class_{item['image_id']}", f"rq_note_{item['image_id']}"
             st.selectbox("The class it should carry (for 'label wrong')", others, key=class_key,
                          index=others.index(suggest) if suggest in others else 0)
-            st.text_input("Note (optional)", key=note_key, max_chars=2000)
+            st.text_input("Note (optional)", key=note_key, max_chars=MAX_NOTE)
             reviews_ui.quick_buttons(ctx, image, class_key=class_key, note_key=note_key, after=after_verdict)
 
 # ------------------------------------------------------------------------------------------- reviewed

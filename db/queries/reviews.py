@@ -123,7 +123,7 @@ def has_same_review(session: Session, verdict: Verdict) -> bool:
         Review.sha256 == verdict.sha256, Review.verdict == verdict.verdict, Review.reviewer == verdict.reviewer,
         Review.created_at >= t, Review.created_at < t + timedelta(seconds=1),
     )
-    for rid, new_label, note in session.execute(stmt.add_columns(Review.new_label, Review.note)).all():
+    for _, new_label, note in session.execute(stmt.add_columns(Review.new_label, Review.note)).all():
         if (new_label or None) == (verdict.new_label or None) and (note or "") == verdict.note:
             return True
     return False
