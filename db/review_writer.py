@@ -1,10 +1,11 @@
-"""Writing verdicts while other processes use the same store.
+"""Writing verdicts while other processes use the same store: ``add_review``, the one write of a verdict, and
+``ReviewWriter``, which owns the transactions.
 
 One short transaction per submission, SQLite's write lock taken when the transaction begins (``BEGIN
 IMMEDIATE``: a deferred transaction that reads first and then writes can fail at once with "database is
 locked" when another writer committed in between, and the busy timeout does not help there), the busy
 timeout of ``db.store`` for the wait, and a few retries with back-off for what a busy store can still
-raise. Every verdict carries a token (``db.store.add_review``), so a retry after an unclear outcome never
+raise. Every verdict carries a token (``add_review``), so a retry after an unclear outcome never
 stores it twice.
 
 The dashboard's own engine is read-only (SQLite ``query_only``); a ``ReviewWriter`` is the one writer it
@@ -16,12 +17,16 @@ import logging
 import random
 import time
 import uuid
+from datetime import timezone
 from typing import Optional, Sequence
 
+from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.orm import Session
 
 from core.reviews import Verdict
 from db import store
+from db.models import Review, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +36,33 @@ BACKOFF_S = 0.05
 
 class ReviewNotSaved(store.StoreError):
     """A verdict could not be written; nothing of that submission is in the store."""
+
+
+def add_review(session: Session, verdict: Verdict, token: Optional[str] = None) -> int:
+    """Append one verdict (a ``core.reviews.Verdict``) to the review history; returns its row id.
+
+    The only write the dashboard makes; like ``db.store``'s writes it takes a session and does not commit.
+    ``token`` (1 to 64 characters) names one submission: when a row with it exists (a retry of a write that
+    did commit), its id is returned and nothing is added. The verdict's time is its ``reviewed_at`` (as naive
+    UTC, like every time in the store), else now.
+    """
+    if not isinstance(verdict, Verdict):
+        raise ValueError(f"add_review takes a core.reviews.Verdict, got {type(verdict).__name__}")
+    if token is not None:
+        if not 0 < len(token) <= 64:
+            raise ValueError(f"a review token has 1 to 64 characters, got {len(token)}")
+        found = session.scalar(select(Review.id).where(Review.token == token))
+        if found is not None:
+            return int(found)
+    when = verdict.reviewed_at
+    if when is not None and when.tzinfo is not None:
+        when = when.astimezone(timezone.utc).replace(tzinfo=None)
+    row = Review(sha256=verdict.sha256, split=verdict.split, relpath=verdict.relpath, label=verdict.label,
+                 verdict=verdict.verdict, new_label=verdict.new_label, note=verdict.note, reviewer=verdict.reviewer,
+                 created_at=when or utcnow(), token=token)
+    session.add(row)
+    session.flush()
+    return int(row.id)
 
 
 def new_token() -> str:
@@ -95,7 +127,7 @@ class ReviewWriter:
         with self.sessions.begin() as s:
             if self._sqlite:
                 s.connection().exec_driver_sql("BEGIN IMMEDIATE")
-            return [store.add_review(s, v, t) for v, t in zip(verdicts, tokens)]
+            return [add_review(s, v, t) for v, t in zip(verdicts, tokens)]
 
     def dispose(self) -> None:
         self.engine.dispose()

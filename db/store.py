@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from datetime import timezone
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -18,7 +17,6 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.cammaps import TARGETS, check_method
-from core.reviews import Verdict
 from db.models import (
     SCHEMA_VERSION,
     AuditRow,
@@ -28,7 +26,6 @@ from db.models import (
     EvalRow,
     ImageRow,
     Prediction,
-    Review,
     Run,
     RunClass,
     SanityCheck,
@@ -374,23 +371,20 @@ def replace_sanity_check(session: Session, run_id: int, **fields: Any) -> None:
     session.add(SanityCheck(run_id=run_id, created_at=utcnow(), **fields))
 
 
-# --------------------------------------------------------------------------- reviews
+# --------------------------------------------------------------------------- calibration
 
-def add_review(session: Session, verdict: Verdict, token: Optional[str] = None) -> int:
-    """Append one verdict (a ``core.reviews.Verdict``) to the review history; returns its row id. The only
-    write the dashboard makes. ``token`` (at most 64 characters) names one submission: when a row with it
-    exists (a retry of a write that did commit), its id is returned and nothing is added."""
-    if not isinstance(verdict, Verdict) or (token is not None and not 0 < len(token) <= 64):
-        raise ValueError(f"add_review takes a core.reviews.Verdict and a token of 1 to 64 characters, got "
-                         f"{type(verdict).__name__} and {token!r}")
-    found = session.scalar(select(Review.id).where(Review.token == token)) if token is not None else None
-    if found is not None:
-        return int(found)
-    when = verdict.reviewed_at  # naive UTC, as every time in the store
-    when = when.astimezone(timezone.utc).replace(tzinfo=None) if when and when.tzinfo else when
-    row = Review(sha256=verdict.sha256, split=verdict.split, relpath=verdict.relpath, label=verdict.label,
-                 verdict=verdict.verdict, new_label=verdict.new_label, note=verdict.note, reviewer=verdict.reviewer,
-                 created_at=when or utcnow(), token=token)
-    session.add(row)
-    session.flush()
-    return int(row.id)
+def replace_calibration(session: Session, run_id: int, *, temperature: float, bins: int,
+                        report: dict[str, Any]) -> None:
+    """Keep one calibration per run: the latest. ``report`` is ``core.calibration.calibration_report``."""
+    from db.models import CalibrationRow
+
+    session.execute(delete(CalibrationRow).where(CalibrationRow.run_id == run_id))
+    session.add(CalibrationRow(run_id=run_id, created_at=utcnow(), temperature=float(temperature), bins=int(bins),
+                               report=report))
+
+
+def set_logits(session: Session, logits: dict[int, bytes]) -> None:
+    """Record the stored logit vector (``core.metrics.encode_logits``) of predictions, by image id."""
+    rows = [{"image_id": int(i), "logits": data} for i, data in logits.items()]
+    if rows:
+        session.execute(update(Prediction), rows)  # ORM bulk update by primary key
