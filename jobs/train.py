@@ -39,6 +39,7 @@ from db import store
 from jobs.auditing import audit_run, format_summary
 from jobs.calibrate import calibrate_after_training
 from jobs.common import DefaultsHelpFormatter, add_db_arg, run_cli, run_distributed
+from jobs.corrections import add_correction_args, apply_reviews
 from jobs.evaluation import evaluate_split
 from jobs.rundir import DEFAULT_OUT, find_resume_checkpoint, fresh_run_dir
 from jobs.training import RunOutput, TrainSettings, train
@@ -113,6 +114,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "when training ends, as python -m jobs.audit does")
     p.add_argument("--demo-root", default=None, help="cache folder of the demo set (default: $SPORTS_CACHE or "
                    "~/.cache/sports-cam)")
+    add_correction_args(p)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -209,7 +211,7 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
     else:
         torch.backends.cudnn.benchmark = True
 
-    index = prepare_dataset(args, env)
+    index = apply_reviews(args, prepare_dataset(args, env), env)
     log.info("dataset %s: %s", index.root, index.summary())
     for split, why in index.absent.items():
         log.warning("split %s is absent (%s): %s", split, why,
