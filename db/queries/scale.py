@@ -100,11 +100,13 @@ def confidence_bins(session: Session, run_id: int, bins: int = 20) -> pd.DataFra
 # --------------------------------------------------------------------------- the gallery in SQL
 
 def _errors_select(run_id: int, splits: Optional[Iterable[str]], true_classes: Sequence[int],
-                   pred_classes: Sequence[int], confidence: tuple[float, float]) -> Select:
+                   pred_classes: Sequence[int], confidence: tuple[float, float], *, count: bool = False) -> Select:
     lo, hi = confidence
     if not 0.0 <= lo <= hi <= 1.0:
         raise ValueError(f"confidence must be a range within [0, 1], got {confidence}")
-    stmt = _prediction_select(run_id).where(
+    # A count reads no columns: without the page's "has a map" subquery it probes no cam_maps row per image.
+    base = _scored(Prediction.image_id).where(ImageRow.run_id == run_id) if count else _prediction_select(run_id)
+    stmt = base.where(
         Prediction.run_id == run_id, Prediction.pred != ImageRow.label,
         and_(Prediction.confidence >= lo, Prediction.confidence <= hi))
     stmt = _in_splits(stmt, splits)
@@ -135,7 +137,7 @@ def errors_count(session: Session, run_id: int, *, splits: Optional[Iterable[str
                  true_classes: Sequence[int] = (), pred_classes: Sequence[int] = (),
                  confidence: tuple[float, float] = (0.0, 1.0)) -> int:
     """How many misclassified images match the filters (those of :func:`errors_page`)."""
-    inner = _errors_select(run_id, splits, true_classes, pred_classes, confidence).subquery()
+    inner = _errors_select(run_id, splits, true_classes, pred_classes, confidence, count=True).subquery()
     return int(session.scalar(select(func.count()).select_from(inner)) or 0)
 
 
