@@ -97,13 +97,29 @@ def confidence_split_histogram(confidence: Any, correct: Any, *, bins: int = 20,
     if bins < 1:
         raise ValueError(f"bins must be >= 1, got {bins}")
     edges = np.linspace(0.0, 1.0, bins + 1)
+    hist: dict[str, Any] = {"bins": bins}
+    for name, mask in (("right", ok), ("wrong", ~ok)):
+        hist[name] = np.histogram(c[mask], bins=edges)[0].tolist()
+        hist[f"{name}_mean"] = float(c[mask].mean()) if mask.any() else None
+    return confidence_histogram_counts(hist, height=height)
+
+
+def confidence_histogram_counts(hist: Mapping[str, Any], *, height: int = 320) -> go.Figure:
+    """:func:`confidence_split_histogram` from counts: ``hist`` holds ``right`` and ``wrong`` (images per
+    equal-width bin over [0, 1]) and their mean confidences ``right_mean``/``wrong_mean`` (None when there
+    are none), as ``core.calibration_views.hist_counts`` makes them."""
+    right, wrong = (np.asarray(hist[k], dtype=np.int64) for k in ("right", "wrong"))
+    if right.shape != wrong.shape or right.ndim != 1 or not len(right):
+        raise ValueError(f"right and wrong must be counts of the same bins, got shapes {right.shape} and {wrong.shape}")
+    if not (right.sum() + wrong.sum()):
+        return _empty_figure("no predictions")
+    edges = np.linspace(0.0, 1.0, len(right) + 1)
     centre, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
     fig = go.Figure()
-    for name, mask, color in (("right", ok, CORRECT_COLOR), ("wrong", ~ok, WRONG_COLOR)):
-        counts, _ = np.histogram(c[mask], bins=edges)
-        mean = float(c[mask].mean()) if mask.any() else 0.0
+    for name, counts, color in (("right", right, CORRECT_COLOR), ("wrong", wrong, WRONG_COLOR)):
+        mean = hist.get(f"{name}_mean") or 0.0
         fig.add_trace(go.Bar(
-            x=centre, y=counts, width=width, name=f"{name}, n={int(mask.sum())}", marker_color=color, opacity=0.65,
+            x=centre, y=counts, width=width, name=f"{name}, n={int(counts.sum())}", marker_color=color, opacity=0.65,
             hovertemplate=f"{name}: " "%{y} images at %{x:.2f}" f" (mean confidence {mean:.3f})<extra></extra>",
         ))
     fig.update_layout(barmode="overlay", bargap=0, height=height, margin=dict(l=10, r=10, t=30, b=10),

@@ -21,9 +21,15 @@ from sqlalchemy.engine import make_url
 
 from core.calibration import calibrated_top
 from core.report_calibration import calibrated_suspects
-from dashboard import loaders
+from dashboard import loaders, scale_ui
 from db import queries
-from db.queries.calibration import StoredCalibration, calibration_for, calibration_stamp, logits_coverage
+from db.queries.calibration import (
+    COVERAGE_COLUMNS,
+    StoredCalibration,
+    calibration_for,
+    calibration_stamp,
+    missing_logits,
+)
 
 SHARED_NAME = "calibrated"  # in dashboard.state.SHARED, and the URL parameter
 WIDGET = "sb_calibrated"
@@ -45,11 +51,27 @@ def load_calibration(url: str, run_id: int, cal_stamp: Optional[str]) -> Optiona
         return calibration_for(s, run_id)
 
 
-@st.cache_data(ttl=5, show_spinner=False, max_entries=16)
-def load_coverage(url: str, run_id: int) -> pd.DataFrame:
-    """Per split: predictions and how many kept their logits (polled: ``jobs.cams`` can add them later)."""
+@st.cache_data(show_spinner=False, max_entries=16)
+def load_coverage(url: str, run_id: int, stamp: str) -> pd.DataFrame:
+    """Per split: predictions and how many kept their logits. The predictions are the store's counts per
+    split (``scale_ui.load_split_counts``, shared with the pages), the missing logits a count of the partial
+    index ``ix_predictions_run_no_logits``: no logit is read. ``stamp``: the run's (``jobs.cams``, which can
+    add logits later, finishes the run again and so changes it)."""
+    counts = scale_ui.load_split_counts(url, run_id, stamp)
+    if counts.empty:
+        return pd.DataFrame(columns=COVERAGE_COLUMNS)
     with loaders.session(url) as s:
-        return logits_coverage(s, run_id)
+        missing = missing_logits(s, run_id)
+    return pd.DataFrame({"split": counts["split"], "predictions": counts["predictions"],
+                         "with_logits": [int(n) - missing.get(sp, 0) for sp, n in zip(counts["split"],
+                                                                                       counts["predictions"])]})
+
+
+def coverage(url: str, run_id: int) -> pd.DataFrame:
+    """:func:`load_coverage` of the run under its current stamp (the sidebar knows only the URL and the run)."""
+    from dashboard.context import run_stamp  # context imports this module: resolved at call time
+
+    return load_coverage(url, run_id, run_stamp(url, run_id))
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
@@ -86,7 +108,7 @@ def load_calibrated(url: str, run_id: int, n_classes: int, stamp: str, key: str,
 
 def logits_key(url: str, run_id: int) -> str:
     """What the stored logits (and their calibrated confidences) depend on: the calibration and the coverage."""
-    cov = load_coverage(url, run_id)
+    cov = coverage(url, run_id)
     return f"{load_calibration_stamp(url, run_id)}|{cov.to_json() if len(cov) else ''}"
 
 
@@ -109,7 +131,7 @@ class Availability:
 
 
 def availability(url: str, run_id: int) -> Availability:
-    cov = load_coverage(url, run_id)
+    cov = coverage(url, run_id)
     cal = load_calibration(url, run_id, load_calibration_stamp(url, run_id))
     db = shown_url(url)
     if cov.empty:

@@ -74,6 +74,13 @@ def _stamp(runs: pd.DataFrame, run_id: int) -> str:
     return stamp
 
 
+def run_stamp(url: str, run_id: int) -> str:
+    """The stamp ``require_run`` keys a run's caches with, for code that knows only the URL and the run
+    (the sidebar); "" when the store has no such run."""
+    runs = loaders.load_runs(url)
+    return _stamp(runs, run_id) if len(runs) and (runs["id"] == run_id).any() else ""
+
+
 def run_picker(url: str) -> Optional[int]:
     """Sidebar choice of run (newest complete run by default); ``None`` when the store holds no run."""
     runs = loaders.load_runs(url)

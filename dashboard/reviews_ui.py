@@ -22,6 +22,7 @@ from dashboard import loaders
 from dashboard.context import Ctx
 from dashboard.state import seed
 from db import queries
+from db.queries import scale
 from db.review_writer import ReviewWriter, new_token
 from db.store import StoreError
 
@@ -71,12 +72,18 @@ def load_latest(url: str, stamp: str) -> pd.DataFrame:
         return queries.latest_reviews(s).set_index("sha256", drop=False)
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
-def load_images(url: str, run_id: int, stamp: str) -> pd.DataFrame:
-    """The run's images with their hashes, indexed by image id."""
+@st.cache_data(show_spinner=False, max_entries=64)
+def load_shown_images(url: str, run_id: int, image_ids: tuple[int, ...], stamp: str) -> pd.DataFrame:
+    """The images a page shows, by id (``db.queries.scale.images_by_id``: only those rows), indexed by id."""
     with loaders.session(url) as s:
-        df = queries.images_frame(s, run_id)
-    return df[["image_id", "split", "relpath", "label", "sha256"]].set_index("image_id", drop=False)
+        return scale.images_by_id(s, run_id, image_ids).set_index("image_id", drop=False)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def load_image_at(url: str, run_id: int, split: str, relpath: str, stamp: str) -> pd.DataFrame:
+    """The run's image at ``split``/``relpath`` (0 or 1 row, ``db.queries.scale.image_by_path``)."""
+    with loaders.session(url) as s:
+        return scale.image_by_path(s, run_id, split, relpath)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -86,7 +93,8 @@ def load_queue(url: str, run_id: int, stamp: str, audit_stamp: Optional[str]) ->
     preds = loaders.load_predictions(url, run_id, stamp)
     report = loaders.load_audit(url, run_id, audit_stamp)
     queue = rq.build_queue(info.classes, predictions=preds, report=report)
-    hashes = load_images(url, run_id, stamp)["sha256"]
+    with loaders.session(url) as s:  # the hashes of the queued images only, not of the run's (train) images
+        hashes = scale.images_by_id(s, run_id, queue["image_id"]).set_index("image_id")["sha256"]
     return queue.assign(sha256=queue["image_id"].map(hashes))
 
 
@@ -99,21 +107,34 @@ def history_of(url: str, sha256: str) -> pd.DataFrame:
     return hist[hist["sha256"] == sha256]
 
 
-def image_for(ctx: Ctx, image_id: Optional[int] = None, *, split: Optional[str] = None,
-              relpath: Optional[str] = None) -> Optional[ReviewImage]:
-    """An image of the shown run by id, else by split and relpath; ``None`` when the run has no such image."""
-    images = load_images(ctx.url, ctx.run_id, ctx.stamp)
-    if image_id is not None and image_id in images.index:
-        row = images.loc[image_id]
-    else:
-        hit = images[(images["split"] == split) & (images["relpath"] == relpath)]
-        if hit.empty:
-            return None
-        row = hit.iloc[0]
+def _review_image(ctx: Ctx, row) -> ReviewImage:
     sha = row["sha256"] if isinstance(row["sha256"], str) else None
     label = int(row["label"])
     name = ctx.names[label] if 0 <= label < len(ctx.names) else f"class {label}"
     return ReviewImage(sha, row["split"], row["relpath"], name, int(row["image_id"]))
+
+
+def images_for(ctx: Ctx, image_ids) -> dict[int, ReviewImage]:
+    """The shown run's images among ``image_ids``, by id (one read for a page of tiles)."""
+    ids = tuple(sorted({int(i) for i in image_ids}))
+    if not ids:
+        return {}
+    rows = load_shown_images(ctx.url, ctx.run_id, ids, ctx.stamp)
+    return {int(i): _review_image(ctx, row) for i, row in rows.iterrows()}
+
+
+def image_for(ctx: Ctx, image_id: Optional[int] = None, *, split: Optional[str] = None,
+              relpath: Optional[str] = None) -> Optional[ReviewImage]:
+    """An image of the shown run by id, else by split and relpath; ``None`` when the run has no such image.
+    Reads that one image's row, never the run's images."""
+    if image_id is not None:
+        found = images_for(ctx, [image_id]).get(int(image_id))
+        if found is not None:
+            return found
+    if split is None or relpath is None:
+        return None
+    hit = load_image_at(ctx.url, ctx.run_id, split, relpath, ctx.stamp)
+    return _review_image(ctx, hit.iloc[0]) if len(hit) else None
 
 
 def describe(row) -> str:

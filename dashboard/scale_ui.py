@@ -13,7 +13,10 @@ import pandas as pd
 import streamlit as st
 
 from core import counts
+from core.intervals import Rate, rate
+from core.splits import TRAIN
 from dashboard import loaders
+from dashboard.state import FULL_RANGE
 from db.queries import scale as q
 
 # Up to this many predictions the F1 intervals bootstrap images (as core.intervals.bootstrap_f1 does for the
@@ -55,6 +58,14 @@ def load_errors_count(url: str, run_id: int, stamp: str, splits: Optional[tuple[
         return q.errors_count(s, run_id, splits=splits, true_classes=true, pred_classes=pred, confidence=conf)
 
 
+@st.cache_data(show_spinner=False, max_entries=256)
+def load_neighbours(url: str, run_id: int, stamp: str, image_id: int, splits: Optional[tuple[str, ...]],
+                    true: tuple[int, ...], pred: tuple[int, ...], conf: tuple[float, float]) -> q.Neighbours:
+    with loaders.session(url) as s:
+        return q.errors_neighbours(s, run_id, image_id, splits=splits, true_classes=true, pred_classes=pred,
+                                   confidence=conf)
+
+
 @st.cache_data(show_spinner=False, max_entries=64)
 def load_pair_images(url: str, run_id: int, true_idx: int, pred_idx: int, splits: Optional[tuple[str, ...]],
                      limit: int, stamp: str) -> pd.DataFrame:
@@ -85,3 +96,23 @@ def require_counts(ctx) -> pd.DataFrame:
         st.info(f"Run #{ctx.run_id} has no predictions yet: its evaluation has not been written. {TRAIN_HINT}")
         st.stop()
     return sc
+
+
+def gallery_where(ctx) -> dict[str, Any]:
+    """The gallery's filters held in the shared state (split, true and predicted sports, confidence), as the
+    SQL loaders above take them: ``splits``, ``true``, ``pred`` (class indices) and ``conf``."""
+    ss = st.session_state
+    index = {n: i for i, n in enumerate(ctx.names)}
+    split = ss.get("split", "all")
+    lo, hi = tuple(ss.get("conf", FULL_RANGE))
+    return dict(splits=None if split == "all" else (split,),
+                true=tuple(index[n] for n in ss.get("sport", []) if n in index),
+                pred=tuple(index[n] for n in ss.get("pred", []) if n in index), conf=(float(lo), float(hi)))
+
+
+def held_out_accuracy(ctx) -> Rate:
+    """Top-1 over the predictions the model never trained on (every split but train), from the store's
+    counts per split: ``intervals_ui.out_of_sample_accuracy`` without reading the predictions."""
+    sc = load_split_counts(ctx.url, ctx.run_id, ctx.stamp)
+    held = sc[sc["split"] != TRAIN]
+    return rate(int(held["correct"].sum()), int(held["predictions"].sum()))

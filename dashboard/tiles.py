@@ -91,6 +91,7 @@ def show_tiles(ctx: Ctx, rows: pd.DataFrame, *, per_row: int = 6, key: str, comp
     *Review* popover under each tile (``dashboard.reviews_ui``)."""
     names = ctx.names
     pics = tile_images(ctx, rows)
+    reviewed = reviews_ui.images_for(ctx, rows["image_id"]) if review else {}  # the shown images' rows only
     chosen = None
     records = list(rows.itertuples())
     for start in range(0, len(records), per_row):
@@ -105,6 +106,6 @@ def show_tiles(ctx: Ctx, rows: pd.DataFrame, *, per_row: int = 6, key: str, comp
                 if compare_button and st.button("Compare", key=f"{key}_{r.image_id}", width="stretch"):
                     chosen = int(r.image_id)
                 if review:
-                    reviews_ui.tile_review(ctx, reviews_ui.image_for(ctx, int(r.image_id)),
+                    reviews_ui.tile_review(ctx, reviewed.get(int(r.image_id)),
                                            key=f"{key}_rv_{r.image_id}", suggest=names[r.pred])
     return chosen

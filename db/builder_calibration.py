@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from core.calibration import calibration_report, split_metrics
+from core.calibration_views import FIGURES, split_figures
 from core.metrics import encode_logits, top5_to_probs
 from core.splits import TEST, VALID
 from db import queries
@@ -61,6 +62,8 @@ def add_calibration(url: str, run_id: int, *, temperature: Optional[float] = Non
         report = {"temperature": float(temperature),
                   **{s: split_metrics(z[split == s], y[split == s], temperature=temperature, bins=bins)
                      for s in (VALID, TEST) if (split == s).any()}}
+    report[FIGURES] = {s: split_figures(z[split == s], y[split == s], temperature=report["temperature"], bins=bins)
+                       for s in (VALID, TEST) if (split == s).any()}
     with Session.begin() as s:
         replace_calibration(s, run_id, temperature=report["temperature"], bins=bins, report=report)
     engine.dispose()

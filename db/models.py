@@ -264,3 +264,7 @@ class Review(Base):
 # db.indexes.add_missing_indexes, which db.store.ensure_schema calls.
 Index("ix_predictions_run_confidence", Prediction.run_id, Prediction.confidence)
 Index("ix_predictions_run_pred", Prediction.run_id, Prediction.pred, Prediction.confidence)
+# Predictions that kept no logit vector, per run: the sidebar's "do all predictions have logits?" counts this
+# index (nearly empty for a run that stores them) instead of reading every prediction row.
+Index("ix_predictions_run_no_logits", Prediction.run_id,
+      sqlite_where=Prediction.logits.is_(None), postgresql_where=Prediction.logits.is_(None))

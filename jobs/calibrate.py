@@ -5,7 +5,8 @@
 Reads the logit vectors the evaluation stored with each prediction and reports, per split, the expected
 and maximum calibration error (equal-width bins over the top-1 confidence), the negative log-likelihood,
 the Brier score and the reliability bins; fits one temperature on the validation split by minimising its
-NLL and gives ECE and NLL again with it. The report is stored per run (one, the latest): the dashboard's
+NLL and gives ECE and NLL again with it. The report is stored per run (one, the latest), with what the
+Calibration page draws (``core.calibration_views.split_figures`` under ``figures``): the dashboard's
 Calibration page, its "calibrated confidences" switch and the export read it. ``jobs.train`` runs this at
 the end of a run. Definitions: ``core.calibration``.
 """
@@ -22,6 +23,7 @@ from typing import Any, Optional
 from sqlalchemy.engine import make_url
 
 from core.calibration import DEFAULT_BINS, MAX_BINS, T_BOUNDS, calibration_report
+from core.calibration_views import FIGURES, split_figures
 from core.splits import TEST, VALID
 from db import queries, store
 from db.queries.calibration import logits_coverage
@@ -93,7 +95,12 @@ def calibrate_run(session, run_ref: Any, *, bins: int = DEFAULT_BINS,
     z, y = stored.logits, stored.frame["label"].to_numpy()
     test = (z[part[TEST]], y[part[TEST]]) if TEST in part and part[TEST].any() else (None, None)
     report = calibration_report(z[part[VALID]], y[part[VALID]], *test, bins=bins)
-    store.replace_calibration(session, run.id, temperature=report["temperature"], bins=bins, report=report)
+    # Stored beside the scores: what the Calibration page draws (core.calibration_views), so that a large
+    # run's page reads these few numbers instead of decoding every logit vector again.
+    figures = {s: split_figures(z[part[s]], y[part[s]], temperature=report["temperature"], bins=bins)
+               for s in splits if part[s].any()}
+    store.replace_calibration(session, run.id, temperature=report["temperature"], bins=bins,
+                              report={**report, FIGURES: figures})
     return run, report
 
 

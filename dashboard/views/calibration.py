@@ -1,17 +1,18 @@
 """Calibration: can the confidences be believed? Reliability, ECE before and after temperature scaling, per class.
 
-Reads the logits each prediction stored and the temperature ``jobs.calibrate`` fitted on the validation
-split; every number is computed from those (``core.calibration``), nothing runs the model.
+Reads the temperature ``jobs.calibrate`` fitted on the validation split and, for a run of up to
+``calibration_view.LOGITS_UP_TO`` predictions, the logits each prediction stored; a larger run's page draws
+the report ``jobs.calibrate`` stored, or counts of the stored confidences (``dashboard.calibration_view``).
+Nothing runs the model.
 """
-import numpy as np
 import pandas as pd
 import streamlit as st
 
 from core import calibration as cal
-from core.figures_calibration import confidence_split_histogram, ece_before_after, per_class_ece_bars, reliability_diagram
+from core.figures_calibration import confidence_histogram_counts, ece_before_after, per_class_ece_bars, reliability_diagram
 from core.intervals import FEW_IMAGES, rate
 from core.splits import TEST, VALID
-from dashboard import calibration_ui, state
+from dashboard import calibration_ui, calibration_view, state
 from dashboard.charts import chart
 from dashboard.context import require_run
 
@@ -22,7 +23,7 @@ ss = st.session_state
 state.publish(run=ctx.run_id)
 db = calibration_ui.shown_url(ctx.url)
 
-coverage = calibration_ui.load_coverage(ctx.url, ctx.run_id).set_index("split")
+coverage = calibration_ui.coverage(ctx.url, ctx.run_id).set_index("split")
 evaluated = [s for s in (VALID, TEST) if s in coverage.index]
 if not evaluated:
     st.info(f"Run #{ctx.run_id} has no predictions of valid or test yet; calibration is measured on them.")
@@ -45,22 +46,23 @@ temperature = stored.temperature if stored is not None else None
 bins = stored.bins if stored is not None else cal.DEFAULT_BINS
 switch_t = calibration_ui.temperature(ctx.url, ctx.run_id)
 
-logits = calibration_ui.load_logits(ctx.url, ctx.run_id, len(names), ctx.stamp,
-                                    calibration_ui.logits_key(ctx.url, ctx.run_id))
-splits = [s for s in evaluated if (logits.frame["split"] == s).any()]
+n_evaluated = int(coverage.loc[evaluated, "predictions"].sum())
+data = calibration_view.page_data(ctx, stored, n_evaluated, bins)
+views = data.splits
+splits = list(views)
+if not splits:
+    st.info(f"Run #{ctx.run_id}: no prediction of valid or test kept its logits; recompute them with "
+            f"`python -m jobs.cams --run {ctx.run_id} --db {db}`.")
+    st.stop()
 for s in evaluated:
     n, k = int(coverage.loc[s, "predictions"]), int(coverage.loc[s, "with_logits"])
     if k < n:
         st.caption(f"{s}: {k:,} of {n:,} predictions kept their logits; the figures use those "
                    f"(`python -m jobs.cams --run {ctx.run_id} --db {db}` recomputes the rest).")
+note = calibration_view.source_note(data, stored, n_evaluated)
+if note:
+    st.caption(note)
 
-
-def part(split: str) -> tuple[np.ndarray, np.ndarray]:
-    rows = (logits.frame["split"] == split).to_numpy()
-    return logits.logits[rows], logits.frame["label"].to_numpy()[rows]
-
-
-reports = {s: cal.split_metrics(*part(s), temperature=temperature or 1.0, bins=bins) for s in splits}
 st.caption(
     "A confidence is calibrated when, among the images predicted with confidence c, a share c is right. "
     f"ECE: the mean gap between confidence and accuracy over {bins} equal-width bins, weighted by the images in "
@@ -71,53 +73,59 @@ st.caption(
 )
 
 rows = []
-for s, m in reports.items():
-    z, y = part(s)
-    acc = rate(int((z.argmax(axis=1) == y).sum()), len(y))
-    rows.append({"split": s, "n": m["n"], "accuracy": 100 * acc.value, "accuracy 95%": f"{acc.lo:.1%}–{acc.hi:.1%}",
-                 "ECE": m["ece"], "ECE after T": m["ece_calibrated"] if temperature else None, "MCE": m["mce"],
-                 "NLL": m["nll"], "NLL after T": m["nll_calibrated"] if temperature else None, "Brier": m["brier"]})
+for s, v in views.items():
+    m = v.scores
+    acc = rate(v.correct, v.n)
+    rows.append({"split": s, "n": v.n, "accuracy": 100 * acc.value, "accuracy 95%": f"{acc.lo:.1%}–{acc.hi:.1%}",
+                 "ECE": m["ece"], "ECE after T": m.get("ece_calibrated"), "MCE": m["mce"],
+                 "NLL": m["nll"], "NLL after T": m.get("nll_calibrated"), "Brier": m["brier"]})
 c1, c2, c3 = st.columns(3)
 c1.metric("Temperature", f"{temperature:.3g}" if temperature else "–", border=True,
           help="fitted on the validation split; above 1: the raw confidences were too high")
-focus = TEST if TEST in reports else splits[0]
-fm = reports[focus]
-c2.metric(f"ECE, {focus}", f"{fm['ece']:.4f}", border=True,
-          delta=f"{fm['ece_calibrated'] - fm['ece']:+.4f} with T" if temperature else None, delta_color="inverse")
-c3.metric(f"NLL, {focus}", f"{fm['nll']:.4f}", border=True,
-          delta=f"{fm['nll_calibrated'] - fm['nll']:+.4f} with T" if temperature else None, delta_color="inverse")
-c2.caption(f"{fm['n']:,} images")
-c3.caption(f"{fm['n']:,} images")
+focus = TEST if TEST in views else splits[0]
+fm = views[focus].scores
+
+
+def delta(key: str):
+    after = fm.get(f"{key}_calibrated")
+    return f"{after - fm[key]:+.4f} with T" if after is not None and fm[key] is not None else None
+
+
+c2.metric(f"ECE, {focus}", f"{fm['ece']:.4f}", border=True, delta=delta("ece"), delta_color="inverse")
+c3.metric(f"NLL, {focus}", f"{fm['nll']:.4f}" if fm["nll"] is not None else "–", border=True, delta=delta("nll"),
+          delta_color="inverse")
+c2.caption(f"{views[focus].n:,} images")
+c3.caption(f"{views[focus].n:,} images")
 st.dataframe(pd.DataFrame(rows), hide_index=True, key="cal_table",
              column_config={c: st.column_config.NumberColumn(c, format="%.4f")
                             for c in ("ECE", "ECE after T", "MCE", "NLL", "NLL after T", "Brier")}
              | {"accuracy": st.column_config.NumberColumn("accuracy", format="%.1f%%")})
 if temperature is not None:
-    chart(ece_before_after({"temperature": temperature, **reports}), key="cal_ece", name="ece-before-after")
+    chart(ece_before_after({"temperature": temperature,
+                            **{s: {"n": v.n, "ece": v.scores["ece"], "ece_calibrated": v.scores["ece_calibrated"]}
+                               for s, v in views.items()}}), key="cal_ece", name="ece-before-after")
 
 st.subheader("Reliability")
 state.seed("cal_split", "_cal_split", focus, valid=lambda v: v in splits)
 split = st.selectbox("Split", splits, key="cal_split")
 ss["_cal_split"] = split
-z, y = part(split)
-scaled = None
-if temperature is not None:
-    conf_t, pred_t = cal.top1(cal.softmax(z, temperature))
-    scaled = cal.reliability_bins(conf_t, pred_t == y, bins).records()
-chart(reliability_diagram(reports[split]["bins"], calibrated=scaled), key="cal_reliability",
+view = views[split]
+chart(reliability_diagram(view.bins, calibrated=view.bins_calibrated), key="cal_reliability",
       name=f"reliability-{split}")
-st.caption(f"{split}, {len(y):,} images. Bars: the accuracy in each confidence bin with its 95% Wilson interval, "
+st.caption(f"{split}, {view.n:,} images. Bars: the accuracy in each confidence bin with its 95% Wilson interval, "
            "against the diagonal of perfect calibration; diamonds: the bin's mean confidence; below, the images per bin"
-           + ("; the line: the same after temperature scaling." if scaled is not None else "."))
+           + ("; the line: the same after temperature scaling." if view.bins_calibrated is not None else "."))
 
-shown_t = switch_t or 1.0
-conf, pred = cal.top1(cal.softmax(z, shown_t))
-chart(confidence_split_histogram(conf, pred == y), key="cal_hist", name=f"confidence-right-wrong-{split}")
-st.caption(f"Confidence of the predicted class ({calibration_ui.word(ctx)}) of the right and the wrong predictions "
+wanted = calibration_view.CALIBRATED if switch_t is not None else calibration_view.RAW
+which = wanted if wanted in view.hist else calibration_view.RAW
+words = calibration_ui.word(ctx) if which == wanted else "raw"
+chart(confidence_histogram_counts(view.hist[which]), key="cal_hist", name=f"confidence-right-wrong-{split}")
+st.caption(f"Confidence of the predicted class ({words}) of the right and the wrong predictions "
            f"of {split}: a model that knows when it is wrong keeps its mistakes at low confidence.")
 
 st.subheader("Per class")
-table = cal.per_class_ece(z, y, bins=bins, temperature=shown_t, names=list(names))
+table, which = calibration_view.class_table(ctx, data, split, wanted, bins)
+words = calibration_ui.word(ctx) if which == wanted else "raw"
 table = table.assign(few=table["n"] < FEW_IMAGES)
 left, right = st.columns([1, 1.3])
 with left:
@@ -134,5 +142,5 @@ with left:
                  })
 with right:
     chart(per_class_ece_bars(table, top=30, few=FEW_IMAGES), key="cal_per_class_bars", name=f"per-class-ece-{split}")
-st.caption(f"ECE within each true sport's images of {split} ({calibration_ui.word(ctx)} confidences), worst first. "
+st.caption(f"ECE within each true sport's images of {split} ({words} confidences), worst first. "
            f"With few images a class's ECE is mostly noise: classes with fewer than {FEW_IMAGES} are marked.")

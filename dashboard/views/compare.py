@@ -16,32 +16,48 @@ reviews_ui.reviewer_sidebar()
 names = ctx.names
 ss = st.session_state
 
-errors = gallery_errors(ctx)
-ids = [int(i) for i in errors["image_id"]]
+# Previous / Next walk the gallery's current filter. Raw confidences: the store finds the image's place and
+# neighbours in that order (a few indexed reads); calibrated ones come from each image's logits, so the
+# filtered list is made in memory from the run's errors, as the gallery does.
 image_id = ss.get("image")
 chosen = loaders.load_detail(ctx.url, ctx.run_id, image_id, ctx.stamp) if isinstance(image_id, int) else None
-if chosen is None or chosen.pred is None:  # no image chosen, or one without a prediction in this run
-    if not ids:
-        st.info("No image chosen and no misclassified image matches the gallery filters. "
-                "Pick one in the Misclassifications page, or relax its filters.")
-        st.stop()
-    image_id = ids[0]
+if calibration_ui.temperature(ctx.url, ctx.run_id) is None:
+    where = scale_ui.gallery_where(ctx)
+    n_match = scale_ui.load_errors_count(ctx.url, ctx.run_id, ctx.stamp, **where)
+    if chosen is None or chosen.pred is None:
+        top = scale_ui.load_errors_page(ctx.url, ctx.run_id, ctx.stamp, offset=0, limit=1, **where)
+        image_id = int(top["image_id"].iloc[0]) if len(top) else None
+    near = (scale_ui.load_neighbours(ctx.url, ctx.run_id, ctx.stamp, image_id, **where) if image_id is not None
+            else None)
+    pos, prev_id, next_id, first_id = ((near.position, near.previous, near.next, near.first) if near is not None
+                                       else (None, None, None, None))
+else:
+    ids = [int(i) for i in gallery_errors(ctx)["image_id"]]
+    n_match = len(ids)
+    if (chosen is None or chosen.pred is None) and ids:
+        image_id = ids[0]
+    pos = ids.index(image_id) if image_id in ids else None
+    prev_id = ids[pos - 1] if pos else None
+    next_id = ids[pos + 1] if pos is not None and pos + 1 < n_match else None
+    first_id = ids[0] if ids else None
+if image_id is None:  # no image chosen, or one without a prediction in this run, and nothing matches
+    st.info("No image chosen and no misclassified image matches the gallery filters. "
+            "Pick one in the Misclassifications page, or relax its filters.")
+    st.stop()
 
-# Previous / next walk the gallery's current filter.
-def _step(delta: int) -> None:
-    cur = ss.get("image")
-    at = ids.index(cur) if cur in ids else None
-    ss["image"] = ids[0] if at is None else ids[max(0, min(len(ids) - 1, at + delta))]
+
+def _go(target: int) -> None:
+    ss["image"] = target
 
 
 ss["image"] = image_id
-pos = ids.index(image_id) if image_id in ids else None
+# outside the filter, both buttons start at its first image
+back, ahead = (first_id, first_id) if pos is None else (prev_id, next_id)
 b1, b2, b3 = st.columns([1, 1, 4])
-b1.button("◀ Previous", key="cmp_prev", on_click=_step, args=(-1,), disabled=not ids or pos == 0, width="stretch")
-b2.button("Next ▶", key="cmp_next", on_click=_step, args=(1,),
-          disabled=not ids or (pos is not None and pos >= len(ids) - 1), width="stretch")
+b1.button("◀ Previous", key="cmp_prev", on_click=_go, args=(back,), disabled=back is None, width="stretch")
+b2.button("Next ▶", key="cmp_next", on_click=_go, args=(ahead,), disabled=ahead is None, width="stretch")
 b3.caption(
-    f"Image {pos + 1} of {len(ids)} in the gallery's current filter." if pos is not None
+    f"Image {pos + 1} of {n_match} in the gallery's current filter." if pos is not None
     else "This image is outside the gallery's current filter; Previous/Next start at its first image."
 )
 

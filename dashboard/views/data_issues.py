@@ -10,7 +10,7 @@ import streamlit as st
 
 from core.intervals import suspects_warning
 from core.splits import SPLITS
-from dashboard import calibration_ui, intervals_ui, loaders, reviews_ui, state
+from dashboard import calibration_ui, loaders, reviews_ui, scale_ui, state
 from dashboard.context import require_run
 from dashboard.tiles import TILES_PER_ROW, map_of_class, picture, show_picture
 
@@ -46,7 +46,7 @@ st.caption(
 groups, leaks = report["groups"], report["leakage"]
 # Suspects come from the model's confidences: ranked by the calibrated ones where the switch is on.
 suspects, calibrated_rank = calibration_ui.ranked_suspects(ctx, report["suspects"])
-model_acc = intervals_ui.out_of_sample_accuracy(loaders.load_predictions(ctx.url, ctx.run_id, ctx.stamp))
+model_acc = scale_ui.held_out_accuracy(ctx)  # counted in the store per split, not from the run's predictions
 conflict_labels = {int(c["group"]): c["labels"] for c in report["conflicts"]}
 m1, m2, m3, m4 = st.columns(4)
 n_exact = sum(g["kind"] == "exact" for g in groups)

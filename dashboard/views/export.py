@@ -2,13 +2,13 @@
 import streamlit as st
 
 from core.report import FORMATS, ExportOptions
-from dashboard import state
-from dashboard.context import require_predictions, require_run, split_choice
+from dashboard import scale_ui, state
+from dashboard.context import require_run, split_choice
 from dashboard.figureset import figure_set_zip
 
 st.title("Export")
 ctx = require_run()
-preds = require_predictions(ctx)
+counts = scale_ui.require_counts(ctx)  # the splits with predictions, counted in the store (not read whole)
 names = list(ctx.names)
 ss = st.session_state
 
@@ -18,7 +18,7 @@ st.caption("The same files as `python -m jobs.export --run "
            "leakage and duplicate groups for an audited run, and the faithfulness table and plot and the sanity "
            "check for a run scored by `jobs.trust`. Plots are drawn at 300 dpi by a headless Chromium.")
 c1, c2 = st.columns([1, 2])
-splits = split_choice(ctx, preds, "exp_split", container=c1)
+splits = split_choice(ctx, counts, "exp_split", container=c1)
 formats = c2.multiselect("Formats of plots and sheets", list(FORMATS), default=["png"], key="exp_formats")
 sports = st.multiselect("Sports that get an error sheet", names, key="exp_sports",
                         placeholder="default: the 10 sports with the most errors")

@@ -33,10 +33,7 @@ ss["sport"], ss["pred"], ss["conf"], ss["_page_size"] = true, pred, tuple(conf),
 # Raw confidences: filters, order and page are SQL (one page read, whatever the run's size). Calibrated ones
 # come from each image's logits, so the filtered list is made in memory from the run's errors.
 in_sql = calibration_ui.temperature(ctx.url, ctx.run_id) is None
-index = {n: i for i, n in enumerate(names)}
-split = ss.get("split", "all")
-where = dict(splits=None if split == "all" else (split,), true=tuple(index[n] for n in true),
-             pred=tuple(index[n] for n in pred), conf=(float(conf[0]), float(conf[1])))
+where = scale_ui.gallery_where(ctx)  # the filters just chosen, as the shared state holds them
 errors = None if in_sql else gallery_errors(ctx)
 n_match = scale_ui.load_errors_count(ctx.url, ctx.run_id, ctx.stamp, **where) if in_sql else len(errors)
 total = int((preds["predictions"] - preds["correct"]).sum())

@@ -1,13 +1,14 @@
 """A run's calibration (``jobs.calibrate``) and how many of its predictions kept their logits."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import pandas as pd
 from sqlalchemy import func, inspect, select
 from sqlalchemy.orm import Session
 
+from core.calibration_views import FIGURES
 from core.splits import ordered
 from db.models import CalibrationRow, EvalRow, ImageRow, Prediction
 from db.queries.frames import empty
@@ -24,6 +25,9 @@ class StoredCalibration:
     bins: int
     report: dict[str, Any]
     stale: bool = False
+    # what the Calibration page draws per split (core.calibration_views.split_figures), stored under
+    # "figures" beside the report by jobs.calibrate; empty for a calibration stored before it kept them
+    figures: dict[str, Any] = field(default_factory=dict)
 
 
 def _has_table(session: Session) -> bool:
@@ -47,25 +51,40 @@ def calibration_for(session: Session, run_id: int) -> Optional[StoredCalibration
     if row is None:
         return None
     report = dict(row.report or {})
+    figures = report.pop(FIGURES, None) or {}
     splits = [s for s in ("valid", "test") if s in report]
     evaluated = session.scalar(select(func.max(EvalRow.finished_at))
                                .where(EvalRow.run_id == run_id, EvalRow.split.in_(splits))) if splits else None
     return StoredCalibration(run_id=run_id, created_at=row.created_at.isoformat(timespec="seconds"),
                              temperature=float(row.temperature), bins=int(row.bins), report=report,
-                             stale=bool(evaluated is not None and evaluated > row.created_at))
+                             stale=bool(evaluated is not None and evaluated > row.created_at), figures=figures)
 
 
 COVERAGE_COLUMNS = ["split", "predictions", "with_logits"]
 
 
+def _per_split(session: Session, run_id: int, *where) -> dict[str, int]:
+    """Usable predictions of the run per split (driven by ``predictions.run_id``), under ``where``."""
+    stmt = (select(ImageRow.split, func.count()).select_from(Prediction)
+            .join(ImageRow, ImageRow.id == Prediction.image_id)
+            .where(Prediction.run_id == run_id, ImageRow.skipped.is_(False), *where)
+            .group_by(ImageRow.split))
+    return {split: int(n) for split, n in session.execute(stmt).all()}
+
+
+def missing_logits(session: Session, run_id: int) -> dict[str, int]:
+    """Per split, the usable predictions that kept no logit vector (splits with none left out). Walks the
+    partial index ``ix_predictions_run_no_logits``, which holds only such rows: no logit is read, and a
+    run that kept them all costs nothing."""
+    return _per_split(session, run_id, Prediction.logits.is_(None))
+
+
 def logits_coverage(session: Session, run_id: int) -> pd.DataFrame:
     """Per split with predictions (train/valid/test order): how many usable predictions there are and how
-    many of them stored their logit vector."""
-    stmt = (select(ImageRow.split, func.count(), func.count(Prediction.logits))
-            .join(Prediction, Prediction.image_id == ImageRow.id)
-            .where(ImageRow.run_id == run_id, ImageRow.skipped.is_(False))
-            .group_by(ImageRow.split))
-    rows = {split: (int(n), int(k)) for split, n, k in session.execute(stmt).all()}
-    if not rows:
+    many of them stored their logit vector (the predictions less :func:`missing_logits`; no blob is read)."""
+    total = _per_split(session, run_id)
+    if not total:
         return empty(COVERAGE_COLUMNS)
-    return pd.DataFrame([(s, *rows[s]) for s in ordered(rows)], columns=COVERAGE_COLUMNS)
+    missing = missing_logits(session, run_id)
+    return pd.DataFrame([(s, total[s], total[s] - missing.get(s, 0)) for s in ordered(total)],
+                        columns=COVERAGE_COLUMNS)
