@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -81,8 +82,13 @@ def measure_pages(url: str, repeat: int = 2, pages=PAGES) -> list[dict]:
     Raises ``RuntimeError`` when a page fails or does not show its text."""
     from streamlit.testing.v1 import AppTest
 
-    os.environ["SPORTS_DB"] = url
     at = AppTest.from_file(str(HOME), default_timeout=600)
+    # The app's start-up (AppTest scans the installed packages for components on its first run, as a server
+    # does when it starts) is not a page's cost: a first run on a store that does not exist takes it.
+    with tempfile.TemporaryDirectory(prefix="bench-scale-none-") as none:
+        os.environ["SPORTS_DB"] = f"sqlite:///{none}/absent.db"
+        at.run()
+    os.environ["SPORTS_DB"] = url
     rows = []
     for title, path, expect in pages:
         t = time.perf_counter()
@@ -132,7 +138,7 @@ def child(url: str, repeat: int) -> None:
     print(json.dumps(dict(pages=rows, rss_mb=peak_rss_mb())))
 
 
-def run_size(size: Size, repeat: int, db: Optional[str], say=print) -> dict:
+def run_size(size: Size, repeat: int, db: Optional[str], say=print, keep: bool = False) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix=f"bench-scale-{size.name}-"))
     built = build_large_store(tmp, url=db, n_classes=size.classes, train_per_class=size.train,
                               eval_per_class=size.eval, say=lambda m: say(f"  {m}"))
@@ -143,6 +149,8 @@ def run_size(size: Size, repeat: int, db: Optional[str], say=print) -> dict:
     if out.returncode != 0:
         raise RuntimeError(f"the dashboard process failed on {size.name}: {out.stderr.strip()[-2000:]}")
     measured = json.loads(out.stdout.strip().splitlines()[-1])
+    if not keep and db is None:
+        shutil.rmtree(tmp, ignore_errors=True)  # a large store is 650 MB
     writes = built.n_predictions / built.write_seconds if built.write_seconds else float("nan")
     return dict(size=size.name, images=built.n_images, predictions=built.n_predictions, store_mb=nbytes / 1e6,
                 build_s=built.seconds, write_rows_s=writes, **measured)
@@ -178,6 +186,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=2, help="warm timings are the best of this many (default 2)")
     p.add_argument("--producer", type=float, default=PRODUCER,
                    help=f"images a second the simulated GPU evaluation produces (default {PRODUCER:g})")
+    p.add_argument("--keep", action="store_true", help="keep the generated SQLite stores (default: removed after "
+                                                         "they are measured)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     return p
 
@@ -192,7 +202,7 @@ def main(args: argparse.Namespace) -> int:
     for name in args.sizes:
         size = SIZES[name]
         print(f"{name}: {size.classes} classes x ({size.train} train + 2 x {size.eval} eval) = {size.images:,} images")
-        results.append(run_size(size, args.repeat, args.db))
+        results.append(run_size(size, args.repeat, args.db, keep=args.keep))
     return 0 if report(results, args.producer) else 1
 
 

@@ -32,9 +32,18 @@ def load_split_counts(url: str, run_id: int, stamp: str) -> pd.DataFrame:
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def load_confusion(url: str, run_id: int, n_classes: int, splits: Optional[tuple[str, ...]], stamp: str) -> np.ndarray:
+def load_split_pairs(url: str, run_id: int, stamp: str) -> pd.DataFrame:
+    """Images per (split, true, predicted class): one read for every split a page shows."""
     with loaders.session(url) as s:
-        return q.confusion_counts(s, run_id, n_classes, splits)
+        return q.split_pair_counts(s, run_id)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def load_confusion(url: str, run_id: int, n_classes: int, splits: Optional[tuple[str, ...]], stamp: str) -> np.ndarray:
+    pairs = load_split_pairs(url, run_id, stamp)
+    if splits is not None:
+        pairs = pairs[pairs["split"].isin(splits)]
+    return q.confusion_from_pairs(pairs, n_classes, run_id)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

@@ -73,15 +73,33 @@ def pair_counts(session: Session, run_id: int, splits: Optional[Iterable[str]] =
     return df.astype(np.int64) if len(df) else pd.DataFrame({c: pd.Series(dtype=np.int64) for c in PAIR_COLUMNS})
 
 
+SPLIT_PAIR_COLUMNS = ["split", *PAIR_COLUMNS]
+
+
+def split_pair_counts(session: Session, run_id: int) -> pd.DataFrame:
+    """:func:`pair_counts` of every split in one read: columns split, label, pred, n (the same scan as one
+    split's, so a page that shows several splits, or all of them, pays it once)."""
+    stmt = (_scored(ImageRow.split, ImageRow.label, Prediction.pred, func.count())
+            .where(Prediction.run_id == run_id).group_by(ImageRow.split, ImageRow.label, Prediction.pred))
+    df = pd.DataFrame(session.execute(stmt).all(), columns=SPLIT_PAIR_COLUMNS)
+    if df.empty:
+        return pd.DataFrame({c: pd.Series(dtype=object if c == "split" else np.int64) for c in SPLIT_PAIR_COLUMNS})
+    return df.astype({c: np.int64 for c in PAIR_COLUMNS})
+
+
 def confusion_counts(session: Session, run_id: int, n_classes: int,
                      splits: Optional[Iterable[str]] = None) -> np.ndarray:
     """``cm[true, pred]`` (n_classes, n_classes) int64 from :func:`pair_counts`."""
-    pairs = pair_counts(session, run_id, splits)
+    return confusion_from_pairs(pair_counts(session, run_id, splits), n_classes, run_id)
+
+
+def confusion_from_pairs(pairs: pd.DataFrame, n_classes: int, run_id: int) -> np.ndarray:
+    """``cm[true, pred]`` from pair rows (label, pred, n; rows of one label and pred are added up)."""
     t, p = pairs["label"].to_numpy(), pairs["pred"].to_numpy()
     if len(pairs) and (min(t.min(), p.min()) < 0 or max(t.max(), p.max()) >= n_classes):
         raise ValueError(f"run {run_id}: a class index outside 0..{n_classes - 1} in its predictions")
     cm = np.zeros((n_classes, n_classes), dtype=np.int64)
-    cm[t, p] = pairs["n"].to_numpy()
+    np.add.at(cm, (t, p), pairs["n"].to_numpy())
     return cm
 
 
