@@ -23,6 +23,7 @@ from core.calibration import calibrated_top
 from core.report_calibration import calibrated_suspects
 from dashboard import loaders, scale_ui
 from db import queries
+from db.queries import scale
 from db.queries.calibration import (
     COVERAGE_COLUMNS,
     StoredCalibration,
@@ -34,6 +35,9 @@ from db.queries.calibration import (
 SHARED_NAME = "calibrated"  # in dashboard.state.SHARED, and the URL parameter
 WIDGET = "sb_calibrated"
 LABEL = "Calibrated confidences"
+# Up to this many predictions, calibrated confidences are computed for the whole run at once (lists filter and
+# order on them); above it, for the images a page shows (100,000 logit vectors of 1,000 classes are 400 MB).
+WHOLE_RUN_UP_TO = 20_000
 
 
 # --------------------------------------------------------------------------- loaders
@@ -97,7 +101,24 @@ class Calibrated:
 
 @st.cache_data(show_spinner=False, max_entries=4)
 def load_calibrated(url: str, run_id: int, n_classes: int, stamp: str, key: str, temperature: float) -> Calibrated:
-    stored = load_logits(url, run_id, n_classes, stamp, key)
+    return _calibrated(load_logits(url, run_id, n_classes, stamp, key), n_classes, temperature)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def load_logits_of(url: str, run_id: int, n_classes: int, image_ids: tuple[int, ...], stamp: str,
+                   key: str) -> queries.StoredLogits:
+    """The stored logit vectors of ``image_ids`` only (``db.queries.scale.logits_of``)."""
+    with loaders.session(url) as s:
+        return scale.logits_of(s, run_id, image_ids, n_classes)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def load_calibrated_of(url: str, run_id: int, n_classes: int, image_ids: tuple[int, ...], stamp: str, key: str,
+                       temperature: float) -> Calibrated:
+    return _calibrated(load_logits_of(url, run_id, n_classes, image_ids, stamp, key), n_classes, temperature)
+
+
+def _calibrated(stored: queries.StoredLogits, n_classes: int, temperature: float) -> Calibrated:
     frame = stored.frame
     if frame.empty:
         empty = np.zeros((0, min(5, n_classes)))
@@ -172,18 +193,52 @@ def temperature(url: str, run_id: int) -> Optional[float]:
     return availability(url, run_id).temperature
 
 
+def whole_run(ctx) -> bool:
+    """Whether calibrated confidences are computed for every image of the run (and lists filter and order on
+    them in memory): up to ``WHOLE_RUN_UP_TO`` predictions. Above it a page computes them for the images it
+    shows, from their logits alone, and its lists filter and order on the stored raw ones in the store."""
+    return scale_ui.n_predictions(ctx) <= WHOLE_RUN_UP_TO
+
+
+def in_store(ctx) -> bool:
+    """Whether lists (the gallery, Previous/Next) filter and order on the stored confidences, in SQL: the
+    switch is off (or unusable), or the run is above ``WHOLE_RUN_UP_TO``."""
+    return temperature(ctx.url, ctx.run_id) is None or not whole_run(ctx)
+
+
+def list_word(ctx) -> str:
+    """:func:`word` for what a list filters and orders on, with the reason where that is raw at this size."""
+    if temperature(ctx.url, ctx.run_id) is None or whole_run(ctx):
+        return word(ctx)
+    return (f"raw: above {WHOLE_RUN_UP_TO:,} predictions the list filters and orders on the stored confidences; "
+            "each image's comparison page shows its calibrated top 5")
+
+
 def calibrated(ctx) -> Optional[Calibrated]:
-    """The run's calibrated confidences when the switch is on and usable (``ctx``: ``dashboard.context.Ctx``)."""
+    """The run's calibrated confidences when the switch is on and usable (``ctx``: ``dashboard.context.Ctx``):
+    every image's; call it only where :func:`whole_run` holds, else :func:`calibrated_rows`."""
     t = temperature(ctx.url, ctx.run_id)
     if t is None:
         return None
     return load_calibrated(ctx.url, ctx.run_id, len(ctx.names), ctx.stamp, logits_key(ctx.url, ctx.run_id), t)
 
 
+def calibrated_rows(ctx, image_ids) -> Optional[Calibrated]:
+    """Calibrated confidences covering ``image_ids`` when the switch is on and usable: the whole run's where
+    :func:`whole_run` holds (one cached computation), else those images' alone (their logits only)."""
+    t = temperature(ctx.url, ctx.run_id)
+    if t is None:
+        return None
+    if whole_run(ctx):
+        return calibrated(ctx)
+    ids = tuple(sorted({int(i) for i in image_ids}))
+    return load_calibrated_of(ctx.url, ctx.run_id, len(ctx.names), ids, ctx.stamp, logits_key(ctx.url, ctx.run_id), t)
+
+
 def shown(ctx, frame: pd.DataFrame, *, resort: bool = False) -> pd.DataFrame:
     """``frame`` (with image_id and confidence) with the confidences the switch asks for; ``resort``: most
     confident first again, as ``errors_frame`` orders them."""
-    cal = calibrated(ctx)
+    cal = calibrated_rows(ctx, frame["image_id"]) if len(frame) else None
     if cal is None or frame.empty:
         return frame
     rows = cal.rows(frame["image_id"])
@@ -203,7 +258,7 @@ def word(ctx) -> str:
 def top5(ctx, image_id: int) -> Optional[tuple[float, list[int], list[float]]]:
     """One image's calibrated confidence of its predicted class and its calibrated top 5; ``None`` when the
     switch is off or the image has no logits."""
-    cal = calibrated(ctx)
+    cal = calibrated_rows(ctx, [image_id])
     if cal is None:
         return None
     (row,) = cal.rows([image_id])
@@ -219,5 +274,10 @@ def ranked_suspects(ctx, suspects: Sequence[dict]) -> tuple[list[dict], bool]:
     t = temperature(ctx.url, ctx.run_id)
     if t is None or not suspects:
         return [dict(sp) for sp in suspects], False
-    stored = load_logits(ctx.url, ctx.run_id, len(ctx.names), ctx.stamp, logits_key(ctx.url, ctx.run_id))
+    key = logits_key(ctx.url, ctx.run_id)
+    if whole_run(ctx):
+        stored = load_logits(ctx.url, ctx.run_id, len(ctx.names), ctx.stamp, key)
+    else:  # the suspects' logits only
+        ids = tuple(sorted({int(sp["image_id"]) for sp in suspects if sp.get("image_id") is not None}))
+        stored = load_logits_of(ctx.url, ctx.run_id, len(ctx.names), ids, ctx.stamp, key)
     return calibrated_suspects(suspects, stored.frame["image_id"].to_numpy(), stored.logits, t), True

@@ -125,3 +125,18 @@ def held_out_accuracy(ctx) -> Rate:
     sc = load_split_counts(ctx.url, ctx.run_id, ctx.stamp)
     held = sc[sc["split"] != TRAIN]
     return rate(int(held["correct"].sum()), int(held["predictions"].sum()))
+
+
+def stored_confidence_counts(ctx) -> Optional[pd.DataFrame]:
+    """The calibrated right/wrong confidence counts ``jobs.calibrate`` stored for valid and test, as the rows
+    (bin, correct, n) ``core.counts.binned_confidence_histogram`` draws; ``None`` when the run has no stored
+    calibration with them (or they were binned otherwise)."""
+    from dashboard import calibration_ui  # it imports this module
+
+    stored = calibration_ui.load_calibration(ctx.url, ctx.run_id, calibration_ui.load_calibration_stamp(ctx.url, ctx.run_id))
+    hists = [f["hist"].get("calibrated") for f in (stored.figures.values() if stored is not None else ())]
+    if not hists or any(h is None or h.get("bins") != HIST_BINS for h in hists):
+        return None
+    rows = [(b, right, n) for h in hists for right, key in ((True, "right"), (False, "wrong"))
+            for b, n in enumerate(h[key])]
+    return pd.DataFrame(rows, columns=["bin", "correct", "n"]).groupby(["bin", "correct"], as_index=False)["n"].sum()

@@ -21,7 +21,7 @@ from bench import scale as bench_scale
 from core import calibration as cal
 from core import calibration_views as views
 from core.figures_calibration import confidence_histogram_counts, confidence_split_histogram
-from dashboard import calibration_view, scale_ui
+from dashboard import calibration_ui, calibration_view, scale_ui
 from db import queries
 from db.builder_large import build_large_store
 from db.models import Prediction
@@ -73,30 +73,31 @@ def recorded():
         event.remove(Engine, "before_cursor_execute", before)
 
 
-def run_reads(url: str, seen) -> list[tuple[str, list[str]]]:
-    """The SELECTs among ``seen`` that touch a run's rows, each with its SQLite plan."""
+def run_reads(url: str, seen) -> list[tuple[str, list[str], tuple]]:
+    """The SELECTs among ``seen`` that touch a run's rows, each with its SQLite plan and parameters."""
     out = []
     with sqlite3.connect(path_of(url)) as con:
         for stmt, params in seen:
             if not stmt.lstrip().upper().startswith("SELECT") or not re.search(r"\b(images|predictions|cam_maps)\b", stmt):
                 continue
             plan = [r[-1] for r in con.execute("EXPLAIN QUERY PLAN " + stmt, params).fetchall()]
-            out.append((stmt, plan))
+            out.append((stmt, plan, params))
     return out
 
 
-def assert_reads_what_it_shows(url: str, seen) -> list[tuple[str, list[str]]]:
+def assert_reads_what_it_shows(url: str, seen) -> list[tuple[str, list[str], tuple]]:
     reads = run_reads(url, seen)
     assert reads, "the page read nothing of the run"
-    for stmt, plan in reads:
+    for stmt, plan, params in reads:
         steps = " | ".join(plan)
-        for table in RUN_TABLES:
-            assert not re.search(rf"\bSCAN {table}\b", steps), (stmt, steps)
+        for table in RUN_TABLES:  # no scan, but of the partial index of rows without logits (nearly empty)
+            assert not re.search(rf"\bSCAN {table}\b(?! USING (COVERING )?INDEX ix_predictions_run_no_logits)",
+                                 steps), (stmt, steps)
         assert "ix_images_run_split" not in steps, (stmt, steps)  # would walk every image of the run
         # the run's logits are never read: a statement that selects them reads one image by its key (the shown
         # image's details); elsewhere the only mention is the partial index's "logits IS NULL"
         if re.search(r"predictions\.logits(?!\s+IS\s+NULL)", stmt):
-            assert "images.id = ?" in stmt and all("PRIMARY KEY" in step for step in plan), (stmt, steps)
+            assert all("PRIMARY KEY" in step for step in plan) and len(params) <= 30, (stmt, steps)
     return reads
 
 
@@ -105,6 +106,7 @@ def as_large(monkeypatch) -> None:
     and no read cached by an earlier test, so that each page's own reads are seen."""
     st.cache_data.clear()
     monkeypatch.setattr(calibration_view, "LOGITS_UP_TO", 0)
+    monkeypatch.setattr(calibration_ui, "WHOLE_RUN_UP_TO", 0)
     monkeypatch.setattr(scale_ui, "EXACT_BOOTSTRAP_UP_TO", 0)
 
 
@@ -122,16 +124,45 @@ def app(url: str, monkeypatch, page: str | None = None, **state) -> AppTest:
 
 # --------------------------------------------------------------------------- pages
 
-@pytest.mark.parametrize("page", ["views/overview.py", "views/gallery.py", "views/compare.py", "views/export.py",
-                                  "views/calibration.py", "views/data_issues.py"])
-def test_pages_of_a_large_run_read_only_what_they_show(plain, page, monkeypatch):
+@pytest.mark.parametrize("store", ["plain", "calibrated"])
+@pytest.mark.parametrize("page", ["views/overview.py", "views/gallery.py", "views/compare.py", "views/confusion.py",
+                                  "views/export.py", "views/calibration.py", "views/data_issues.py"])
+def test_pages_of_a_large_run_read_only_what_they_show(store, page, request, monkeypatch):
+    """Raw and calibrated (the sidebar switch starts on for a calibrated run)."""
+    built = request.getfixturevalue(store)
     as_large(monkeypatch)
-    monkeypatch.setenv("SPORTS_DB", plain.url)
+    monkeypatch.setenv("SPORTS_DB", built.url)
     at = AppTest.from_file(str(bench_scale.HOME), default_timeout=120)
     with recorded() as seen:
         at.switch_page(page).run()
     assert not at.exception, [e.value for e in at.exception]
-    assert_reads_what_it_shows(plain.url, seen)
+    assert_reads_what_it_shows(built.url, seen)
+    assert at.sidebar.toggle(key="sb_calibrated").value == (store == "calibrated")
+
+
+def test_a_large_calibrated_run_shows_calibrated_numbers_of_what_it_shows(calibrated, monkeypatch):
+    as_large(monkeypatch)
+    with session(calibrated.url) as s:
+        stored = calibration_for(s, calibrated.run_id)
+        errors = queries.errors_frame(s, calibrated.run_id)
+        logits = queries.logits_for(s, calibrated.run_id, N_CLASSES)
+    second = int(errors["image_id"].iloc[1])
+    row = int(np.flatnonzero(logits.frame["image_id"].to_numpy() == second)[0])
+    p = cal.softmax(logits.logits[row:row + 1], stored.temperature)[0]
+    at = app(calibrated.url, monkeypatch, "views/compare.py", image=second)
+    (head,) = [m.value for m in at.markdown if " · true **" in m.value]
+    assert f"at {p[int(logits.frame['pred'].iloc[row])]:.1%} calibrated" in head
+    assert f"Image 2 of {len(errors)} in the gallery's current filter." in [c.value for c in at.caption]
+    at.button(key="cmp_next").click().run()
+    assert at.session_state["image"] == int(errors["image_id"].iloc[2])
+    # the gallery's list stays in the store, in the raw order, and says so
+    at = app(calibrated.url, monkeypatch, "views/gallery.py")
+    assert any("the list filters and orders on the stored confidences" in c.value for c in at.caption)
+    shown = [c.value for c in at.caption if c.value.startswith("true:")]
+    assert f"({errors['confidence'].iloc[0]:.0%})" in shown[0]
+    # the overview's histogram: the calibrated counts the calibration stored
+    at = app(calibrated.url, monkeypatch)
+    assert any("valid and test as the calibration stored them" in c.value for c in at.caption)
 
 
 def test_gallery_tiles_name_only_the_shown_images(plain, monkeypatch):
@@ -223,10 +254,11 @@ def test_counts_stay_in_the_indexes(plain):
     with session(plain.url) as s:
         count = " ".join(q.query_plan(s, select(func.count()).select_from(q._errors_select(
             plain.run_id, None, (), (), (0.2, 0.9), count=True).subquery())))
-        missing = " ".join(q.query_plan(s, select(Prediction.image_id).where(
-            Prediction.run_id == plain.run_id, Prediction.logits.is_(None))))
+        with recorded() as seen:
+            missing_logits(s, plain.run_id)
     assert "COVERING INDEX ix_predictions_run_pred" in count and "ix_predictions_run_confidence" not in count
-    assert "ix_predictions_run_no_logits" in missing
+    ((stmt, plan, _),) = run_reads(plain.url, seen)
+    assert "logits IS NULL" in stmt and plan[0] == "SCAN predictions USING INDEX ix_predictions_run_no_logits"
 
 
 def test_logits_coverage_counts_the_missing_ones(plain, tmp_path):

@@ -21,7 +21,7 @@ ss = st.session_state
 # filtered list is made in memory from the run's errors, as the gallery does.
 image_id = ss.get("image")
 chosen = loaders.load_detail(ctx.url, ctx.run_id, image_id, ctx.stamp) if isinstance(image_id, int) else None
-if calibration_ui.temperature(ctx.url, ctx.run_id) is None:
+if calibration_ui.in_store(ctx):  # the gallery's own rule: its list is in SQL
     where = scale_ui.gallery_where(ctx)
     n_match = scale_ui.load_errors_count(ctx.url, ctx.run_id, ctx.stamp, **where)
     if chosen is None or chosen.pred is None:

@@ -31,8 +31,9 @@ with st.container(border=True):
 ss["sport"], ss["pred"], ss["conf"], ss["_page_size"] = true, pred, tuple(conf), size
 
 # Raw confidences: filters, order and page are SQL (one page read, whatever the run's size). Calibrated ones
-# come from each image's logits, so the filtered list is made in memory from the run's errors.
-in_sql = calibration_ui.temperature(ctx.url, ctx.run_id) is None
+# come from each image's logits, so for a run small enough the filtered list is made in memory from the run's
+# errors; above calibration_ui.WHOLE_RUN_UP_TO predictions the list stays in SQL, on the stored confidences.
+in_sql = calibration_ui.in_store(ctx)
 where = scale_ui.gallery_where(ctx)  # the filters just chosen, as the shared state holds them
 errors = None if in_sql else gallery_errors(ctx)
 n_match = scale_ui.load_errors_count(ctx.url, ctx.run_id, ctx.stamp, **where) if in_sql else len(errors)
@@ -63,7 +64,7 @@ start = (int(page) - 1) * size
 shown = (scale_ui.load_errors_page(ctx.url, ctx.run_id, ctx.stamp, offset=start, limit=size, **where) if in_sql
          else errors.iloc[start : start + size])
 n2.caption(f"Showing {start + 1}–{start + len(shown)}, most confident mistakes first "
-           f"({calibration_ui.word(ctx)} confidences). The overlay is the Grad-CAM map of the predicted sport.")
+           f"({calibration_ui.list_word(ctx)} confidences). The overlay is the Grad-CAM map of the predicted sport.")
 
 chosen = show_tiles(ctx, shown, per_row=TILES_PER_ROW, key="gal_tile", notes=loaders.flag_notes(ctx.url, ctx.run_id),
                     review=True)

@@ -74,13 +74,22 @@ else:
 n_all = int(counted["predictions"].sum())
 if n_all:
     st.subheader("Confidence")
-    if calibration_ui.temperature(ctx.url, ctx.run_id) is None:  # raw: the store counts the bins
+    t = calibration_ui.temperature(ctx.url, ctx.run_id)
+    large = t is not None and not calibration_ui.whole_run(ctx)
+    stored_hist = scale_ui.stored_confidence_counts(ctx) if large else None
+    words, n_shown = calibration_ui.word(ctx), n_all
+    if t is not None and not large:  # calibrated confidences come from each image's logits
+        fig = confidence_histogram(calibration_ui.shown(ctx, loaders.load_predictions(ctx.url, ctx.run_id, ctx.stamp)))
+    elif stored_hist is not None:  # a large run: the calibrated counts jobs.calibrate stored for valid and test
+        fig = binned_confidence_histogram(stored_hist, bins=scale_ui.HIST_BINS)
+        words, n_shown = f"{words}, of valid and test as the calibration stored them", int(stored_hist["n"].sum())
+    else:  # raw: the store counts the bins
         fig = binned_confidence_histogram(scale_ui.load_confidence_bins(ctx.url, ctx.run_id, ctx.stamp),
                                           bins=scale_ui.HIST_BINS)
-    else:  # calibrated confidences come from each image's logits
-        fig = confidence_histogram(calibration_ui.shown(ctx, loaders.load_predictions(ctx.url, ctx.run_id, ctx.stamp)))
+        if t is not None:  # a large run calibrated before the counts were stored with it
+            words = "raw (run `jobs.calibrate` again to store the calibrated ones of a run this size)"
     chart(fig, key="ov_conf", name="confidence")
-    st.caption(f"Confidence of the predicted class, {calibration_ui.word(ctx)}, over {n_all:,} predictions; "
+    st.caption(f"Confidence of the predicted class, {words}, over {n_shown:,} predictions; "
                "the sidebar switch chooses raw or calibrated.")
 
 st.subheader("Configuration")

@@ -63,20 +63,29 @@ def calibration_for(session: Session, run_id: int) -> Optional[StoredCalibration
 COVERAGE_COLUMNS = ["split", "predictions", "with_logits"]
 
 
-def _per_split(session: Session, run_id: int, *where) -> dict[str, int]:
+NO_LOGITS_INDEX = "ix_predictions_run_no_logits"
+
+
+def _per_split(session: Session, run_id: int, *where, run=None) -> dict[str, int]:
     """Usable predictions of the run per split (driven by ``predictions.run_id``), under ``where``."""
     stmt = (select(ImageRow.split, func.count()).select_from(Prediction)
             .join(ImageRow, ImageRow.id == Prediction.image_id)
-            .where(Prediction.run_id == run_id, ImageRow.skipped.is_(False), *where)
+            .where((Prediction.run_id if run is None else run) == run_id, ImageRow.skipped.is_(False), *where)
             .group_by(ImageRow.split))
     return {split: int(n) for split, n in session.execute(stmt).all()}
 
 
 def missing_logits(session: Session, run_id: int) -> dict[str, int]:
-    """Per split, the usable predictions that kept no logit vector (splits with none left out). Walks the
+    """Per split, the usable predictions that kept no logit vector (splits with none left out). Reads the
     partial index ``ix_predictions_run_no_logits``, which holds only such rows: no logit is read, and a
-    run that kept them all costs nothing."""
-    return _per_split(session, run_id, Prediction.logits.is_(None))
+    run that kept them all costs nothing. Without the index (an older store opened read-only), the run's
+    predictions are read by ``run_id``."""
+    has_index = any(ix["name"] == NO_LOGITS_INDEX for ix in inspect(session.connection()).get_indexes("predictions"))
+    # SQLite without statistics ranks the partial index no better than ix_predictions_run_confidence for
+    # "run_id = ?" and takes whichever the schema lists first; on "run_id + 0" only the partial index is
+    # left (scanned whole: it holds the rows without logits of every run, usually none).
+    return _per_split(session, run_id, Prediction.logits.is_(None),
+                      run=Prediction.run_id + 0 if has_index else None)
 
 
 def logits_coverage(session: Session, run_id: int) -> pd.DataFrame:

@@ -11,6 +11,7 @@ can be ten times more of them than of evaluated ones) and joins ``images`` by pr
 - ``errors_neighbours``: one image's place among them and the images before and after it (Previous/Next);
 - ``pair_images``: the images of one confused pair, most confident first;
 - ``images_by_id`` / ``image_by_path``: the few images a page shows (hash, path, label), by key;
+- ``logits_of``: the logit vectors of the few images a page shows, by key;
 - ``calibration_cells``: images and confidence sums per (split, class, bin, right/wrong), for calibration;
 - ``query_plan``: the plan the database chooses for any of them (EXPLAIN QUERY PLAN on SQLite, EXPLAIN on
   PostgreSQL), for the documentation and the test that guards the indexes.
@@ -26,10 +27,11 @@ from sqlalchemy import Select, and_, case, cast, func, literal, or_, select
 from sqlalchemy import Integer as SqlInteger
 from sqlalchemy.orm import Session
 
+from core.metrics import decode_logits
 from core.splits import ordered
 from db.models import ImageRow, Prediction
 from db.queries.frames import empty
-from db.queries.images import PREDICTION_COLUMNS, _prediction_select, _typed
+from db.queries.images import PREDICTION_COLUMNS, StoredLogits, _prediction_select, _typed
 
 SPLIT_COUNT_COLUMNS = ["split", "predictions", "correct"]
 PAIR_COLUMNS = ["label", "pred", "n"]
@@ -254,6 +256,28 @@ def image_by_path(session: Session, run_id: int, split: str, relpath: str) -> pd
     """The run's image at ``split``/``relpath`` (the unique key uq_image), as :func:`images_by_id`: 0 or 1 row."""
     stmt = select(*_SHOWN).where(ImageRow.run_id == run_id, ImageRow.split == split, ImageRow.relpath == relpath)
     return _shown_frame(session.execute(stmt).all(), run_id)
+
+
+def logits_of(session: Session, run_id: int, image_ids: Iterable[int], n_classes: int) -> StoredLogits:
+    """The stored logit vectors of ``image_ids`` only (``queries.logits_for``'s form, by id; images of another
+    run, or without logits, left out): what a page needs to show calibrated confidences of a few images
+    without decoding the run's. Looked up by primary key, ``ID_CHUNK`` a statement; the run is checked on the
+    rows read (see :func:`images_by_id`)."""
+    ids = sorted({int(i) for i in image_ids})
+    rows: list = []
+    for lo in range(0, len(ids), ID_CHUNK):
+        stmt = (select(ImageRow.run_id, ImageRow.id, ImageRow.split, ImageRow.label, Prediction.pred, Prediction.logits)
+                .select_from(Prediction).join(ImageRow, ImageRow.id == Prediction.image_id)
+                .where(Prediction.image_id.in_(ids[lo:lo + ID_CHUNK]), ImageRow.skipped.is_(False),
+                       Prediction.logits.is_not(None)))
+        rows += [r[1:] for r in session.execute(stmt).all() if r[0] == run_id]
+    cols = ["image_id", "split", "label", "pred"]
+    frame = pd.DataFrame([r[:4] for r in rows], columns=cols) if rows else empty(cols)
+    for c in ("image_id", "label", "pred"):
+        frame[c] = frame[c].astype(np.int64)
+    logits = (np.stack([decode_logits(bytes(r[4]), n_classes) for r in rows]) if rows
+              else np.zeros((0, n_classes), np.float32))
+    return StoredLogits(frame, logits)
 
 
 # --------------------------------------------------------------------------- calibration from counts
