@@ -38,6 +38,7 @@ from jobs.auditing import audit_run, format_summary
 from jobs.common import DefaultsHelpFormatter, add_db_arg, run_cli, run_distributed
 from jobs.evaluation import evaluate_split
 from jobs.rundir import DEFAULT_OUT, find_resume_checkpoint, fresh_run_dir
+from jobs.snapshot import Phase1Snapshot
 from jobs.training import RunOutput, TrainSettings, train
 
 log = logging.getLogger("jobs.train")
@@ -98,6 +99,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     per_mode("--cam-layer", str, f"module path of the Grad-CAM target layer ({DEFAULT_CAM_LAYER} is the ReLU "
              "after conv5_4)")
     p.add_argument("--no-cams", action="store_true", help="write predictions without Grad-CAM maps")
+    p.add_argument("--no-phase1-snapshot", action="store_true",
+                   help="do not evaluate and keep the model at the end of phase 1 as a snapshot of the run "
+                   "(default: kept, as run '<name>:phase1', for python -m jobs.compare)")
     p.add_argument("--eval-splits", default=",".join(EVAL_SPLITS),
                    help="splits to predict after training (comma-separated; add train on request)")
     p.add_argument("--audit", action="store_true", help="audit the data (duplicates, leakage, suspect labels) "
@@ -251,11 +255,16 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
             log.info("run %d %r started; checkpoints in %s", run_id, name, run_dir)
         run_id = dist.broadcast_from_main(env, run_id)
     out = RunOutput(Session_=Session_, run_id=run_id, run_dir=run_dir, saved_args=dict(vars(args)))
+    eval_splits = [s for s in args.eval_splits.split(",") if s]
+    snapshot = None if args.no_phase1_snapshot else Phase1Snapshot(
+        index=index, meta=meta, device=device, env=env, out=out, epochs_frozen=args.epochs_frozen,
+        epochs_finetune=args.epochs_finetune, eval_splits=eval_splits, batch_size=args.batch_size,
+        workers=args.workers, cams=not args.no_cams, layer=args.cam_layer)
     try:
         best = train(model, settings=TrainSettings.from_args(args), index=index, meta=meta, device=device,
-                     env=env, out=out, resume_state=resume_state)
+                     env=env, out=out, resume_state=resume_state, phase1_hook=snapshot)
         finish(model, best, index=index, meta=meta, device=device, env=env, out=out,
-               eval_splits=[s for s in args.eval_splits.split(",") if s], batch_size=args.batch_size,
+               eval_splits=eval_splits, batch_size=args.batch_size,
                workers=args.workers, cams=not args.no_cams, layer=args.cam_layer, audit=args.audit)
     except BaseException as exc:
         if env.is_main and Session_ is not None and run_id is not None:
