@@ -21,6 +21,8 @@ SHARED: dict[str, Callable[[list[str]], Any]] = {
     "conf": lambda v: tuple(sorted(float(x) for x in v[-1].split(",")))[:2],
     "image": lambda v: int(v[-1]),
     "page": lambda v: max(1, int(v[-1])),
+    "a": lambda v: int(v[-1]),  # the two runs of Compare runs
+    "b": lambda v: int(v[-1]),
 }
 FULL_RANGE = (0.0, 1.0)
 

@@ -13,6 +13,7 @@ from db.queries.compare import (
     COMPARE_COLUMNS,
     compare_frame,
     compare_stored,
+    comparison_data,
     find_compared,
     refuse_unfinished,
     run_input,
@@ -55,7 +56,7 @@ from db.queries.runs import (
 from db.queries.trust import TRUST_COLUMNS, TrustTables, sanity_check, trust_for, trust_frame, trust_version
 
 __all__ = [
-    "COMPARE_COLUMNS", "compare_frame", "compare_stored", "find_compared", "refuse_unfinished", "run_input",
+    "COMPARE_COLUMNS", "compare_frame", "compare_stored", "comparison_data", "find_compared", "refuse_unfinished", "run_input",
     "snapshot_id", "snapshots_of",
     "IMAGE_COLUMNS", "LEAKAGE_COLUMNS", "PREDICTION_COLUMNS", "SCORED_COLUMNS", "TRUST_COLUMNS",
     "ImageDetail", "RunInfo", "StoredLogits", "TrustTables",

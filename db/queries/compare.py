@@ -2,7 +2,8 @@
 (with the file hashes that match images across runs) and stored maps as a ``core.compare.RunInput``."""
 from __future__ import annotations
 
-from typing import Optional
+import functools
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,9 @@ from db.models import ImageRow, Prediction, Run
 from db.queries.frames import empty
 from db.queries.maps import maps_for, stored_methods
 from db.queries.runs import RunInfo, find_run, run_info
+
+if TYPE_CHECKING:
+    from core.compare_report import CompareData
 
 COMPARE_COLUMNS = ["image_id", "split", "relpath", "sha256", "label", "pred", "confidence"]
 
@@ -108,3 +112,22 @@ def compare_stored(session: Session, a_ref: str | int, b_ref: str | int, *, spli
     result = compare_runs(run_input(session, a, method), run_input(session, b, method), split=split,
                           resamples=resamples, seed=seed)
     return a, b, result
+
+
+def comparison_data(session: Session, a_ref: str | int, b_ref: str | int, *, split: Optional[str] = "test",
+                    method: str = DEFAULT_METHOD) -> "CompareData":
+    """What the comparison's figure set is drawn from (``jobs.export --compare``); ``session`` must stay open
+    while the set is drawn: maps are read on demand."""
+    # Imported here: the figure code (plotly, Pillow) is only needed by the callers that draw.
+    from core.compare_report import CompareData
+    from core.images import load_display_image
+
+    a, b, result = compare_stored(session, a_ref, b_ref, split=split, method=method)
+    return CompareData(
+        result=result,
+        a={"id": a.id, "name": a.name, "stage": a.stage}, b={"id": b.id, "name": b.name, "stage": b.stage},
+        load_image_a=functools.partial(load_display_image, a.data_root),
+        load_image_b=functools.partial(load_display_image, b.data_root),
+        load_maps_a=lambda ids: maps_for(session, a.id, ids, method),
+        load_maps_b=lambda ids: maps_for(session, b.id, ids, method),
+    )
