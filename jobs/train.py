@@ -101,7 +101,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cams", action="store_true", help="write predictions without Grad-CAM maps")
     p.add_argument("--no-phase1-snapshot", action="store_true",
                    help="do not evaluate and keep the model at the end of phase 1 as a snapshot of the run "
-                   "(default: kept, as run '<name>:phase1', for python -m jobs.compare)")
+                   "(run '<name>:phase1', which python -m jobs.compare compares with the final model)")
     p.add_argument("--eval-splits", default=",".join(EVAL_SPLITS),
                    help="splits to predict after training (comma-separated; add train on request)")
     p.add_argument("--audit", action="store_true", help="audit the data (duplicates, leakage, suspect labels) "
