@@ -22,7 +22,7 @@ from core.stages import stage_label
 from db import store
 from db.queries.compare import compare_stored, describe
 from db.queries.runs import RunInfo
-from jobs.common import DefaultsHelpFormatter, add_db_arg, run_cli
+from jobs.cli import DefaultsHelpFormatter, add_db_arg, run_cli
 
 ALL = "all"
 

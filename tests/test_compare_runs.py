@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +146,13 @@ def test_runs_sharing_no_image_say_so_in_one_line(pair, tmp_path, capsys):
     engine.dispose()
     rc, out, err = cli(capsys, compare_job, "--db", url, "--a", "1", "--b", "2")
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "share no image" in err
+
+
+def test_the_cli_starts_without_torch():
+    """jobs.compare never runs the model: it imports neither torch nor scipy (seconds of its start-up)."""
+    code = "import sys, jobs.compare; print(sorted(m for m in ('torch', 'scipy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_references_to_missing_snapshots_and_stages(pair, capsys):
