@@ -74,7 +74,8 @@ def store_bench(args: argparse.Namespace) -> dict[str, float]:
     from streamlit.testing.v1 import AppTest
 
     from core.splits import TEST
-    from db.builder import add_compared_run, build_store, hash_images
+    from db.builder import build_store
+    from db.builder_pairs import add_compared_run, hash_images
 
     logging.getLogger("streamlit").setLevel(logging.ERROR)
     tmp = Path(tempfile.mkdtemp(prefix="bench-compare-"))

@@ -132,7 +132,8 @@ def write_comparison_set(data: CompareData, out: str | os.PathLike,
     out.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(
         run={"a": data.a, "b": data.b},
-        filters={"split": r.split or "all", "images_per_sheet": options.worst, "per_class_plotted": options.top_confused},
+        filters={"split": r.split or "all", "images_per_sheet": options.worst,
+                 "per_class_plotted": options.top_confused},
         formats=list(options.formats), dpi=options.dpi,
         exported_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )

@@ -185,8 +185,7 @@ def create_run(
 
 
 def resolve_run(session: Session, ref: str | int) -> Run:
-    """A run by id, by name (the newest of that name), or ``latest`` (the newest run of any status that is not
-    a snapshot)."""
+    """A run by id, by name (the newest of that name), or ``latest`` (the newest run that is not a snapshot)."""
     ref_s = str(ref).strip()
     run: Optional[Run]
     if ref_s == "latest":  # the newest run, never a snapshot of one
@@ -370,39 +369,3 @@ def replace_sanity_check(session: Session, run_id: int, **fields: Any) -> None:
     """Keep one sanity check per run: the latest."""
     session.execute(delete(SanityCheck).where(SanityCheck.run_id == run_id))
     session.add(SanityCheck(run_id=run_id, created_at=utcnow(), **fields))
-
-
-# --------------------------------------------------------------------------- snapshots
-
-def create_snapshot(session: Session, parent_id: int, stage: str, *, checkpoint_path: Optional[str] = None,
-                    through_epoch: Optional[int] = None) -> Run:
-    """A snapshot of run ``parent_id`` at ``stage`` (e.g. "phase1"): a run row of its own, status running, named
-    ``<parent name>:<stage>``, with the parent's settings and classes, a copy of its image rows (same relpaths,
-    SHA-256, sizes, boxes, skip reasons) and of its epoch rows up to global epoch ``through_epoch``."""
-    parent = session.get(Run, parent_id)
-    if parent is None:
-        raise StoreError(f"no run {parent_id} to take a {stage!r} snapshot of")
-    if parent.stage is not None:
-        raise ValueError(f"run {parent_id} is itself a {parent.stage!r} snapshot; expected a run")
-    snap = Run(name=f"{parent.name}:{stage}"[:200], status="running", config={**(parent.config or {}), "stage": stage},
-               data_root=parent.data_root, device=parent.device, weights=parent.weights,
-               image_size=parent.image_size, cam_layer=parent.cam_layer, parent_id=parent_id, stage=stage,
-               started_at=utcnow(), absent_splits=dict(parent.absent_splits or {}), metrics={},
-               checkpoint_path=checkpoint_path)
-    snap.classes = [RunClass(index=c.index, name=c.name) for c in parent.classes]
-    session.add(snap)
-    session.flush()
-    cols = ("split", "relpath", "label", "width", "height", "skipped", "skip_reason", "bbox", "sha256")
-    images = session.execute(select(*(getattr(ImageRow, c) for c in cols)).where(ImageRow.run_id == parent_id))
-    rows = [dict(zip(cols, r), run_id=snap.id) for r in images.all()]
-    if rows:
-        session.execute(insert(ImageRow), rows)
-    if through_epoch is not None:
-        epochs = session.scalars(select(EpochRow).where(EpochRow.run_id == parent_id,
-                                                        EpochRow.global_epoch <= through_epoch))
-        for e in epochs.all():
-            session.add(EpochRow(run_id=snap.id, phase=e.phase, epoch=e.epoch, global_epoch=e.global_epoch,
-                                 train_loss=e.train_loss, train_acc=e.train_acc, val_loss=e.val_loss,
-                                 val_acc=e.val_acc, lr=e.lr, seconds=e.seconds))
-    session.flush()
-    return snap

@@ -31,6 +31,7 @@ from core.splits import VALID
 from core.stages import PHASE1
 from db import queries, store
 from db.queries.compare import snapshot_id
+from db.snapshots import create_snapshot
 from jobs.evaluation import evaluate_split
 from jobs.training import RunOutput, checkpoint_state
 
@@ -117,8 +118,8 @@ class Phase1Snapshot:
         with S.begin() as s:
             path = str(self.checkpoint.resolve())
             if sid is None:
-                sid = store.create_snapshot(s, self.out.run_id, PHASE1, checkpoint_path=path,
-                                            through_epoch=self.epochs_frozen).id
+                sid = create_snapshot(s, self.out.run_id, PHASE1, checkpoint_path=path,
+                                      through_epoch=self.epochs_frozen).id
             else:
                 store.reopen_run(s, sid)
         todo = [sp for sp in self.splits if sp not in done]
@@ -135,5 +136,6 @@ class Phase1Snapshot:
                 e = evals[sp]
                 metrics[sp] = {"top1": e["top1"], "top5": e["top5"], "loss": e["loss"], "images": e["n_images"]}
             store.finish_run(s, sid, "complete", best_epoch=self.epochs_frozen, metrics=metrics, error=None)
-        tops = ", ".join(f"{sp} top-1 {metrics[sp]['top1']:.4f}" for sp in self.splits if metrics[sp]["top1"] is not None)
+        tops = ", ".join(f"{sp} top-1 {metrics[sp]['top1']:.4f}" for sp in self.splits
+                         if metrics[sp]["top1"] is not None)
         log.info("phase-1 snapshot: run %d complete (%s) in %.1f s", sid, tops, self.seconds or 0.0)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from db.builder import add_compared_run, hash_images
+from db.builder_pairs import add_compared_run, hash_images
 from tests.storefactory import build_store
 
 REPO = Path(__file__).resolve().parents[1]

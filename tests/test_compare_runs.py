@@ -20,7 +20,8 @@ from streamlit.testing.v1 import AppTest
 
 from core.stages import PHASE1, split_ref
 from db import queries, store
-from db.builder import add_compared_run, build_store, hash_images
+from db.builder import build_store
+from db.builder_pairs import add_compared_run, hash_images
 from db.models import ImageRow, Run
 from jobs import compare as compare_job
 from jobs import export as export_job
