@@ -74,8 +74,8 @@ def store_bench(args: argparse.Namespace) -> dict[str, float]:
     from streamlit.testing.v1 import AppTest
 
     from core.splits import TEST
-    from db.builder import build_store
-    from db.builder_pairs import add_compared_run, hash_images
+    from db.builder import add_hashes, build_store
+    from db.builder_pairs import add_compared_run
 
     logging.getLogger("streamlit").setLevel(logging.ERROR)
     tmp = Path(tempfile.mkdtemp(prefix="bench-compare-"))
@@ -83,7 +83,7 @@ def store_bench(args: argparse.Namespace) -> dict[str, float]:
     url, a_id, _ = build_store(tmp, n_classes=args.classes, n_per_class={TEST: args.images // args.classes},
                                splits=(TEST,), image_size=224, reuse_files=args.files, error_rate=0.2,
                                cam_size=args.grid, name="bench-a")
-    hash_images(url, a_id)
+    add_hashes(url, a_id)
     b_id = add_compared_run(url, a_id, name="bench-b", lose=0.05, gain=0.3, moved=0.1)
     n = args.classes * (args.images // args.classes)
     print(f"\nstore: two runs of {n:,} test images, {args.classes} classes, built in {time.perf_counter() - t:.1f} s")

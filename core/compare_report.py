@@ -101,9 +101,9 @@ def comparison_artifacts(data: CompareData, options: ExportOptions) -> list[Arti
              per_class_change(r.per_class, a="A", b="B", limit=options.top_confused), options.width_in),
     ]
     if r.confusion_delta.any():
-        out += [Plot("confusion-change", f"Confusion change B - A (rows true, columns predicted) on the sports "
-                     "whose row or column changed", confusion_change_heatmap(r.confusion_delta, r.classes, a="A",
-                                                                              b="B"), options.width_in),
+        heatmap = confusion_change_heatmap(r.confusion_delta, r.classes, a="A", b="B")
+        out += [Plot("confusion-change", "Confusion change B - A (rows true, columns predicted) on the sports whose "
+                     "row or column changed", heatmap, options.width_in),
                 Table("confusion-change", "Cells of the confusion matrix that changed, largest change first",
                       r.changed_cells(limit=None))]
     flips = r.pairs[r.pairs["change"].isin(["right to wrong", "wrong to right"]) | r.pairs["looking_elsewhere"]]

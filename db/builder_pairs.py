@@ -1,12 +1,10 @@
 """A second run over the images of a store that ``db.builder.build_store`` wrote, for the tests and the benchmark
-of comparisons: ``hash_images`` records the files' SHA-256 (which ``jobs.train`` stores and ``build_store``
-leaves out), ``add_compared_run`` writes a run (or a snapshot of the first) whose answers and maps are the
-first run's, some of them changed.
+of comparisons: ``add_compared_run`` writes a run (or a snapshot of the first) whose answers and maps are the
+first run's, some of them changed. Record the files' hashes first (``db.builder.add_hashes``) so that the
+runs match by content.
 """
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -24,32 +22,9 @@ from db.store import (
     make_engine,
     make_sessionmaker,
     record_cams,
-    set_image_hashes,
     upsert_images,
 )
 from db.snapshots import create_snapshot
-
-
-def hash_images(url: str, run_id: int) -> int:
-    """Record the SHA-256 of the run's files (what ``jobs.train`` stores; ``build_store`` leaves it out);
-    returns how many were hashed."""
-    engine = make_engine(url, create=False)
-    Session = make_sessionmaker(engine)
-    with Session() as s:
-        root = Path(queries.run_info(s, run_id).data_root)
-        images = queries.images_frame(s, run_id)
-    digests: dict[Path, str] = {}
-    hashes = {}
-    for image_id, rel in zip(images["image_id"], images["relpath"]):
-        path = root / rel
-        key = path.resolve()
-        if key not in digests:
-            digests[key] = hashlib.sha256(path.read_bytes()).hexdigest()
-        hashes[int(image_id)] = digests[key]
-    with Session.begin() as s:
-        set_image_hashes(s, hashes)
-    engine.dispose()
-    return len(hashes)
 
 
 def add_compared_run(url: str, run_id: int, *, stage: Optional[str] = None, name: Optional[str] = None,

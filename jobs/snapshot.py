@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from core import dist
+from core.cache import DecodedCache
 from core.data import DatasetIndex
 from core.model import ModelMeta, read_checkpoint, save_checkpoint
 from core.splits import VALID
@@ -57,6 +58,7 @@ class Phase1Snapshot:
     workers: int
     cams: bool
     layer: str
+    cache: Optional[DecodedCache] = None  # the final evaluation's decoded cache, so both see the same pixels
     seconds: Optional[float] = None  # what the last snapshot pass took, on rank 0
 
     @property
@@ -86,7 +88,7 @@ class Phase1Snapshot:
             for split in plan["splits"]:
                 evaluate_split(self.out.Session_, sid, evaluated, self.meta, self.index, split, device=self.device,
                                env=self.env, batch_size=self.batch_size, workers=self.workers, cams=self.cams,
-                               layer=self.layer)
+                               layer=self.layer, cache=self.cache)
         except BaseException as exc:
             if self.env.is_main:
                 with self.out.Session_.begin() as s:

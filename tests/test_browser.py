@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from db.builder_pairs import add_compared_run, hash_images
+from db.builder import add_hashes
+from db.builder_calibration import add_calibration, add_logits
+from db.builder_pairs import add_compared_run
 from tests.storefactory import build_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,6 +33,8 @@ PAGES = [
     ("data_issues", "Data issues", "data_issues"),
     ("export", "Export", "export"),
     ("trust", "Can the maps be trusted?", "trust"),
+    ("calibration", "Calibration", "calibration"),
+    ("review_queue", "Review queue", "review_queue"),
     ("compare_runs", "Compare runs", "compare_runs"),
 ]
 
@@ -74,8 +78,10 @@ def server(tmp_path_factory):
     _need(CHROMIUM.exists(), f"{CHROMIUM} not found (install Debian's chromium)")
     url, run_id, _ = build_store(tmp_path_factory.mktemp("browser"), n_classes=100, n_per_class=3, image_size=96,
                                  seed=3, audit=True, trust=True)
-    hash_images(url, run_id)
-    add_compared_run(url, run_id, stage="phase1", lose=0.3, gain=0.1, moved=0.2)  # for Compare runs
+    add_logits(url, 1)  # logits and a temperature for the Calibration page and its switch
+    add_calibration(url, 1)
+    add_hashes(url, 1)  # file hashes, so that the Review queue can take verdicts
+    add_compared_run(url, run_id, stage="phase1", lose=0.3, gain=0.1, moved=0.2)  # a snapshot for Compare runs
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     log = tmp_path_factory.mktemp("log") / "streamlit.log"

@@ -20,8 +20,8 @@ from streamlit.testing.v1 import AppTest
 
 from core.stages import PHASE1, split_ref
 from db import queries, store
-from db.builder import build_store
-from db.builder_pairs import add_compared_run, hash_images
+from db.builder import add_hashes, build_store
+from db.builder_pairs import add_compared_run
 from db.models import ImageRow, Run
 from jobs import compare as compare_job
 from jobs import export as export_job
@@ -38,7 +38,7 @@ def pair(tmp_path_factory):
     """(url, tmp folder): runs 1 and 2 over the same images, run 3 the phase-1 snapshot of run 2."""
     tmp = tmp_path_factory.mktemp("pair")
     url, first, _ = build_store(tmp, n_classes=6, n_per_class=6, seed=2, error_rate=0.3, name="first")
-    hash_images(url, first)
+    add_hashes(url, first)
     second = add_compared_run(url, first, name="second", lose=0.15, gain=0.5, seed=4)
     snap = add_compared_run(url, second, stage=PHASE1, lose=0.35, gain=0.1, moved=0.3, seed=5)
     assert (first, second, snap) == (1, 2, 3)

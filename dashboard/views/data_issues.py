@@ -3,12 +3,14 @@
 These are problems of the data, not of the model; the page reads what ``jobs.audit`` stored and draws it.
 """
 import math
+from typing import Optional
 
 import pandas as pd
 import streamlit as st
 
+from core.intervals import suspects_warning
 from core.splits import SPLITS
-from dashboard import loaders, state
+from dashboard import calibration_ui, intervals_ui, loaders, reviews_ui, state
 from dashboard.context import require_run
 from dashboard.tiles import TILES_PER_ROW, map_of_class, picture, show_picture
 
@@ -18,6 +20,7 @@ THUMB_PX = 160
 
 st.title("Data issues")
 ctx = require_run()
+reviews_ui.reviewer_sidebar()
 names = list(ctx.names)
 ss = st.session_state
 
@@ -40,7 +43,10 @@ st.caption(
     f"{stats.get('n_images', '?'):,} images ({report.get('seconds', 0):.1f} s)"
     + (f"; {len(report['skipped'])} could not be read." if report["skipped"] else ".")
 )
-groups, leaks, suspects = report["groups"], report["leakage"], report["suspects"]
+groups, leaks = report["groups"], report["leakage"]
+# Suspects come from the model's confidences: ranked by the calibrated ones where the switch is on.
+suspects, calibrated_rank = calibration_ui.ranked_suspects(ctx, report["suspects"])
+model_acc = intervals_ui.out_of_sample_accuracy(loaders.load_predictions(ctx.url, ctx.run_id, ctx.stamp))
 conflict_labels = {int(c["group"]): c["labels"] for c in report["conflicts"]}
 m1, m2, m3, m4 = st.columns(4)
 n_exact = sum(g["kind"] == "exact" for g in groups)
@@ -48,6 +54,10 @@ m1.metric("Duplicate groups", f"{len(groups):,}", help=f"{n_exact:,} exact, {len
 m2.metric("Leaked images", f"{len(leaks):,}", help="valid/test images that also appear in an earlier split")
 m3.metric("Label conflicts", f"{len(conflict_labels):,}", help="duplicate groups whose members carry different labels")
 m4.metric("Suspect labels", f"{len(suspects):,}", help="given labels the model's out-of-sample probabilities doubt")
+m4.caption(f"from a model with top-1 {model_acc.value:.1%} ({model_acc.brief()}) on valid/test")
+quality = suspects_warning(model_acc, len(names))
+if quality and suspects:
+    st.warning(quality, icon=":material/warning:")
 
 # ------------------------------------------------------------------------------------------- filters
 with st.container(border=True):
@@ -97,7 +107,7 @@ def paged(items: list, key: str) -> list:
     return items[start : start + size]
 
 
-def show_group(g: dict) -> None:
+def show_group(g: dict, key: str) -> None:
     members = g["members"]
     labels = sorted({int(m["label"]) for m in members})
     splits = [s for s in SPLITS if s in {m["split"] for m in members}]
@@ -118,6 +128,13 @@ def show_group(g: dict) -> None:
                 with col:
                     show_picture(picture(ctx, m["relpath"], THUMB_PX))
                     st.caption(f"**{m['split']}** · {label_name(int(m['label']))}  \n{m['relpath']}")
+                    review_tile(m, f"{key}_rv_{g['id']}_{m['relpath']}")
+
+
+def review_tile(ref: dict, key: str, suggest: Optional[int] = None) -> None:
+    """The Review popover of an image the audit names (by id, else by split and relpath)."""
+    image = reviews_ui.image_for(ctx, ref.get("image_id"), split=ref["split"], relpath=ref["relpath"])
+    reviews_ui.tile_review(ctx, image, key=key, suggest=label_name(suggest) if suggest is not None else None)
 
 
 def show_groups(items: list, key: str, none: str) -> None:
@@ -125,7 +142,7 @@ def show_groups(items: list, key: str, none: str) -> None:
         st.info(none)
         return
     for g in paged(items, key):
-        show_group(g)
+        show_group(g, key)
 
 
 no_match = "None match the filters." if (kinds or sports) else "None found."
@@ -178,7 +195,9 @@ with t_conf:
 
 with t_sus:
     st.caption("Images whose given label the model's out-of-sample probabilities doubt (confident learning), "
-               "the least likely given label first. The overlay is the Grad-CAM map of the model's class.")
+               "the least likely given label first. The overlay is the Grad-CAM map of the model's class.  \n"
+               f"The model behind them: top-1 {model_acc}. Probabilities shown and ranked: "
+               + (f"{calibration_ui.word(ctx)}." if calibrated_rank else "raw (as the audit stored them)."))
     if not shown_suspects:
         st.info(f"No suspect labels. {no_match}")
     else:
@@ -198,6 +217,7 @@ with t_sus:
                         f"model: {label_name(int(sp['pred_label']))} ({sp['pred_prob']:.0%})"
                         + ("" if cam is not None else "  \nno stored map for the model's class")
                     )
+                    review_tile(sp, f"di_sus_rv_{sp['relpath']}", suggest=int(sp["pred_label"]))
                     if "image_id" in sp and st.button("Compare", key=f"di_sus_{sp['image_id']}", width="stretch"):
                         ss["image"] = int(sp["image_id"])
                         st.switch_page("views/compare.py")
