@@ -1,7 +1,7 @@
 """Export a run's figure set for a report: plots, image sheets, CSV tables and a manifest.
 
     python -m jobs.export --run RUN --out DIR [--db URL] [--sports NAME ...] [--format png,svg,pdf]
-    python -m jobs.export --compare A B --out DIR [--split test]     # two runs, or RUN:phase1 and RUN
+    python -m jobs.export --compare A B --out DIR [--compare-split test]   # two runs, or RUN:phase1 and RUN
 
 The set holds the confusion matrix (all classes and the most confused ones), per-class precision/recall/F1,
 the training curves, a grid of the most confident mistakes with both Grad-CAM maps, a sheet of errors per
@@ -52,7 +52,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", nargs=2, default=None, metavar=("A", "B"),
                    help="write the comparison of run B with run A instead (RUN or RUN:phase1 each, as for "
                         "python -m jobs.compare); --worst images per flips sheet, --top-confused sports plotted")
-    p.add_argument("--split", default="test", help="with --compare: split to compare on, or 'all'")
+    p.add_argument("--compare-split", default="test", help="with --compare: split to compare on, or 'all'")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -84,12 +84,14 @@ def main(args: argparse.Namespace) -> int:
 
 
 def export_comparison(args: argparse.Namespace, engine, options: ExportOptions) -> int:
+    """``--compare A B``: the comparison's figure set (``core.compare_report``) instead of a run's."""
     from core.compare_report import write_comparison_set
 
     a_ref, b_ref = args.compare
     try:
         with store.make_sessionmaker(engine)() as s:
-            data = queries.comparison_data(s, a_ref, b_ref, split=None if args.split == "all" else args.split)
+            split = None if args.compare_split == "all" else args.compare_split
+            data = queries.comparison_data(s, a_ref, b_ref, split=split)
             out = Path(args.out) if args.out else Path("runs") / f"compare-{data.a['id']}-{data.b['id']}"
             manifest = write_comparison_set(data, out, options)
     finally:
