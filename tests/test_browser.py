@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from db.builder import add_embedding
 from tests.storefactory import build_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,6 +31,7 @@ PAGES = [
     ("data_issues", "Data issues", "data_issues"),
     ("export", "Export", "export"),
     ("trust", "Can the maps be trusted?", "trust"),
+    ("map", "Map", "map"),
 ]
 
 pytestmark = pytest.mark.browser
@@ -70,8 +72,9 @@ def server(tmp_path_factory):
     except ImportError:
         _need(False, "the playwright package is not installed")
     _need(CHROMIUM.exists(), f"{CHROMIUM} not found (install Debian's chromium)")
-    url, _, _ = build_store(tmp_path_factory.mktemp("browser"), n_classes=100, n_per_class=3, image_size=96, seed=3,
-                             audit=True, trust=True)
+    url, run_id, _ = build_store(tmp_path_factory.mktemp("browser"), n_classes=100, n_per_class=3, image_size=96,
+                                 seed=3, audit=True, trust=True)
+    add_embedding(url, run_id)  # feature vectors and a map, for the Map page and "It looks like these"
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     log = tmp_path_factory.mktemp("log") / "streamlit.log"

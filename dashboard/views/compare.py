@@ -8,6 +8,7 @@ from dashboard import loaders, state
 from dashboard.context import gallery_errors, require_predictions, require_run
 from dashboard.tiles import map_of_class, picture, show_picture
 from dashboard.charts import chart
+from dashboard.lookalikes_ui import looks_like_these
 
 st.title("Heatmap comparison")
 ctx = require_run()
@@ -102,6 +103,11 @@ with c4:
 if shown and norm.startswith("none"):
     lo, hi = min(float(c.min()) for c in shown), max(float(c.max()) for c in shown)
     st.caption(f"Raw map values span {lo:.3g}–{hi:.3g}; values above 1 saturate.")
+
+picked = looks_like_these(ctx, image_id, d.label, d.pred, key="cmp_lk")
+if picked is not None:
+    ss["image"] = picked
+    st.rerun()
 
 state.publish(run=ctx.run_id, image=image_id, split=ss.get("split"), sport=ss.get("sport", []),
               pred=ss.get("pred", []), conf=state.confidence_param())
