@@ -75,17 +75,22 @@ def _predicted(points: pd.DataFrame) -> np.ndarray:
 
 
 def _outcome_text(points: pd.DataFrame, names: Sequence[str]) -> Optional[np.ndarray]:
-    """Per point "right, 0.93" or "pred: <name>, 0.41" (object array); None without predictions."""
+    """Per point "right, 0.93", "pred: <name>, 0.41" or "no prediction"; None without predictions.
+
+    A fixed-width string array built from lookup tables (every name once, every confidence to two
+    decimals once): plotly copies the data it is given, and a copy of an object array costs one Python
+    call per string (0.5 s of a 0.9 s build at 100,000 points, measured)."""
     if "pred" not in points:
         return None
-    has = _predicted(points)
-    pred = points["pred"].to_numpy(dtype=np.int64, na_value=-1)  # -1: "no prediction", the names' last entry
+    pred = points["pred"].to_numpy(dtype=np.int64, na_value=-1)  # -1: "no prediction", the table's last entry
     right = points["label"].to_numpy() == pred
-    pred_names = np.asarray([f"pred: {html.escape(c)}" for c in names] + ["no prediction"], dtype=object)
-    text = np.where(right, "right", pred_names[pred]).astype(object)
+    table = np.asarray([f"pred: {html.escape(c)}" for c in names] + ["right", "no prediction"])
+    text = table[np.where(right, len(names), np.where(pred < 0, len(names) + 1, pred))]
     if "confidence" in points:
         conf = points["confidence"].to_numpy(dtype=np.float64, na_value=np.nan)
-        text = np.where(has, text + np.char.mod(", %.2f", conf).astype(object), text)
+        known = np.isfinite(conf) & (pred >= 0)
+        hundredths = np.where(known, np.rint(np.clip(np.nan_to_num(conf), 0.0, 1.0) * 100), 101).astype(np.int64)
+        text = np.strings.add(text, np.asarray([f", {i / 100:.2f}" for i in range(101)] + [""])[hundredths])
     return text
 
 
@@ -151,7 +156,7 @@ def embedding_scatter(
     ids = ids.astype(np.int32 if ids.size == 0 or np.abs(ids).max() < 2**31 else np.int64)
     labels = points["label"].to_numpy()
     outcome = _outcome_text(points, class_names)
-    true_names = np.asarray([html.escape(c) for c in class_names], dtype=object)
+    true_names = np.asarray([html.escape(c) for c in class_names])
     size = marker_size(n)
     lit = labels == int(highlight) if highlight is not None else None
     traces = []
@@ -171,7 +176,7 @@ def embedding_scatter(
         else:
             text = true_names[labels[rows]]
             if outcome is not None:
-                text = text + "<br>" + outcome[rows]
+                text = np.strings.add(np.strings.add(text, "<br>"), outcome[rows])
             head = "<b>%{text}</b>" if outcome is None else "%{text}"
         traces.append(dict(
             type="scattergl", x=x[rows], y=y[rows], mode="markers", name=f"{name} ({len(rows):,})", marker=m,

@@ -13,8 +13,10 @@ from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
+from core.figures_map import embedding_scatter
 from core.intervals import rate
 from core.neighbours import NeighbourIndex
 from core.splits import SPLITS
@@ -51,6 +53,26 @@ def load_map(url: str, run_id: int, stamp: Optional[str]) -> tuple[pd.DataFrame,
     """The map's points with their images (``db.queries.embed.MAP_COLUMNS``) and how it was made."""
     with loaders.session(url) as s:
         return embed_queries.map_points(s, run_id), embed_queries.map_info(s, run_id)
+
+
+def shown_points(points: pd.DataFrame, splits: tuple[str, ...], flags: Optional[pd.DataFrame]) -> pd.DataFrame:
+    """The map's points of ``splits`` (all when empty), with the data audit's ``flag`` of each when ``flags``
+    (``loaders.load_current_flags``) is given."""
+    shown = points[points["split"].isin(splits)] if splits else points
+    if flags is not None:
+        shown = shown.assign(flag=shown["image_id"].map(dict(zip(flags["image_id"], flags["flags"]))).fillna(""))
+    return shown
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def map_figure(url: str, run_id: int, stamp: Optional[str], names: tuple[str, ...], color_by: str,
+               splits: tuple[str, ...], highlight: Optional[int], audit_stamp: Optional[str]) -> go.Figure:
+    """The map's figure, built once per view (100 traces of 100,000 points take about half a second); the
+    page's re-runs reuse it. Keyed by the stamps of the map and of the audit, so either redrawn shows."""
+    points, _ = load_map(url, run_id, stamp)
+    flags = loaders.load_flags(url, run_id, audit_stamp) if color_by == "audit" else None
+    return embedding_scatter(shown_points(points, splits, flags), list(names), color_by=color_by,
+                             highlight=highlight, height=620)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ import sys
 import time
 from typing import Any, Optional
 
-import numpy as np
 import pandas as pd
 
 from core.lookalikes import neighbours_table
@@ -101,14 +100,14 @@ def find_similar(s, run_ref, relpath: str, *, k: int, splits: Optional[list[str]
 def format_table(result: dict[str, Any]) -> str:
     me = result["image"]
     seen = f"predicted {me['pred_name']} at {me['confidence']:.0%}" if me["pred"] is not None else "no prediction"
-    splits = result["splits"] if isinstance(result["splits"], str) else ",".join(result["splits"])
-    lines = [f"run {result['run_id']} ({result['run_name']}): the {len(result['neighbours'])} nearest {splits} images "
+    pool = "images (every split)" if result["splits"] == ALL else f"{','.join(result['splits'])} images"
+    lines = [f"run {result['run_id']} ({result['run_name']}): the {len(result['neighbours'])} nearest {pool} "
              f"of {me['relpath']} ({me['split']}, labelled {me['label_name']}, {seen})"]
     if not result["neighbours"]:
         lines.append("  no candidates in that split")
     else:
-        w = max(len(n["label_name"]) for n in result["neighbours"])
-        wp = max(len(n["pred_name"] or "-") for n in result["neighbours"])
+        w = max(len("label"), *(len(n["label_name"]) for n in result["neighbours"]))
+        wp = max(len("prediction"), *(len(n["pred_name"] or "-") for n in result["neighbours"]))
         lines.append(f"  {'#':>3}  {'similarity':>10}  {'split':<5}  {'label':<{w}}  {'prediction':<{wp}}  relpath")
         for n in result["neighbours"]:
             pred = n["pred_name"] or "-"

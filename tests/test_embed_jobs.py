@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -191,6 +190,35 @@ def test_embed_of_an_unknown_split_is_one_line(run, capsys):
     assert embed(db, "--splits", "test") == 2
     assert capsys.readouterr().err.strip() == ("error: run 1 (embed run) has no images in split(s) test; it has "
                                                "train, valid")
+
+
+@pytest.mark.slow
+def test_embed_under_torchrun_writes_each_vector_once(run):
+    from tests.test_distributed import torchrun
+
+    _, data, db, run_id = run
+    embed(db, "--splits", "train", "--no-map")
+    S = sessions(db)
+    with S() as s:
+        before = embed_queries.stored_vectors(s, run_id, splits=["train"])
+    with S.begin() as s:
+        train_ids = select(ImageRow.id).where(ImageRow.split == "train")
+        s.execute(delete(FeatureVector).where(FeatureVector.image_id.in_(train_ids)))
+    broken = data / "train" / "gamma" / "002.jpg"
+    saved = broken.read_bytes()
+    broken.write_bytes(saved[:40])  # readable header, no image: only the rank that decodes it finds out
+    try:
+        # 13 training images in batches of 2 over 2 ranks: shards of 7 and 6, so rank 1 has a step less
+        torchrun("jobs.embed", "--run-id", str(run_id), "--db", db, "--splits", "train", *EMBED[:2], "--batch-size",
+                 "2", "--method", "pca", "--device", "cpu")
+    finally:
+        broken.write_bytes(saved)
+    with S() as s:
+        after = embed_queries.stored_vectors(s, run_id, splits=["train"])
+    assert len(after) == 12 and "train/gamma/002.jpg" not in set(after.images["relpath"])
+    same = before.images["image_id"].isin(after.images["image_id"]).to_numpy()
+    np.testing.assert_allclose(after.vectors, before.vectors[same], rtol=2e-3, atol=2e-3)
+    embed(db, "--splits", "train", "--no-map")  # leaves the vectors complete for the tests after this one
 
 
 # --------------------------------------------------------------------------- the data audit's signal

@@ -3,7 +3,7 @@ a selection. Images the model finds alike sit together, so clusters of mistakes 
 stand out; the map is drawn by ``jobs.embed`` and only read here."""
 import streamlit as st
 
-from core.figures_map import COLOR_BY, COLOR_BY_LABELS, embedding_scatter
+from core.figures_map import COLOR_BY, COLOR_BY_LABELS
 from core.splits import SPLITS
 from dashboard import embedding, loaders, state
 from dashboard.charts import chart
@@ -42,16 +42,13 @@ with st.container(border=True):
         ss["map_sport"] = shared[0] if shared and shared[0] in names else NO_SPORT
     sport = c3.selectbox("Highlight a sport", [NO_SPORT] + names, key="map_sport")
 
-shown = points[points["split"].isin(splits)] if splits else points
-if color_by == "audit":
-    flags = loaders.load_current_flags(ctx.url, ctx.run_id)
-    shown = shown.assign(flag=shown["image_id"].map(dict(zip(flags["image_id"], flags["flags"]))).fillna(""))
-    if loaders.load_audit_stamp(ctx.url, ctx.run_id) is None:
-        st.caption(f"Run #{ctx.run_id} has no data audit: every point reads 'no flag'. Audit it with "
-                   f"`python -m jobs.audit --run {ctx.run_id} --db {shown_url(ctx.url)}`.")
+audit_stamp = loaders.load_audit_stamp(ctx.url, ctx.run_id) if color_by == "audit" else None
+if color_by == "audit" and audit_stamp is None:
+    st.caption(f"Run #{ctx.run_id} has no data audit: every point reads 'no flag'. Audit it with "
+               f"`python -m jobs.audit --run {ctx.run_id} --db {shown_url(ctx.url)}`.")
 highlight = names.index(sport) if sport != NO_SPORT else None
-
-fig = embedding_scatter(shown, names, color_by=color_by, highlight=highlight, height=620)
+shown = embedding.shown_points(points, tuple(splits), None)
+fig = embedding.map_figure(ctx.url, ctx.run_id, stamp, tuple(names), color_by, tuple(splits), highlight, audit_stamp)
 event = chart(fig, key="map_chart", name=f"map-run{ctx.run_id}-{color_by}", on_select="rerun",
               selection_mode=("box", "lasso", "points"))
 method = {"umap": "UMAP", "pca": "PCA"}.get(info["method"], info["method"])
