@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from db.builder import add_embedding
+from db.builder_calibration import add_calibration, add_logits
 from tests.storefactory import build_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,6 +32,7 @@ PAGES = [
     ("data_issues", "Data issues", "data_issues"),
     ("export", "Export", "export"),
     ("trust", "Can the maps be trusted?", "trust"),
+    ("calibration", "Calibration", "calibration"),
     ("map", "Map", "map"),
 ]
 
@@ -74,6 +76,8 @@ def server(tmp_path_factory):
     _need(CHROMIUM.exists(), f"{CHROMIUM} not found (install Debian's chromium)")
     url, run_id, _ = build_store(tmp_path_factory.mktemp("browser"), n_classes=100, n_per_class=3, image_size=96,
                                  seed=3, audit=True, trust=True)
+    add_logits(url, run_id)  # logits and a temperature for the Calibration page and its switch
+    add_calibration(url, run_id)
     add_embedding(url, run_id)  # feature vectors and a map, for the Map page and "It looks like these"
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
