@@ -65,14 +65,13 @@ def shown_points(points: pd.DataFrame, splits: tuple[str, ...], flags: Optional[
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
-def map_figure(url: str, run_id: int, stamp: Optional[str], names: tuple[str, ...], color_by: str,
-               splits: tuple[str, ...], highlight: Optional[int], audit_stamp: Optional[str]) -> go.Figure:
-    """The map's figure, built once per view (100 traces of 100,000 points take about half a second); the
-    page's re-runs reuse it. Keyed by the stamps of the map and of the audit, so either redrawn shows."""
-    points, _ = load_map(url, run_id, stamp)
-    flags = loaders.load_flags(url, run_id, audit_stamp) if color_by == "audit" else None
-    return embedding_scatter(shown_points(points, splits, flags), list(names), color_by=color_by,
-                             highlight=highlight, height=620)
+def map_figure(view: tuple, _points: pd.DataFrame, names: tuple[str, ...], color_by: str,
+               highlight: Optional[int]) -> go.Figure:
+    """The figure of ``_points`` (``shown_points``), built once per view (100 traces of 100,000 points take
+    about half a second) and reused by the page's re-runs. ``view`` names what the points depend on (store,
+    run, the stamps of the map and of the audit, the splits, the temperature of the confidences) and, with
+    the other arguments, keys the cache; the points themselves are not hashed."""
+    return embedding_scatter(_points, list(names), color_by=color_by, highlight=highlight, height=620)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import streamlit as st
 from core.lookalikes import neighbours_table
 from core.neighbours import describe_neighbour_labels
 from core.splits import TRAIN
-from dashboard import embedding, loaders
+from dashboard import calibration_ui, embedding, loaders
 from dashboard.context import Ctx
 
 LOOKALIKES_K = 10
@@ -40,7 +40,8 @@ def looks_like_these(ctx: Ctx, image_id: int, label: int, pred: Optional[int], *
         return None
     has_train = TRAIN in vecs.splits()
     pool = "training" if has_train else ""
-    table = neighbours_table(vecs.images, vecs.index, image_id, k, (TRAIN,) if has_train else None)
+    table = calibration_ui.shown(ctx, neighbours_table(vecs.images, vecs.index, image_id, k,
+                                                       (TRAIN,) if has_train else None))
     if table.empty:
         st.caption("No other image has a feature vector to compare with.")
         return None
@@ -77,7 +78,7 @@ def neighbour_suspects_tab(ctx: Ctx, report: dict, shown: list[dict], *, key: st
     if not shown:
         st.info("None found." if not found else "None match the filters.")
         return None
-    preds = loaders.load_predictions(ctx.url, ctx.run_id, ctx.stamp).set_index("image_id")
+    preds = calibration_ui.shown(ctx, loaders.load_predictions(ctx.url, ctx.run_id, ctx.stamp)).set_index("image_id")
     chosen = None
     for r in shown[:20]:
         with st.container(border=True):

@@ -49,6 +49,11 @@ def trace_names(at: AppTest) -> list[str]:
     return [t["name"] for t in spec(at)["data"]]
 
 
+def map_caption(at: AppTest) -> str:
+    (line,) = [c.value for c in at.main.caption if "The map (" in c.value]
+    return line
+
+
 def ok(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
@@ -59,8 +64,8 @@ def test_map_shows_every_image_in_each_colouring(mapped, monkeypatch):
     at = app(url, monkeypatch, MAP)
     ok(at)
     assert [t.value for t in at.title] == ["Map"]
-    assert at.caption[0].value.startswith("60 of 60 images. The map (layout, seed 0")
-    assert "cannot show a picture on hover" in at.caption[0].value
+    assert map_caption(at).startswith("60 of 60 images; confidences raw. The map (layout, seed 0")
+    assert "cannot show a picture on hover" in map_caption(at)
     with sessions(url)() as s:
         names = queries.class_names(s, run_id)
         points = embed_queries.map_points(s, run_id)
@@ -90,7 +95,7 @@ def test_split_filter_and_sport_highlight(mapped, monkeypatch):
     at = app(url, monkeypatch, MAP)
     at.multiselect(key="map_splits").set_value(["valid", "test"]).run()
     ok(at)
-    assert at.caption[0].value.startswith("20 of 60 images")
+    assert map_caption(at).startswith("20 of 60 images")
     sport = at.selectbox(key="map_sport").options[2]
     at.selectbox(key="map_sport").set_value(sport).run()
     ok(at)
@@ -130,7 +135,7 @@ def test_a_run_of_three_images(tmp_path, monkeypatch):
                     seconds=proj.seconds)
     at = app(url, monkeypatch, MAP)
     ok(at)
-    assert at.caption[0].value.startswith("3 of 3 images. The map (PCA, seed 0")
+    assert map_caption(at).startswith("3 of 3 images; confidences raw. The map (PCA, seed 0")
     assert sum(int(n.rsplit("(", 1)[1].rstrip(")")) for n in trace_names(at)) == 3
     assert any("draw a box or a lasso" in i.value for i in at.info)  # nothing selected yet
 
@@ -251,3 +256,37 @@ def test_data_issues_lists_the_neighbour_label_suspects(mapped, monkeypatch):
     assert len(heads) == n
     assert any(h.startswith("**train/air hockey/001.jpg** (train) · labelled **air hockey** · 10 of its 10 nearest "
                             "images are labelled **ampute football**") for h in heads)
+
+
+def test_the_map_honours_the_calibrated_confidences_switch(tmp_path, monkeypatch):
+    import base64
+
+    import numpy as np
+
+    from db.builder_calibration import add_calibration, add_logits
+
+    url, run_id, _ = build_store(tmp_path, n_classes=4, n_per_class=5, seed=4)
+    add_logits(url, run_id)
+    t = add_calibration(url, run_id, temperature=2.5)
+    add_embedding(url, run_id)
+    at = app(url, monkeypatch, MAP)
+    at.selectbox(key="map_color").set_value("confidence").run()
+    ok(at)
+
+    def colours() -> np.ndarray:
+        (trace,) = spec(at)["data"]
+        c = trace["marker"]["color"]
+        return np.frombuffer(base64.b64decode(c["bdata"]), dtype=c["dtype"])
+
+    assert f"confidences calibrated (T = {t:.3g})" in map_caption(at)
+    scaled = colours()
+    at.sidebar.toggle(key="sb_calibrated").set_value(False).run()
+    ok(at)
+    assert "confidences raw" in map_caption(at)
+    with sessions(url)() as s:
+        raw = embed_queries.map_points(s, run_id)["confidence"].to_numpy(dtype=np.float32)
+        stored = queries.logits_for(s, run_id, 4)
+    np.testing.assert_allclose(colours(), raw, rtol=1e-6)
+    z = stored.logits.astype(np.float64) / t  # softmax(logits / T) of the predicted class, every image by id
+    want = (np.exp(z - z.max(1, keepdims=True)) / np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True)).max(1)
+    np.testing.assert_allclose(scaled, want, rtol=1e-4)

@@ -5,7 +5,7 @@ import streamlit as st
 
 from core.figures_map import COLOR_BY, COLOR_BY_LABELS
 from core.splits import SPLITS
-from dashboard import embedding, loaders, state
+from dashboard import calibration_ui, embedding, loaders, state
 from dashboard.charts import chart
 from dashboard.context import require_run, shown_url
 
@@ -47,13 +47,17 @@ if color_by == "audit" and audit_stamp is None:
     st.caption(f"Run #{ctx.run_id} has no data audit: every point reads 'no flag'. Audit it with "
                f"`python -m jobs.audit --run {ctx.run_id} --db {shown_url(ctx.url)}`.")
 highlight = names.index(sport) if sport != NO_SPORT else None
-shown = embedding.shown_points(points, tuple(splits), None)
-fig = embedding.map_figure(ctx.url, ctx.run_id, stamp, tuple(names), color_by, tuple(splits), highlight, audit_stamp)
+flags = loaders.load_flags(ctx.url, ctx.run_id, audit_stamp) if color_by == "audit" else None
+temperature = calibration_ui.temperature(ctx.url, ctx.run_id)
+shown = embedding.shown_points(calibration_ui.shown(ctx, points), tuple(splits), flags)
+view = (ctx.url, ctx.run_id, stamp, audit_stamp, tuple(splits), temperature)
+fig = embedding.map_figure(view, shown, tuple(names), color_by, highlight)
 event = chart(fig, key="map_chart", name=f"map-run{ctx.run_id}-{color_by}", on_select="rerun",
               selection_mode=("box", "lasso", "points"))
 method = {"umap": "UMAP", "pca": "PCA"}.get(info["method"], info["method"])
 st.caption(
-    f"{len(shown):,} of {len(points):,} images. The map ({method}, seed {info['seed']}, drawn "
+    f"{len(shown):,} of {len(points):,} images; confidences {calibration_ui.word(ctx)}. The map ({method}, seed "
+    f"{info['seed']}, drawn "
     f"{info['created_at'].replace('T', ' ')} UTC) places images the model finds alike close together; it shows "
     "neighbourhoods, not distances. Hovering a point shows its labels: Streamlit charts cannot show a "
     "picture on hover, so the thumbnails of the points you click or select with the box or the lasso appear "
