@@ -168,7 +168,8 @@ def bench_page(args, n: int) -> None:
     from streamlit.testing.v1 import AppTest
 
     from core.splits import SPLITS
-    from db.builder import add_embedding, build_store
+    from db.builder import build_store
+    from db.builder_embed import add_embedding
     from db.queries import errors_frame
     from db.store import make_engine, make_sessionmaker
     from jobs.similar import find_similar

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from db.builder import add_embedding
+from db.builder import add_hashes
+from db.builder_embed import add_embedding
 from db.builder_calibration import add_calibration, add_logits
 from tests.storefactory import build_store
 
@@ -33,6 +34,7 @@ PAGES = [
     ("export", "Export", "export"),
     ("trust", "Can the maps be trusted?", "trust"),
     ("calibration", "Calibration", "calibration"),
+    ("review_queue", "Review queue", "review_queue"),
     ("map", "Map", "map"),
 ]
 
@@ -78,6 +80,7 @@ def server(tmp_path_factory):
                                  seed=3, audit=True, trust=True)
     add_logits(url, run_id)  # logits and a temperature for the Calibration page and its switch
     add_calibration(url, run_id)
+    add_hashes(url, run_id)  # file hashes, so that the Review queue can take verdicts
     add_embedding(url, run_id)  # feature vectors and a map, for the Map page and "It looks like these"
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}

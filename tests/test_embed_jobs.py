@@ -17,7 +17,8 @@ from core.metrics import flags_from_report
 from core.neighbours import describe_neighbour_labels
 from core.model import load_checkpoint
 from db import queries, store
-from db.builder import add_embedding, build_store
+from db.builder import build_store
+from db.builder_embed import add_embedding
 from db.models import FeatureVector, ImageRow, MapPoint, Prediction
 from db.queries import embed as embed_queries
 from jobs import embed as embed_job

@@ -10,7 +10,8 @@ from streamlit.testing.v1 import AppTest
 
 from dashboard.embedding import selected_ids, selection_rows, selection_summary
 from db import queries
-from db.builder import add_embedding, build_store
+from db.builder import build_store
+from db.builder_embed import add_embedding
 from db.queries import embed as embed_queries
 from db.store import make_engine, make_sessionmaker
 from jobs.auditing import audit_run
