@@ -51,6 +51,7 @@ class RunData:
     trust: Optional[pd.DataFrame] = None  # trust_frame(curves=False); None: the run has no scores
     trust_per_class: Optional[pd.DataFrame] = None  # trust_per_class of the predicted-class maps
     sanity: Optional[dict[str, Any]] = None  # sanity_check; None: the run has none
+    method_ranking: Optional[Any] = None  # core.method_rank.MethodRanking; None: no CAM method scored
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ SHARED: dict[str, Callable[[list[str]], Any]] = {
     "conf": lambda v: tuple(sorted(float(x) for x in v[-1].split(",")))[:2],
     "image": lambda v: int(v[-1]),
     "page": lambda v: max(1, int(v[-1])),
+    "method": lambda v: v[-1],  # the CAM method whose maps the pages draw (a core.cammaps name)
 }
 FULL_RANGE = (0.0, 1.0)
 

@@ -25,6 +25,7 @@ from db.models import (
     EpochRow,
     EvalRow,
     ImageRow,
+    PointingScore,
     Prediction,
     Run,
     RunClass,
@@ -369,3 +370,14 @@ def replace_sanity_check(session: Session, run_id: int, **fields: Any) -> None:
     """Keep one sanity check per run: the latest."""
     session.execute(delete(SanityCheck).where(SanityCheck.run_id == run_id))
     session.add(SanityCheck(run_id=run_id, created_at=utcnow(), **fields))
+
+
+def replace_pointing_scores(session: Session, run_id: int, image_ids: Iterable[int], rows: list[dict[str, Any]]) -> None:
+    """Drop the run's earlier pointing-game rows of ``image_ids`` and insert ``rows`` (dicts of
+    ``PointingScore`` columns without ``run_id``)."""
+    ids = [int(i) for i in image_ids]
+    for lo in range(0, len(ids), 500):
+        session.execute(delete(PointingScore).where(PointingScore.run_id == run_id,
+                                                    PointingScore.image_id.in_(ids[lo : lo + 500])))
+    if rows:
+        session.execute(PointingScore.__table__.insert(), [{**r, "run_id": run_id} for r in rows])

@@ -7,9 +7,11 @@ import math
 import pandas as pd
 import streamlit as st
 
+from core.cammaps import method_label
 from core.splits import SPLITS
 from dashboard import loaders, state
 from dashboard.context import require_run
+from dashboard.methods_ui import method_param, method_picker
 from dashboard.tiles import TILES_PER_ROW, map_of_class, picture, show_picture
 
 KINDS = ["exact", "near"]
@@ -177,15 +179,18 @@ with t_conf:
     show_groups(shown_conflicts, "di_conflicts_page", f"No label conflicts. {no_match}")
 
 with t_sus:
+    pick, _ = st.columns([1, 3])
+    method = method_picker(ctx, "di_method", container=pick)
     st.caption("Images whose given label the model's out-of-sample probabilities doubt (confident learning), "
-               "the least likely given label first. The overlay is the Grad-CAM map of the model's class.")
+               f"the least likely given label first. The overlay is the {method_label(method)} map of the model's "
+               "class.")
     if not shown_suspects:
         st.info(f"No suspect labels. {no_match}")
     else:
         page = paged(shown_suspects, "di_suspects_page")
         rank = {id(sp): i + 1 for i, sp in enumerate(suspects)}
         maps = loaders.load_maps(ctx.url, ctx.run_id, tuple(int(sp["image_id"]) for sp in page if "image_id" in sp),
-                                 ctx.stamp)
+                                 ctx.stamp, method)
         per_row = TILES_PER_ROW
         for start in range(0, len(page), per_row):
             for col, sp in zip(st.columns(per_row), page[start : start + per_row]):
@@ -202,4 +207,4 @@ with t_sus:
                         ss["image"] = int(sp["image_id"])
                         st.switch_page("views/compare.py")
 
-state.publish(run=ctx.run_id, sport=sports, kind=kinds)
+state.publish(run=ctx.run_id, sport=sports, kind=kinds, method=method_param())

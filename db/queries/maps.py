@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from core.cammaps import DEFAULT_METHOD, METHOD_NAMES, TARGET_PRED, TARGET_TRUE, TARGETS, StoredMaps, check_method
@@ -56,3 +56,16 @@ def ordered_methods(names: Iterable[str]) -> list[str]:
 def stored_methods(session: Session, run_id: int) -> list[str]:
     """The CAM methods the run has maps of, in ``core.cammaps.METHOD_NAMES`` order."""
     return ordered_methods(session.scalars(select(CamMap.method).where(CamMap.run_id == run_id).distinct()))
+
+
+def maps_query_plan(session: Session, run_id: int, image_ids: Iterable[int], method: str = DEFAULT_METHOD) -> list[str]:
+    """How the database answers :func:`maps_for` for one page of images: the lines of SQLite's ``EXPLAIN QUERY
+    PLAN`` (or PostgreSQL's ``EXPLAIN``). A plan that searches by key or index, not a scan of ``cam_maps``,
+    is what keeps a page's maps cheap however many the store holds."""
+    ids = sorted({int(i) for i in image_ids})[:ID_CHUNK]
+    stmt = select(CamMap.image_id, CamMap.target, CamMap.class_index, CamMap.h, CamMap.w, CamMap.data).where(
+        CamMap.run_id == run_id, CamMap.method == method, CamMap.image_id.in_(ids))
+    dialect = session.get_bind().dialect
+    sql = str(stmt.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+    prefix = "EXPLAIN QUERY PLAN " if dialect.name == "sqlite" else "EXPLAIN "
+    return [str(row[-1]) for row in session.execute(text(prefix + sql)).all()]

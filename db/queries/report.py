@@ -10,6 +10,7 @@ from core.metrics import confused_pairs, per_class_metrics
 from db.queries.audit import audit_for
 from db.queries.images import confusion_matrix, errors_frame, predictions_frame, prediction_splits
 from db.queries.maps import maps_for
+from db.queries.methods import method_ranking
 from db.queries.runs import epochs_frame, run_info
 from db.queries.trust import trust_for
 from db.store import StoreError
@@ -62,4 +63,5 @@ def run_data(session: Session, run_id: int, splits: Optional[Sequence[str]] = No
         trust=trust.scores,
         trust_per_class=trust.per_class,
         sanity=trust.sanity,
+        method_ranking=None if trust.scores is None else method_ranking(session, run_id, names, splits, trust.scores),
     )
