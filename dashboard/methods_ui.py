@@ -89,9 +89,13 @@ def method_rows(ctx: Ctx, d, *, colormap: str, alpha: float, shared: bool) -> No
     names = ctx.names
     classes = {TARGET_PRED: names[d.pred], TARGET_TRUE: names[d.label],
                TARGET_CONTRAST: f"{names[d.pred]} rather than {names[d.label]}"}
+    missing = []
     for target in _row_targets(d.pred, d.label):
         cams = {m: (maps[m].get(target) if maps[m] is not None else None) for m in methods}
         present = [c for c in cams.values() if c is not None]
+        if not present:  # e.g. a run upgraded from before contrast maps were kept
+            missing.append(TARGET_LABELS[target])
+            continue
         vmax = max((float(np.maximum(c, 0).max()) for c in present), default=0.0)
         normalize = ("fixed", vmax) if shared and vmax > 0 else "image"
         st.markdown(f"**{TARGET_LABELS[target].capitalize()}** · {classes[target]}")
@@ -106,11 +110,12 @@ def method_rows(ctx: Ctx, d, *, colormap: str, alpha: float, shared: bool) -> No
                 show_picture(picture(ctx, d.relpath, ctx.info.image_size, cam, colormap=colormap, alpha=alpha,
                                      normalize=normalize))
                 st.caption(f"{method_label(m)} · peak {float(cam.max()):.3g}")
-        if present:
-            if shared and vmax > 0:
-                show_colorbar(colormap, "0", f"{vmax:.3g} (raw value, one scale for the row)")
-            else:
-                show_colorbar(colormap, "0", "each map's own peak")
+        if shared and vmax > 0:
+            show_colorbar(colormap, "0", f"{vmax:.3g} (raw value, one scale for the row)")
+        else:
+            show_colorbar(colormap, "0", "each map's own peak")
+    if missing:
+        st.caption(f"The run stores no map of this image for: {', '.join(missing)}.")
 
 
 # --------------------------------------------------------------------------- the ranking

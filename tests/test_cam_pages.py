@@ -195,10 +195,11 @@ def test_a_page_of_maps_is_read_by_key_not_by_scan(many):
     url, run_id, _ = many
     with make_sessionmaker(make_engine(url, readonly=True))() as s:
         ids = queries.predictions_frame(s, run_id)["image_id"].head(25).tolist()
-        plan = " | ".join(queries.maps_query_plan(s, run_id, ids, "layercam"))
+        plan = queries.maps_query_plan(s, ids, "layercam")
         assert len(queries.maps_for(s, run_id, ids, "layercam")) == len(ids)
-    assert "SCAN cam_maps" not in plan.replace("SCAN cam_maps USING", "")
-    assert "USING INDEX" in plan or "USING PRIMARY KEY" in plan, plan
+        assert queries.maps_for(s, run_id + 1, ids, "layercam") == {}  # another run's images are not its own
+    # One lookup per image by the primary key (image_id, method, target): never a read of the whole run.
+    assert plan == ["SEARCH cam_maps USING INDEX sqlite_autoindex_cam_maps_1 (image_id=? AND method=?)"], plan
 
 
 def test_a_stored_14x14_map_is_392_bytes():
