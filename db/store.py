@@ -372,7 +372,8 @@ def replace_sanity_check(session: Session, run_id: int, **fields: Any) -> None:
     session.add(SanityCheck(run_id=run_id, created_at=utcnow(), **fields))
 
 
-def replace_pointing_scores(session: Session, run_id: int, image_ids: Iterable[int], rows: list[dict[str, Any]]) -> None:
+def replace_pointing_scores(session: Session, run_id: int, image_ids: Iterable[int],
+                            rows: list[dict[str, Any]]) -> None:
     """Drop the run's earlier pointing-game rows of ``image_ids`` and insert ``rows`` (dicts of
     ``PointingScore`` columns without ``run_id``)."""
     ids = [int(i) for i in image_ids]

@@ -140,7 +140,8 @@ def test_trust_ranks_the_methods(run):
     with session(run) as s:
         frame = queries.trust_frame(s, 1, curves=False)
         points = s.scalars(select(PointingScore)).all()
-        right = {p.image_id for p in s.scalars(select(Prediction).join(ImageRow).where(Prediction.pred == ImageRow.label))}
+        right = {p.image_id for p in s.scalars(select(Prediction).join(ImageRow)
+                                               .where(Prediction.pred == ImageRow.label))}
     assert set(frame["method"]) == {"gradcam", "eigencam", *BASELINES}
     scored_right = set(frame["image_id"]) & right
     assert {(p.image_id, p.method) for p in points} == {(i, m) for i in scored_right

@@ -89,7 +89,8 @@ def test_comparison_shows_every_method_for_each_target(many, monkeypatch, wrong)
     image_id = _image(many[0], wrong)
     at = app(many[0], monkeypatch, "views/compare.py", image=str(image_id))
     titles = ["Predicted class", "True class", "Predicted vs true"]
-    rows = [m.value.split("**")[1] for m in at.markdown if m.value.count("**") == 2 and m.value.split("**")[1] in titles]
+    rows = [m.value.split("**")[1] for m in at.markdown
+            if m.value.count("**") == 2 and m.value.split("**")[1] in titles]
     assert rows == (titles if wrong else titles[:1])
     captions = [c.value for c in at.caption if " · peak " in c.value]
     # Eigen-CAM explains no class: no contrast map, its one map stands in for the true class.

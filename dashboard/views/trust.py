@@ -6,6 +6,7 @@ import streamlit as st
 
 from core.cammaps import BASELINE_CENTRE, TARGET_PRED, TARGET_TRUE, method_label
 from core.figures import sanity_cascade, trust_curves, trust_distribution
+from core.intervals import rate
 from core.metrics import RANDOM_BASELINE, trust_per_class, trust_summary
 from dashboard import loaders, state
 from dashboard.context import require_run
@@ -66,9 +67,12 @@ for col, m in zip(cols, (method, *BASELINES)):
         col.metric(f"{m}: deletion AUC", f"{v['deletion_auc']:.3f}", help=f"insertion AUC {v['insertion_auc']:.3f}")
 beats = summary["gradcam_beats"].get(RANDOM_BASELINE)
 if beats:
+    n_both = summary["n_images"]
+    won = rate(round(beats["deletion"] * n_both), n_both)
     cols[3].metric(f"{LABEL} beats random", f"{beats['deletion']:.0%}",
-                   help=f"share of images with a lower deletion AUC; {beats['insertion']:.0%} with a higher "
+                   help=f"share of images with a lower deletion AUC: {won}; {beats['insertion']:.0%} with a higher "
                    "insertion AUC")
+    cols[3].caption(f"{won.k} of {won.n} images · 95% interval {won.lo:.0%}-{won.hi:.0%}")
 
 st.subheader("Per class")
 table = trust_per_class(frame, names, target, method).sort_values("beats_random", kind="stable")
