@@ -221,6 +221,21 @@ class SanityCheck(Base):
     settings: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
+class CalibrationRow(Base):
+    """The latest calibration of a run (``jobs.calibrate``): the temperature fitted on valid and the report.
+
+    ``report`` is ``core.calibration.calibration_report``: ``temperature`` and per split (``valid``, ``test``)
+    n, ece, mce, nll, brier, ece_calibrated, nll_calibrated and the reliability ``bins``.
+    """
+
+    __tablename__ = "calibrations"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    temperature: Mapped[float] = mapped_column(Float)
+    bins: Mapped[int] = mapped_column(Integer)
+    report: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
 class PointingScore(Base):
     """The pointing game of one map of one image (Zhang et al. 2016): does the map's peak fall inside the
     object's box? Written by the trust job for the correctly classified images that have a box.

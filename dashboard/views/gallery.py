@@ -3,8 +3,8 @@ import math
 
 import streamlit as st
 
-from dashboard import loaders, state
 from core.cammaps import method_label
+from dashboard import calibration_ui, loaders, state
 from dashboard.context import gallery_errors, require_predictions, require_run, split_choice
 from dashboard.methods_ui import method_param, method_picker
 from dashboard.tiles import TILES_PER_ROW, show_tiles
@@ -59,8 +59,9 @@ page = n1.number_input(f"Page (of {pages})", min_value=1, max_value=pages, step=
 ss["page"] = int(page)
 start = (int(page) - 1) * size
 shown = errors.iloc[start : start + size]
-n2.caption(f"Showing {start + 1}–{start + len(shown)}, most confident mistakes first. "
-           f"The overlay is the {method_label(method)} map of the predicted sport.")
+n2.caption(f"Showing {start + 1}–{start + len(shown)}, most confident mistakes first "
+           f"({calibration_ui.word(ctx)} confidences). The overlay is the {method_label(method)} map of the "
+           "predicted sport.")
 
 chosen = show_tiles(ctx, shown, per_row=TILES_PER_ROW, key="gal_tile", notes=loaders.flag_notes(ctx.url, ctx.run_id),
                     method=method)
