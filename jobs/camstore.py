@@ -15,6 +15,7 @@ import torch
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import cam_methods, dist
+from core.cache import DecodedCache
 from core.cammaps import TARGET_TRUE, TARGETS, stored_targets
 from core.data import DatasetIndex
 from core.gradcam import check_methods, encode_maps, predict_and_explain_many
@@ -99,9 +100,11 @@ def add_methods(
     batch_size: int,
     workers: int,
     layer: str,
+    cache: Optional[DecodedCache] = None,
 ) -> Optional[int]:
     """Compute and (re)write the ``methods`` maps of the split's images that have a stored prediction,
-    explaining that prediction (not a fresh argmax); record the methods on the run. Returns the images
+    explaining that prediction (not a fresh argmax), the images read as the evaluation reads them (``cache``:
+    the decoded cache); record the methods on the run. Returns the images
     written (rank 0; other ranks None). Maps are written per batch, each replacing that batch's earlier maps
     of the same methods, so an interrupted pass can simply be run again."""
     from jobs.evaluation import make_eval_loader  # the evaluation's own preprocessing and sharding
@@ -111,7 +114,7 @@ def add_methods(
     if not stored:
         raise ValueError(f"run {run_id} has no predictions of split {split!r} to explain; run "
                          f"'python -m jobs.cams --run {run_id}' without --methods first")
-    ds, loader = make_eval_loader(index, split, meta, env, batch_size, workers)
+    ds, loader = make_eval_loader(index, split, meta, env, batch_size, workers, device=device, cache=cache)
     model.eval()
     batches = _batches(model, loader, ds.samples, stored, methods, layer, device, env, f"maps {split}")
     if env.distributed:

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from core import cam_methods, dist, trust
-from core.data import ImageDataset, Sample, collate
-from core.cammaps import (
-    BASELINES, DEFAULT_METHOD, TARGET_PRED, TARGET_TRUE, TARGETS, parse_methods, peak_location,
-)
+from core.cache import ENV_VAR as CACHE_ENV_VAR, DecodedCache
+from core.cammaps import BASELINES, DEFAULT_METHOD, TARGET_PRED, TARGET_TRUE, TARGETS, parse_methods, peak_location
+from core.data import DatasetIndex, Sample
+from core.feed import device_batch_size, split_feed
 from core.gradcam import check_methods_for_layer, predict_and_explain_many
 from core.method_rank import rank_methods
 from core.metrics import trust_summary
@@ -37,6 +37,10 @@ from db import queries, store
 from jobs.common import DefaultsHelpFormatter, add_db_arg, add_run_arg, run_cli, run_distributed
 
 log = logging.getLogger("jobs.trust")
+
+# Per device: images explained together, and perturbed inputs per forward pass of the curves.
+BATCH = {"cpu": 8, "cuda": 32}
+CHUNK = {"cpu": 64, "cuda": 256}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -60,17 +64,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the sample, the random maps and re-initialisation")
     p.add_argument("--layer", default=None, help="Grad-CAM layer (default: the run's)")
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default: the run's best checkpoint)")
-    p.add_argument("--batch-size", type=int, default=8, help="images explained together per rank")
-    p.add_argument("--chunk", type=int, default=64, help="perturbed inputs per forward pass")
+    p.add_argument("--batch-size", type=int, default=None, help="images explained together per rank "
+                   f"(default: {BATCH['cuda']} on a GPU, {BATCH['cpu']} on the CPU)")
+    p.add_argument("--chunk", type=int, default=None, help="perturbed inputs per forward pass "
+                   f"(default: {CHUNK['cuda']} on a GPU, {CHUNK['cpu']} on the CPU)")
     p.add_argument("--workers", type=int, default=0, help="data-loader worker processes per rank")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where the model runs")
+    p.add_argument("--cache-dir", default=None, help="folder of the decoded cache, shared with jobs.train "
+                   f"(default: ${CACHE_ENV_VAR}, else ~/.cache/sports-cam/decoded)")
+    p.add_argument("--no-cache", action="store_true", help="read and decode the JPEG files")
     p.add_argument("--json", action="store_true", help="print the aggregate scores and the sanity check as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    if args.steps < 2 or args.sample < 0 or args.sanity_sample < 1 or args.batch_size < 1 or args.chunk < 1:
+    batch, chunk = (1 if v is None else v for v in (args.batch_size, args.chunk))  # None: the device's choice
+    if args.steps < 2 or args.sample < 0 or args.sanity_sample < 1 or batch < 1 or chunk < 1:
         raise ValueError(
             "need --steps >= 2, --sample >= 0, --sanity-sample >= 1, --batch-size >= 1, --chunk >= 1; got "
             f"--steps {args.steps}, --sample {args.sample}, --sanity-sample {args.sanity_sample}, "
@@ -94,6 +104,15 @@ def map_seed(seed: int, image_id: int) -> int:
     return (int(seed) * 1_000_003 + int(image_id)) & 0x7FFF_FFFF
 
 
+def split_plan(s, run: queries.RunInfo, split: str, images: list[tuple[int, str, int]]) -> dict:
+    """The whole split, in the order of core.data.discover (so its decoded cache is the one training wrote),
+    and the positions in it of the planned images."""
+    samples = sorted(((rel, label) for _, rel, label in queries.image_samples(s, run.id, [split])),
+                     key=lambda x: x[0])
+    at = {rel: k for k, (rel, _) in enumerate(samples)}
+    return dict(samples=samples, classes=list(run.classes), positions=[at[rel] for _, rel, _ in images])
+
+
 def pointing_rows(image_id: int, cams: dict[str, np.ndarray], box, size: tuple[int, int], input_size: int,
                   seed: int) -> list[dict]:
     """The pointing game of one image: for each map (and both baselines) whether its peak falls in the box."""
@@ -105,18 +124,16 @@ def pointing_rows(image_id: int, cams: dict[str, np.ndarray], box, size: tuple[i
     rows = []
     for method, cam in cams.items():
         px, py = peak_location(cam, input_size, (w, h))
-        rows.append(dict(image_id=image_id, method=method, hit=bool(x0 <= px < x1 and y0 <= py < y1), box_share=share))
+        rows.append(dict(image_id=image_id, method=method, hit=bool(x0 <= px < x1 and y0 <= py < y1),
+                         box_share=share))
     return rows
 
 
-def score_images(model, dataset: ImageDataset, ids: list[int], positions: list[int], args, layer: str,
-                 boxes: dict[int, tuple]):
-    """Score this rank's images; returns (score rows, pointing rows, skipped image ids).
-
-    ``boxes``: {image_id: (bbox, (width, height))} of the images that have an object box."""
+def score_images(model, loader, ids: dict[int, int], args, layer: str, boxes: dict[int, tuple], input_size: int):
+    """Score this rank's images; returns (score rows, pointing rows, skipped image ids). ``ids`` maps a
+    position in the split to its image id; ``boxes``: {image_id: (bbox, (width, height))} of the images that
+    have an object box."""
     device = next(model.parameters()).device
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, positions), batch_size=args.batch_size,
-                                         shuffle=False, num_workers=args.workers, collate_fn=collate)
     rows, points, bad = [], [], []
     pred_col, true_col = TARGETS.index(TARGET_PRED), TARGETS.index(TARGET_TRUE)
     for x, y, idx, skipped, _ in loader:
@@ -151,23 +168,23 @@ def score_images(model, dataset: ImageDataset, ids: list[int], positions: list[i
             if int(e.pred[k]) == int(y[k]) and image_id in boxes:
                 box, size = boxes[image_id]
                 cams = {m: v[k, pred_col].cpu().numpy() for m, v in e.maps.items()}
-                points += pointing_rows(image_id, cams, box, size, dataset.size, map_seed(args.seed, image_id))
+                points += pointing_rows(image_id, cams, box, size, input_size, map_seed(args.seed, image_id))
     return rows, points, bad
 
 
-def sanity(model, dataset: ImageDataset, args, layer: str) -> tuple[list[dict], int]:
-    """The cascade on the first ``--sanity-sample`` readable images of the plan (rank 0 only)."""
+def sanity(model, loader, args, layer: str) -> tuple[list[dict], int]:
+    """The cascade on the first ``--sanity-sample`` readable images of the plan (rank 0 only, ``loader``
+    reads the whole plan in order)."""
     device = next(model.parameters()).device
     xs = []
-    for i in range(len(dataset)):
-        x, _, _, reason, _ = dataset[i]
-        if not reason:
-            xs.append(x)
-        if len(xs) == args.sanity_sample:
+    for x, *_ in loader:
+        if x is not None:
+            xs.append(x[: args.sanity_sample - sum(len(t) for t in xs)].to(device))
+        if sum(len(t) for t in xs) == args.sanity_sample:
             break
     if not xs:
         return [], 0
-    x = torch.stack(xs).to(device)
+    x = torch.cat(xs)
     with torch.inference_mode():
         pred = model(x).argmax(1)
     stages = trust.vgg_stages(model, args.sanity_depth)
@@ -208,7 +225,8 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
             if isinstance(methods, str):  # "all": the methods whose maps the run stores
                 methods = tuple(run.cam_methods) or tuple(queries.stored_methods(s, run.id)) or (DEFAULT_METHOD,)
             plan = dict(run_id=run.id, name=run.name, root=run.data_root, checkpoint=ckpt, images=images,
-                        methods=methods, names=list(run.classes), boxes=image_boxes(s, run.id, args.split))
+                        methods=methods, names=list(run.classes), boxes=image_boxes(s, run.id, args.split),
+                        **split_plan(s, run, args.split, images))
     plan = dist.broadcast_from_main(env, plan)
     args.methods = plan["methods"]
     model, meta = load_checkpoint(plan["checkpoint"])
@@ -217,12 +235,22 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
     model.to(device)
     check_methods_for_layer(model, args.methods, layer, meta.image_size)
     ids = [i for i, _, _ in plan["images"]]
-    dataset = ImageDataset(Path(plan["root"]), [Sample(rel, lab) for _, rel, lab in plan["images"]],
-                           meta.image_size, train=False, mean=meta.mean, std=meta.std)
-    log.info("run %d (%s): scoring %s on %d %s images, %d steps, layer %s", plan["run_id"], plan["name"],
-             ", ".join(args.methods), len(ids), args.split, args.steps, layer)
+    index = DatasetIndex(root=Path(plan["root"]), classes=plan["classes"],
+                         splits={args.split: [Sample(rel, lab) for rel, lab in plan["samples"]]})
+    args.batch_size = device_batch_size(device, args.batch_size, **BATCH)
+    args.chunk = device_batch_size(device, args.chunk, **CHUNK)
+    cache = None if args.no_cache else DecodedCache(args.cache_dir, workers=args.workers)
+
+    def feed(env_: dist.DistEnv, batch_size: int):
+        return split_feed(index, args.split, train=False, size=meta.image_size, batch_size=batch_size, env=env_,
+                          device=device, mean=meta.mean, std=meta.std, workers=args.workers, cache=cache,
+                          positions=plan["positions"]).loader
+
+    log.info("run %d (%s): scoring %s on %d %s images, %d steps, layer %s, batches of %d", plan["run_id"],
+             plan["name"], ", ".join(args.methods), len(ids), args.split, args.steps, layer, args.batch_size)
     t1 = time.perf_counter()
-    local = score_images(model, dataset, ids, dist.shard(len(ids), env), args, layer, plan["boxes"])
+    local = score_images(model, feed(env, args.batch_size), dict(zip(plan["positions"], ids)), args, layer,
+                         plan["boxes"], meta.image_size)
     gathered = dist.gather_to_main(env, local)
     if not env.is_main:
         return 0
@@ -230,7 +258,7 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
     points = [r for _, part, _ in gathered for r in part]
     bad = [i for _, _, part in gathered for i in part]
     seconds_scores = time.perf_counter() - t1
-    stages, n_sanity = sanity(model, dataset, args, layer)
+    stages, n_sanity = sanity(model, feed(dist.DistEnv(), args.sanity_sample), args, layer)
     settings = dict(split=args.split, sample=args.sample, steps=args.steps, fill=args.fill,
                     blur_sigma=args.blur_sigma or trust.default_blur_sigma(meta.image_size, meta.image_size),
                     seed=args.seed, image_size=meta.image_size, images=len(ids) - len(bad), skipped=len(bad),

@@ -5,7 +5,7 @@ import streamlit as st
 
 from core.cammaps import COLORMAPS, method_label
 from core.figures import top5_bars
-from dashboard import calibration_ui, loaders, state
+from dashboard import calibration_ui, loaders, reviews_ui, state
 from dashboard.context import gallery_errors, require_predictions, require_run
 from dashboard.methods_ui import method_param, method_picker, method_rows
 from dashboard.tiles import map_of_class, picture, show_picture
@@ -14,6 +14,7 @@ from dashboard.charts import chart
 st.title("Heatmap comparison")
 ctx = require_run()
 preds = require_predictions(ctx)
+reviews_ui.reviewer_sidebar()
 names = ctx.names
 ss = st.session_state
 
@@ -111,6 +112,10 @@ if shown and norm.startswith("none"):
     lo, hi = min(float(c.min()) for c in shown), max(float(c.max()) for c in shown)
     st.caption(f"Raw map values span {lo:.3g}–{hi:.3g}; values above 1 saturate.")
 
+with st.container(border=True):
+    st.markdown("**Your verdict on this image**")
+    reviews_ui.verdict_form(ctx, reviews_ui.image_for(ctx, image_id), key=f"cmp_review_{image_id}",
+                            suggest=names[d.pred] if d.pred != d.label else None)
 st.subheader("Every stored method side by side")
 row_scale = st.radio("Colour scale of a row", ["one scale for the row", "each map to its own peak"],
                      key="cmp_row_scale", horizontal=True,

@@ -4,7 +4,7 @@ import math
 import streamlit as st
 
 from core.cammaps import method_label
-from dashboard import calibration_ui, loaders, state
+from dashboard import calibration_ui, loaders, reviews_ui, state
 from dashboard.context import gallery_errors, require_predictions, require_run, split_choice
 from dashboard.methods_ui import method_param, method_picker
 from dashboard.tiles import TILES_PER_ROW, show_tiles
@@ -14,6 +14,7 @@ PAGE_SIZES = (25, 50, 100)
 st.title("Misclassifications")
 ctx = require_run()
 preds = require_predictions(ctx)
+reviews_ui.reviewer_sidebar()
 names = list(ctx.names)
 ss = st.session_state
 
@@ -64,7 +65,7 @@ n2.caption(f"Showing {start + 1}–{start + len(shown)}, most confident mistakes
            "predicted sport.")
 
 chosen = show_tiles(ctx, shown, per_row=TILES_PER_ROW, key="gal_tile", notes=loaders.flag_notes(ctx.url, ctx.run_id),
-                    method=method)
+                    review=True, method=method)
 state.publish(run=ctx.run_id, split=ss.get("split"), sport=true, pred=pred, conf=state.confidence_param(),
               page=int(page), method=method_param())
 if chosen is not None:

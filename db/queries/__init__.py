@@ -6,8 +6,8 @@ none of them writes or commits. Class indices stay integers; callers map them to
 
 By concern: ``runs`` (runs, epochs, evaluations, summaries), ``images`` (images, predictions, logits, one
 image), ``maps`` (stored CAM maps), ``audit`` (the data audit), ``trust`` (faithfulness scores),
-``methods`` (the CAM methods side by side: pointing game, ranking) and ``report`` (a run's figure-set
-tables). Every name is also importable from ``db.queries`` itself.
+``methods`` (the CAM methods side by side: pointing game, ranking), ``report`` (a run's figure-set tables) and
+``reviews`` (verdicts on images). Every name is also importable from ``db.queries`` itself.
 """
 from db.queries.audit import LEAKAGE_COLUMNS, audit_for, audit_report, audit_stamp, flagged_images
 from db.queries.images import (
@@ -44,6 +44,16 @@ from db.queries.runs import (
     run_info,
     run_summaries,
 )
+from db.queries.reviews import (
+    REVIEW_COLUMNS,
+    find_image,
+    latest_reviews,
+    latest_verdicts,
+    review_counts,
+    review_history,
+    reviews_stamp,
+    store_classes,
+)
 from db.queries.trust import TRUST_COLUMNS, TrustTables, sanity_check, trust_for, trust_frame, trust_version
 
 __all__ = [
@@ -56,4 +66,6 @@ __all__ = [
     "pointing_frame", "prediction_splits", "predictions_frame",
     "run_data", "run_info", "run_summaries", "sanity_check", "scored_images", "stored_methods", "trust_for",
     "trust_frame", "trust_version", "usable_images",
+    "REVIEW_COLUMNS", "find_image", "latest_reviews", "latest_verdicts", "review_counts", "review_history",
+    "reviews_stamp", "store_classes",
 ]
