@@ -259,6 +259,13 @@ class Review(Base):
     token: Mapped[Optional[str]] = mapped_column(String(64), unique=True)
 
 
+# Indexes the pages of a large run read through (db.queries.scale): the gallery walks the run's predictions
+# from the most confident down and filters on the predicted class. Stores made before them get them from
+# db.indexes.add_missing_indexes, which db.store.ensure_schema calls.
+Index("ix_predictions_run_confidence", Prediction.run_id, Prediction.confidence)
+Index("ix_predictions_run_pred", Prediction.run_id, Prediction.pred, Prediction.confidence)
+
+
 class PointingScore(Base):
     """The pointing game of one map of one image (Zhang et al. 2016): does the map's peak fall inside the
     object's box? Written by the trust job for the correctly classified images that have a box.

@@ -145,6 +145,9 @@ def _check_or_create_schema(conn: Connection, create: bool, add_tables: bool) ->
         raise StoreError(f"store {shown} has schema version {found}, this tool expects {SCHEMA_VERSION}; {advice}")
     if add_tables:
         Base.metadata.create_all(conn)  # adds tables that a newer minor feature brought; no-op otherwise
+        from db.indexes import add_missing_indexes  # create_all leaves existing tables' indexes alone
+
+        add_missing_indexes(conn)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
