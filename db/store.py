@@ -394,6 +394,11 @@ def set_logits(session: Session, logits: dict[int, bytes]) -> None:
         session.execute(update(Prediction), rows)  # ORM bulk update by primary key
 
 
+# --------------------------------------------------------------------------- feature vectors and the 2-D map
+
+from db.store_vectors import put_vectors, replace_map  # noqa: E402,F401  (written there, used as store.*)
+
+
 # --------------------------------------------------------------------------- methods side by side
 
 def replace_pointing_scores(session: Session, run_id: int, image_ids: Iterable[int],

@@ -10,6 +10,7 @@ from dashboard.context import gallery_errors, require_run
 from dashboard.methods_ui import method_param, method_picker, method_rows
 from dashboard.tiles import map_of_class, picture, show_picture
 from dashboard.charts import chart
+from dashboard.lookalikes_ui import looks_like_these
 
 st.title("Heatmap comparison")
 ctx = require_run()
@@ -124,6 +125,11 @@ row_scale = st.radio("Colour scale of a row", ["one scale for the row", "each ma
 st.caption("The contrast row explains the predicted class's logit minus the true class's: what made the model "
            "choose its answer rather than the right one. A right prediction has one row.")
 method_rows(ctx, d, colormap=colormap, alpha=alpha, shared=row_scale.startswith("one"))
+
+picked = looks_like_these(ctx, image_id, d.label, d.pred, key="cmp_lk")
+if picked is not None:
+    ss["image"] = picked
+    st.rerun()
 
 state.publish(run=ctx.run_id, image=image_id, split=ss.get("split"), sport=ss.get("sport", []),
               pred=ss.get("pred", []), conf=state.confidence_param(), method=method_param())
