@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from core import dist
+from core.cammaps import DEFAULT_METHOD
 from core.cache import DecodedCache
 from core.data import DatasetIndex
 from core.model import ModelMeta, read_checkpoint, save_checkpoint
@@ -59,6 +60,7 @@ class Phase1Snapshot:
     cams: bool
     layer: str
     cache: Optional[DecodedCache] = None  # the final evaluation's decoded cache, so both see the same pixels
+    methods: Sequence[str] = (DEFAULT_METHOD,)  # the CAM methods the final evaluation stores
     seconds: Optional[float] = None  # what the last snapshot pass took, on rank 0
 
     @property
@@ -88,7 +90,7 @@ class Phase1Snapshot:
             for split in plan["splits"]:
                 evaluate_split(self.out.Session_, sid, evaluated, self.meta, self.index, split, device=self.device,
                                env=self.env, batch_size=self.batch_size, workers=self.workers, cams=self.cams,
-                               layer=self.layer, cache=self.cache)
+                               layer=self.layer, cache=self.cache, methods=self.methods)
         except BaseException as exc:
             if self.env.is_main:
                 with self.out.Session_.begin() as s:

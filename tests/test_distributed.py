@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from core.cammaps import DEFAULT_METHOD
 from db import store
 from db.models import CamMap, EpochRow, EvalRow, ImageRow, Prediction, Run
 from tests.conftest import make_dataset
@@ -96,7 +97,8 @@ def test_one_complete_run_with_each_image_once(ddp_run):
                 assert sorted(preds) == sorted(ids), f"{split}: not every image predicted exactly once"
                 cams = s.scalars(select(CamMap.image_id).join(ImageRow).where(ImageRow.split == split,
                                                                               ImageRow.run_id == rid,
-                                                                              CamMap.target == "pred")).all()
+                                                                              CamMap.target == "pred",
+                                                                              CamMap.method == DEFAULT_METHOD)).all()
                 assert sorted(cams) == sorted(ids)
                 ev = s.get(EvalRow, (rid, split))
                 assert ev.status == "complete" and ev.n_images == n
@@ -125,7 +127,8 @@ def test_cams_under_torchrun_predicts_each_image_once(ddp_run):
     S = store.make_sessionmaker(store.make_engine(db, create=False))
     with S() as s:
         assert s.scalar(select(func.count()).select_from(CamMap).where(CamMap.target == "pred",
-                                                                        CamMap.run_id == 1)) == 18
+                                                                       CamMap.run_id == 1,
+                                                                       CamMap.method == DEFAULT_METHOD)) == 18
         assert {e.status for e in s.scalars(select(EvalRow))} == {"complete"}
 
 
