@@ -117,12 +117,14 @@ def _pair_maps(ma: Optional[StoredMaps], mb: Optional[StoredMaps], cls_a: int, c
     return cam_a, cam_b, norm
 
 
-def show_pairs(ctx_a: Ctx, ctx_b: Ctx, rows: pd.DataFrame, *, mode: str, per_row: int = 3) -> None:
-    """One tile per compared image: A's map and B's map over it, side by side, with labels and drift."""
+def show_pairs(ctx_a: Ctx, ctx_b: Ctx, rows: pd.DataFrame, *, mode: str, method: str = DEFAULT_METHOD,
+               per_row: int = 3) -> None:
+    """One tile per compared image: A's map and B's map (of ``method``) over it, side by side, with labels and
+    the drift."""
     ids_a = tuple(int(i) for i in rows["image_id_a"])
     ids_b = tuple(int(i) for i in rows["image_id_b"])
-    maps_a = loaders.load_maps(ctx_a.url, ctx_a.run_id, ids_a, ctx_a.stamp)
-    maps_b = loaders.load_maps(ctx_b.url, ctx_b.run_id, ids_b, ctx_b.stamp)
+    maps_a = loaders.load_maps(ctx_a.url, ctx_a.run_id, ids_a, ctx_a.stamp, method)
+    maps_b = loaders.load_maps(ctx_b.url, ctx_b.run_id, ids_b, ctx_b.stamp, method)
     records = list(rows.itertuples())
     for start in range(0, len(records), per_row):
         for col, r in zip(st.columns(per_row), records[start:start + per_row]):

@@ -18,6 +18,7 @@ from scipy.stats import binomtest
 from sqlalchemy import select, update
 from streamlit.testing.v1 import AppTest
 
+from core.cammaps import DEFAULT_METHOD, method_label
 from core.stages import PHASE1, split_ref
 from db import queries, store
 from db.builder import add_hashes, build_store
@@ -220,7 +221,8 @@ def test_page_defaults_to_the_newest_runs_phase1_against_its_final_model(pair, m
     labels = [t.label for t in at.tabs]
     assert f"Right → wrong ({e['right_to_wrong']})" in labels and f"Wrong → right ({e['wrong_to_right']})" in labels
     assert any("of 36 · 95% interval" in c.value for c in at.caption)
-    assert url_params(at) == {"a": ["3"], "b": ["2"], "split": ["test"]}
+    assert url_params(at) == {"a": ["3"], "b": ["2"], "split": ["test"], "method": [DEFAULT_METHOD]}
+    assert widget(at, "cr_method").options == [method_label(DEFAULT_METHOD)]  # the methods both runs hold
     assert not at.error
 
 
@@ -234,7 +236,7 @@ def test_page_link_and_sport_filter(pair, monkeypatch):
     assert widget(at, "cr_sport").value == [sport]
     table = next(d.value for d in at.dataframe if "sport" in d.value.columns)  # the per-class table
     assert list(table["sport"]) == [sport] and list(table["images"]) == [6]
-    assert url_params(at) == {"a": ["1"], "b": ["2"], "split": ["valid"], "sport": [sport]}
+    assert url_params(at) == {"a": ["1"], "b": ["2"], "split": ["valid"], "sport": [sport], "method": [DEFAULT_METHOD]}
     counts = [int(t.label.rsplit("(", 1)[1].rstrip(")")) for t in at.tabs]
     assert all(n <= 6 for n in counts)
     widget(at, "cr_sport").set_value([]).run()  # every sport again: the counts grow back

@@ -3,6 +3,7 @@ flipped, whether the difference is more than noise, which sports changed, and wh
 import numpy as np
 import streamlit as st
 
+from core.cammaps import DEFAULT_METHOD, method_label
 from core.figures_compare import confusion_change_heatmap, per_class_change
 from core.stages import stage_label
 from dashboard import compare_runs_ui as ui
@@ -30,7 +31,7 @@ default_a, default_b = ui.default_pair(runs, loaders.load_default_run(url))
 default_a = default_a if default_a is not None else ids[1]
 default_b = default_b if default_b is not None else ids[0]
 
-c1, c2, c3 = st.columns([2, 2, 1])
+c1, c2, c3, c4 = st.columns([2, 2, 1, 1])
 state.seed("cr_a", "a", default_a, valid=lambda v: v in rows)
 a_id = c1.selectbox("A: before", ids, format_func=lambda i: ui.run_label(rows[i]), key="cr_a")
 state.seed("cr_b", "b", default_b, valid=lambda v: v in rows)
@@ -53,10 +54,19 @@ options = splits + ["all"]
 state.seed("cr_split", "split", "test" if "test" in splits else splits[0], valid=lambda v: v in options)
 split = c3.selectbox("Split", options, key="cr_split")
 ss["split"] = split
+held_b = set(loaders.load_methods(url, b_id, stamp_b))
+methods = [m for m in loaders.load_methods(url, a_id, stamp_a) if m in held_b] or [DEFAULT_METHOD]
+first = DEFAULT_METHOD if DEFAULT_METHOD in methods else methods[0]
+state.seed("cr_method", "method", first, valid=lambda v: v in methods)
+if ss["cr_method"] not in methods:  # other runs under a kept widget
+    ss["cr_method"] = first
+method = c4.selectbox("CAM method", methods, key="cr_method", format_func=method_label,
+                      help="The maps whose drift is measured and drawn: the methods both runs hold")
+ss["method"] = method
 try:
-    result = ui.load_comparison(url, a_id, b_id, None if split == "all" else split, stamp_a, stamp_b)
+    result = ui.load_comparison(url, a_id, b_id, None if split == "all" else split, stamp_a, stamp_b, method)
 except ValueError as exc:
-    state.publish(a=a_id, b=b_id, split=split)
+    state.publish(a=a_id, b=b_id, split=split, method=method)
     st.info(f"Nothing to compare: {exc}.")
     st.stop()
 
@@ -65,7 +75,7 @@ state.seed("cr_sport", "sport", [], valid=lambda v: all(x in classes for x in v)
 sports = st.multiselect("Sports", classes, key="cr_sport", placeholder="every sport",
                         help="Narrows the per-class change, the galleries and the confusion change to these sports")
 ss["sport"] = sports
-state.publish(a=a_id, b=b_id, split=split, sport=sports)
+state.publish(a=a_id, b=b_id, split=split, sport=sports, method=method)
 
 ctx_a = Ctx(url, a_id, stamp_a, loaders.load_run(url, a_id, stamp_a))
 ctx_b = Ctx(url, b_id, stamp_b, loaders.load_run(url, b_id, stamp_b))
@@ -148,7 +158,7 @@ for tab, (title, rows_) in zip(st.tabs([f"{t} ({len(r):,})" for t, r in gallerie
             continue
         st.caption(f"{min(size, len(rows_))} of {len(rows_):,}; A's map on the left, B's on the right, both on one "
                    f"colour scale (the larger peak of the two).")
-        ui.show_pairs(ctx_a, ctx_b, rows_.head(size), mode=mode)
+        ui.show_pairs(ctx_a, ctx_b, rows_.head(size), mode=mode, method=method)
 
 # --------------------------------------------------------------------------- confusion change
 st.subheader("Confusion change")
