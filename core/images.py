@@ -105,7 +105,10 @@ def open_upload(data: bytes, name: str, max_bytes: int, *, max_pixels: int = UPL
         raise BadImage(f"{name}: empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # ``max_pixels`` decides, from the header: PIL's own warning (above 89 MP) would refuse a
+            # 10,000 x 10,000 px photo that the reduced-scale decoding below handles. PIL still raises
+            # DecompressionBombError by itself above twice its limit.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:
                 w, h = im.size
                 if w * h > max_pixels:

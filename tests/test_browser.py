@@ -30,6 +30,7 @@ PAGES = [
     ("data_issues", "Data issues", "data_issues"),
     ("export", "Export", "export"),
     ("trust", "Can the maps be trusted?", "trust"),
+    ("try_image", "Try an image", "try_image"),
 ]
 
 pytestmark = pytest.mark.browser
