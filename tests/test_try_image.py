@@ -405,3 +405,21 @@ def test_explain_refuses_bad_flags(tiny, tmp_path, capsys, argv, message):
     url, info, data = tiny
     rc = run_explain(str(data / "valid"), "--run", "latest", "--db", url, "--out", str(tmp_path / "o"), *argv)
     assert rc == 2 and message in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- loading
+
+def test_load_for_inference_refuses_a_checkpoint_missing_weights(tiny, tmp_path):
+    # That it loads the very model is shown above: its predictions and maps are those the run stored.
+    from core.inference import load_for_inference
+    from core.model import CheckpointError, read_checkpoint, save_checkpoint
+
+    _, info, _ = tiny
+    model, meta = load_for_inference(info.checkpoint_path)
+    assert not model.training and all(p.device.type == "cpu" for p in model.parameters())
+    assert meta.class_names == list(info.classes)
+    state = read_checkpoint(info.checkpoint_path)
+    state["model"].pop(next(iter(state["model"])))
+    save_checkpoint(tmp_path / "part.pt", state)
+    with pytest.raises(CheckpointError, match="weights do not fit the model"):
+        load_for_inference(tmp_path / "part.pt")
