@@ -179,11 +179,17 @@ def per_class_bars(df: pd.DataFrame, *, sort_by: str = "f1", ascending: bool = T
     n = len(d)
     names = [_short(x, 28) for x in d["class"]]
     fig = go.Figure()
+    # With the interval columns of core.intervals.attach_intervals: F1 with its 95 % bootstrap interval.
+    spread = {}
+    if {"f1_lo", "f1_hi"} <= set(d.columns):
+        spread = dict(error_x=dict(type="data", symmetric=False, array=(d["f1_hi"] - d["f1"]).to_numpy(),
+                                   arrayminus=(d["f1"] - d["f1_lo"]).to_numpy(), color="#4a6f8a", thickness=1.2,
+                                   width=2))
     fig.add_trace(
         go.Bar(
-            y=names, x=d["f1"], orientation="h", name="F1", marker_color="#8ab6d6",
-            customdata=np.column_stack([d["class"], d["support"]]),
-            hovertemplate="%{customdata[0]}<br>F1 %{x:.3f}, support %{customdata[1]}<extra></extra>",
+            y=names, x=d["f1"], orientation="h", name="F1 (95% interval)" if spread else "F1",
+            marker_color="#8ab6d6", customdata=np.column_stack([d["class"], d["support"]]),
+            hovertemplate="%{customdata[0]}<br>F1 %{x:.3f}, support %{customdata[1]}<extra></extra>", **spread,
         )
     )
     fig.add_trace(go.Scatter(y=names, x=d["precision"], mode="markers", name="precision",

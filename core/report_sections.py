@@ -15,6 +15,7 @@ from PIL import Image
 
 from core import figures
 from core.cammaps import DEFAULT_METHOD, METHOD_LABELS, TARGET_PRED, TARGET_TRUE, overlay
+from core.report_calibration import accuracy_section, calibration_section, suspects_section
 from core.report_parts import CSS_DPI, Artifact, ExportOptions, Plot, RunData, Sheet, Table, slug
 from core.sheets import Tile, draw_sheet, font, panel_side, placeholder
 
@@ -99,16 +100,18 @@ def confusion_section(data: RunData, options: ExportOptions) -> Iterator[Artifac
         yield Plot("confusion-top", f"Mistakes among the {len(top)} classes with the most mistakes made on them "
                    "or into them; the diagonal (correct predictions) is left blank so the mistakes set the "
                    "colour scale.", fig, options.width_in)
-    yield Table("confused-pairs", "Off-diagonal cells of the confusion matrix, most frequent first.",
+    yield Table("confused-pairs", "Off-diagonal cells of the confusion matrix, most frequent first; where known, "
+                "n (images of the true class) and the 95% Wilson interval of the share (share_lo, share_hi).",
                 data.pairs.drop(columns=["true_idx", "pred_idx"], errors="ignore"))
 
 
 def per_class_section(data: RunData, options: ExportOptions) -> Iterator[Artifact]:
     fig = figures.print_layout(figures.per_class_bars(data.per_class), "Precision, recall and F1 per class")
-    yield Plot("per-class", "F1 per class (bars) with precision and recall (markers), worst F1 first.", fig,
-               options.width_in)
-    yield Table("per-class-metrics", "Precision, recall, F1, support and predicted count per class.",
-                data.per_class.drop(columns=["class_idx"], errors="ignore"))
+    yield Plot("per-class", "F1 per class (bars, with their 95% bootstrap interval where known) with precision and "
+               "recall (markers), worst F1 first.", fig, options.width_in)
+    yield Table("per-class-metrics", "Precision, recall, F1, support (n) and predicted count per class, with 95% "
+                "intervals where known (precision_lo/hi, recall_lo/hi: Wilson; f1_lo/hi: bootstrap) and few (fewer "
+                "than 10 images).", data.per_class.drop(columns=["class_idx"], errors="ignore"))
 
 
 def training_section(data: RunData, options: ExportOptions) -> Iterator[Artifact]:
@@ -216,4 +219,7 @@ SECTIONS: list[Callable[[RunData, ExportOptions], Iterable[Artifact]]] = [
     audit_section,
     trust_section,
     sanity_section,
+    accuracy_section,
+    calibration_section,
+    suspects_section,
 ]

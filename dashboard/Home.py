@@ -21,6 +21,7 @@ page = st.navigation(
         st.Page("views/data_issues.py", title="Data issues", icon=":material/report:"),
         st.Page("views/export.py", title="Export", icon=":material/download:"),
         st.Page("views/trust.py", title="Can the maps be trusted?", icon=":material/verified:"),
+        st.Page("views/calibration.py", title="Calibration", icon=":material/speed:"),
         st.Page("views/try_image.py", title="Try an image", icon=":material/add_photo_alternate:"),
     ]
 )

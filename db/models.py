@@ -219,3 +219,18 @@ class SanityCheck(Base):
     stages: Mapped[list[Any]] = mapped_column(JSON)
     # faithfulness settings of the same job: steps, fill, blur_sigma, split, sample, seed, seconds
     settings: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class CalibrationRow(Base):
+    """The latest calibration of a run (``jobs.calibrate``): the temperature fitted on valid and the report.
+
+    ``report`` is ``core.calibration.calibration_report``: ``temperature`` and per split (``valid``, ``test``)
+    n, ece, mce, nll, brier, ece_calibrated, nll_calibrated and the reliability ``bins``.
+    """
+
+    __tablename__ = "calibrations"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    temperature: Mapped[float] = mapped_column(Float)
+    bins: Mapped[int] = mapped_column(Integer)
+    report: Mapped[dict[str, Any]] = mapped_column(JSON)

@@ -369,3 +369,22 @@ def replace_sanity_check(session: Session, run_id: int, **fields: Any) -> None:
     """Keep one sanity check per run: the latest."""
     session.execute(delete(SanityCheck).where(SanityCheck.run_id == run_id))
     session.add(SanityCheck(run_id=run_id, created_at=utcnow(), **fields))
+
+
+# --------------------------------------------------------------------------- calibration
+
+def replace_calibration(session: Session, run_id: int, *, temperature: float, bins: int,
+                        report: dict[str, Any]) -> None:
+    """Keep one calibration per run: the latest. ``report`` is ``core.calibration.calibration_report``."""
+    from db.models import CalibrationRow
+
+    session.execute(delete(CalibrationRow).where(CalibrationRow.run_id == run_id))
+    session.add(CalibrationRow(run_id=run_id, created_at=utcnow(), temperature=float(temperature), bins=int(bins),
+                               report=report))
+
+
+def set_logits(session: Session, logits: dict[int, bytes]) -> None:
+    """Record the stored logit vector (``core.metrics.encode_logits``) of predictions, by image id."""
+    rows = [{"image_id": int(i), "logits": data} for i, data in logits.items()]
+    if rows:
+        session.execute(update(Prediction), rows)  # ORM bulk update by primary key

@@ -35,6 +35,7 @@ from core.model import (
 from core.splits import EVAL_SPLITS, SPLITS, TEST, VALID
 from db import store
 from jobs.auditing import audit_run, format_summary
+from jobs.calibrate import calibrate_after_training
 from jobs.common import DefaultsHelpFormatter, add_db_arg, run_cli, run_distributed
 from jobs.evaluation import evaluate_split
 from jobs.rundir import DEFAULT_OUT, find_resume_checkpoint, fresh_run_dir
@@ -289,6 +290,7 @@ def finish(model: nn.Module, best: dict, *, index: DatasetIndex, meta: ModelMeta
             store.finish_run(s, out.run_id, "complete", best_epoch=best["epoch"], metrics=metrics,
                              checkpoint_path=str(best_path.resolve()))
         log.info("run %d complete: %s", out.run_id, json.dumps(metrics))
+        calibrate_after_training(out.Session_, out.run_id)
         if audit:
             with out.Session_.begin() as s:
                 report = audit_run(s, out.run_id)

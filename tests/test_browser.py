@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from db.builder_calibration import add_calibration, add_logits
 from tests.storefactory import build_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,6 +31,7 @@ PAGES = [
     ("data_issues", "Data issues", "data_issues"),
     ("export", "Export", "export"),
     ("trust", "Can the maps be trusted?", "trust"),
+    ("calibration", "Calibration", "calibration"),
     ("try_image", "Try an image", "try_image"),
 ]
 
@@ -73,6 +75,8 @@ def server(tmp_path_factory):
     _need(CHROMIUM.exists(), f"{CHROMIUM} not found (install Debian's chromium)")
     url, _, _ = build_store(tmp_path_factory.mktemp("browser"), n_classes=100, n_per_class=3, image_size=96, seed=3,
                              audit=True, trust=True)
+    add_logits(url, 1)  # logits and a temperature for the Calibration page and its switch
+    add_calibration(url, 1)
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     log = tmp_path_factory.mktemp("log") / "streamlit.log"

@@ -166,6 +166,10 @@ def test_uploads_good_and_bad_files(tried, browser):  # noqa: F811
         page.locator(DONE).wait_for(timeout=120_000)
         page.get_by_text("Download 1 result").first.wait_for(timeout=60_000)
         assert page.locator('[data-testid="stException"]').count() == 0
+        # The main area scrolls inside the window: grow the window to it so the screenshot holds the whole page.
+        height = page.evaluate("() => document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
+        page.set_viewport_size({"width": 1500, "height": min(int(height) + 80, 6000)})
+        page.wait_for_timeout(1500)
         _save_screenshot(page, "try_image_upload")
     finally:
         page.close()

@@ -4,7 +4,7 @@ import streamlit as st
 
 from core.cammaps import COLORMAPS, DEFAULT_METHOD, METHOD_LABELS
 from core.figures import top5_bars
-from dashboard import loaders, state
+from dashboard import calibration_ui, loaders, state
 from dashboard.context import gallery_errors, require_predictions, require_run
 from dashboard.tiles import map_of_class, picture, show_picture
 from dashboard.charts import chart
@@ -57,9 +57,13 @@ with st.container(border=True):
                     horizontal=True)
 
 verdict = "correct" if d.pred == d.label else "wrong"
+# The sidebar switch: the calibrated top 5 (softmax of the stored logits over T), else the stored raw one.
+calibrated = calibration_ui.top5(ctx, image_id)
+confidence, top_idx, top_prob = calibrated if calibrated is not None else (d.confidence, d.top5_idx, d.top5_prob)
 st.markdown(
     f"**{d.relpath}** ({d.split}) · true **{names[d.label]}** · predicted **{names[d.pred]}** "
-    f"at {d.confidence:.1%} · {verdict}" + (f" · loss {d.loss:.3f}" if d.loss is not None else "")
+    f"at {confidence:.1%}{' calibrated' if calibrated is not None else ''} · {verdict}"
+    + (f" · loss {d.loss:.3f}" if d.loss is not None else "")
 )
 
 size = ctx.info.image_size
@@ -98,7 +102,8 @@ else:
     show(c3, f"{method}: true · {names[d.label]}", view(cam_true),
          None if cam_true is not None else "No map stored for the true class.")
 with c4:
-    chart(top5_bars(names, d.top5_prob, label=d.label, idx=d.top5_idx), key="cmp_top5", name=f"top5-{d.relpath}")
+    chart(top5_bars(names, top_prob, label=d.label, idx=top_idx), key="cmp_top5", name=f"top5-{d.relpath}")
+    st.caption(f"Top-5 probabilities, {calibration_ui.word(ctx)}.")
 if shown and norm.startswith("none"):
     lo, hi = min(float(c.min()) for c in shown), max(float(c.max()) for c in shown)
     st.caption(f"Raw map values span {lo:.3g}–{hi:.3g}; values above 1 saturate.")

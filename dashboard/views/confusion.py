@@ -2,8 +2,9 @@
 import streamlit as st
 
 from core.figures import confusion_heatmap
+from core.intervals import add_wilson
 from core.metrics import confused_pairs
-from dashboard import loaders, state
+from dashboard import intervals_ui, loaders, state
 from dashboard.context import require_predictions, require_run, split_choice
 from dashboard.tiles import show_tiles
 from dashboard.charts import chart
@@ -72,14 +73,19 @@ if ss["cm_pair"] not in labels:
 left, right = st.columns([1, 1.4])
 with left:
     st.subheader("Most confused pairs")
-    show = pairs[["true", "predicted", "count", "share_of_true", "reverse_count"]]
+    # The share is count of n (the true sport's images): its 95% Wilson interval says how firm it is.
+    show = intervals_ui.with_spans(add_wilson(pairs.assign(n=cm.sum(axis=1)[pairs["true_idx"].to_numpy(int)]),
+                                              "count", "n", "share"), ("share",))
+    show = show[["true", "predicted", "count", "n", "share_of_true", "share 95%", "reverse_count"]]
     st.dataframe(
         show,
         hide_index=True,
         key="cm_pairs_table",
         height=min(420, 38 + 35 * len(show)),
         column_config={
+            "n": st.column_config.NumberColumn("n", help="images of the true sport"),
             "share_of_true": st.column_config.NumberColumn("share of true", format="percent"),
+            "share 95%": st.column_config.TextColumn("95% (Wilson)", help="95% Wilson interval of the share"),
             "reverse_count": st.column_config.NumberColumn("reverse", help="images of the predicted sport taken for the true one"),
         },
     )

@@ -7,8 +7,9 @@ import math
 import pandas as pd
 import streamlit as st
 
+from core.intervals import suspects_warning
 from core.splits import SPLITS
-from dashboard import loaders, state
+from dashboard import calibration_ui, intervals_ui, loaders, state
 from dashboard.context import require_run
 from dashboard.tiles import TILES_PER_ROW, map_of_class, picture, show_picture
 
@@ -40,7 +41,10 @@ st.caption(
     f"{stats.get('n_images', '?'):,} images ({report.get('seconds', 0):.1f} s)"
     + (f"; {len(report['skipped'])} could not be read." if report["skipped"] else ".")
 )
-groups, leaks, suspects = report["groups"], report["leakage"], report["suspects"]
+groups, leaks = report["groups"], report["leakage"]
+# Suspects come from the model's confidences: ranked by the calibrated ones where the switch is on.
+suspects, calibrated_rank = calibration_ui.ranked_suspects(ctx, report["suspects"])
+model_acc = intervals_ui.out_of_sample_accuracy(loaders.load_predictions(ctx.url, ctx.run_id, ctx.stamp))
 conflict_labels = {int(c["group"]): c["labels"] for c in report["conflicts"]}
 m1, m2, m3, m4 = st.columns(4)
 n_exact = sum(g["kind"] == "exact" for g in groups)
@@ -48,6 +52,10 @@ m1.metric("Duplicate groups", f"{len(groups):,}", help=f"{n_exact:,} exact, {len
 m2.metric("Leaked images", f"{len(leaks):,}", help="valid/test images that also appear in an earlier split")
 m3.metric("Label conflicts", f"{len(conflict_labels):,}", help="duplicate groups whose members carry different labels")
 m4.metric("Suspect labels", f"{len(suspects):,}", help="given labels the model's out-of-sample probabilities doubt")
+m4.caption(f"from a model with top-1 {model_acc.value:.1%} ({model_acc.brief()}) on valid/test")
+quality = suspects_warning(model_acc, len(names))
+if quality and suspects:
+    st.warning(quality, icon=":material/warning:")
 
 # ------------------------------------------------------------------------------------------- filters
 with st.container(border=True):
@@ -178,7 +186,9 @@ with t_conf:
 
 with t_sus:
     st.caption("Images whose given label the model's out-of-sample probabilities doubt (confident learning), "
-               "the least likely given label first. The overlay is the Grad-CAM map of the model's class.")
+               "the least likely given label first. The overlay is the Grad-CAM map of the model's class.  \n"
+               f"The model behind them: top-1 {model_acc}. Probabilities shown and ranked: "
+               + (f"{calibration_ui.word(ctx)}." if calibrated_rank else "raw (as the audit stored them)."))
     if not shown_suspects:
         st.info(f"No suspect labels. {no_match}")
     else:

@@ -3,7 +3,7 @@ import math
 
 import streamlit as st
 
-from dashboard import loaders, state
+from dashboard import calibration_ui, loaders, state
 from dashboard.context import gallery_errors, require_predictions, require_run, split_choice
 from dashboard.tiles import TILES_PER_ROW, show_tiles
 
@@ -55,8 +55,8 @@ page = n1.number_input(f"Page (of {pages})", min_value=1, max_value=pages, step=
 ss["page"] = int(page)
 start = (int(page) - 1) * size
 shown = errors.iloc[start : start + size]
-n2.caption(f"Showing {start + 1}–{start + len(shown)}, most confident mistakes first. "
-           "The overlay is the Grad-CAM map of the predicted sport.")
+n2.caption(f"Showing {start + 1}–{start + len(shown)}, most confident mistakes first "
+           f"({calibration_ui.word(ctx)} confidences). The overlay is the Grad-CAM map of the predicted sport.")
 
 chosen = show_tiles(ctx, shown, per_row=TILES_PER_ROW, key="gal_tile", notes=loaders.flag_notes(ctx.url, ctx.run_id))
 state.publish(run=ctx.run_id, split=ss.get("split"), sport=true, pred=pred, conf=state.confidence_param(),

@@ -4,7 +4,7 @@ import streamlit as st
 
 from core.figures import confidence_histogram, training_curves
 from core.splits import SPLITS
-from dashboard import loaders, state
+from dashboard import calibration_ui, intervals_ui, loaders, state
 from dashboard.context import TRAIN_HINT, require_run
 from dashboard.charts import chart
 
@@ -29,19 +29,27 @@ for split in splits:
     ev = evals.loc[split] if split in evals.index else None
     top1 = ev["top1"] if ev is not None and pd.notna(ev["top1"]) else m.get("top1")
     top5 = ev["top5"] if ev is not None and pd.notna(ev["top5"]) else m.get("top5")
+    macro = None
     if len(sp):
-        table = loaders.load_per_class(ctx.url, ctx.run_id, ctx.names, (split,), ctx.stamp)
-        seen = table[(table["support"] > 0) | (table["predicted"] > 0)]
-        macro_f1 = float(seen["f1"].mean()) if len(seen) else None
+        _, macro = intervals_ui.load_class_intervals(ctx.url, ctx.run_id, ctx.names, (split,), ctx.stamp)
         n_err = int((sp["label"] != sp["pred"]).sum())
     else:
-        macro_f1, n_err = None, None
+        n_err = None
+    rate1, rate5 = intervals_ui.split_rates(sp, ev)
     st.subheader(f"{split} split" + (f" · {len(sp)} images" if len(sp) else ""))
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Top-1 accuracy", f"{top1:.1%}" if top1 is not None else "–", border=True)
     c2.metric("Top-5 accuracy", f"{top5:.1%}" if top5 is not None else "–", border=True)
-    c3.metric("Macro F1", f"{macro_f1:.3f}" if macro_f1 is not None else "–", border=True)
+    c3.metric("Macro F1", f"{macro['value']:.3f}" if macro is not None else "–", border=True,
+              help="Mean F1 over the classes with images in the split")
     c4.metric("Errors", f"{n_err:,}" if n_err is not None else "–", border=True)
+    for col, r in ((c1, rate1), (c2, rate5)):
+        if r is not None:
+            col.caption(r.brief())
+    if macro is not None:
+        c3.caption(intervals_ui.macro_caption(macro))
+    if n_err is not None:
+        c4.caption(f"of {len(sp):,} images")
 for split, reason in info.absent_splits.items():
     st.caption(f"No {split} split: {reason}")
 
@@ -61,7 +69,9 @@ else:
 
 if len(preds):
     st.subheader("Confidence")
-    chart(confidence_histogram(preds), key="ov_conf", name="confidence")
+    chart(confidence_histogram(calibration_ui.shown(ctx, preds)), key="ov_conf", name="confidence")
+    st.caption(f"Confidence of the predicted class, {calibration_ui.word(ctx)}, over {len(preds):,} predictions; "
+               "the sidebar switch chooses raw or calibrated.")
 
 st.subheader("Configuration")
 cfg = {**info.config, "data_root": info.data_root, "cam_layer": info.cam_layer}
