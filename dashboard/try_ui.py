@@ -21,7 +21,7 @@ from core.cammaps import COLORMAPS, GRADIENT_METHODS, METHOD_LABELS
 from core.images import BadImage, open_rgb, safe_image_path
 from core.tryout import (PICKED, SCALES, TOP1, NoCheckpoint, bundle, checkpoint_stamp, decode_image, find_checkpoint,
                          overlays, result_record, result_sheet, top_table)
-from dashboard import loaders
+from dashboard import calibration_ui, loaders
 from dashboard.context import Ctx
 from db import queries
 
@@ -224,7 +224,10 @@ def show_result(result, classes: Sequence[str], methods: Sequence[str], view: Vi
     returns whether its *Add to download* button was pressed."""
     top1 = result.top_idx[0]
     with st.container(border=True):
-        st.markdown(f"**{result.name}** · top-1 **{classes[top1]}** at {result.top_prob[0]:.1%}")
+        head = f"**{result.name}** · top-1 **{classes[top1]}** at {result.top_prob[0]:.1%}"
+        if temperature:
+            head += f" (calibrated {float(result.calibrated(temperature)[top1]):.1%})"
+        st.markdown(head)
         if note:
             st.markdown(note)
         left, right = st.columns([1, 2])
@@ -236,8 +239,12 @@ def show_result(result, classes: Sequence[str], methods: Sequence[str], view: Vi
             bars = {c: st.column_config.ProgressColumn(c, format="percent", min_value=0.0, max_value=1.0)
                     for c in frame.columns if c != "class"}
             st.dataframe(frame, width="stretch", column_config=bars)
-            if not temperature:
-                st.caption("Raw softmax probabilities: the run has no fitted temperature, so none are calibrated.")
+            if temperature:
+                st.caption(f"Calibrated: softmax(logits / T) with the temperature T = {temperature:.3g} that "
+                           "`jobs.calibrate` fitted on the run's validation split.")
+            else:
+                st.caption("Raw softmax probabilities: the run has no fitted temperature (`python -m jobs.calibrate`), "
+                           "so none are calibrated.")
         rows = [(TOP1, f"top-1 · {classes[top1]}")]
         if result.picked is not None:
             rows.append((PICKED, f"{classes[result.picked]} ({float(result.probs[result.picked]):.1%})"))
@@ -284,5 +291,7 @@ def record_of(result, classes: Sequence[str], item: Item, temperature: Optional[
 
 
 def run_temperature(ctx: Ctx) -> Optional[float]:
-    """The temperature fitted to the run's validation logits, when a calibration is stored; else ``None``."""
-    return None
+    """The temperature ``jobs.calibrate`` fitted on the run's validation logits; ``None`` when the run has none."""
+    stamp = calibration_ui.load_calibration_stamp(ctx.url, ctx.run_id)
+    cal = calibration_ui.load_calibration(ctx.url, ctx.run_id, stamp)
+    return None if cal is None else float(cal.temperature)

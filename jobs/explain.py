@@ -22,6 +22,7 @@ from core.images import BadImage
 from core.report_parts import slug
 from core.tryout import PICKED, TOP1, NoCheckpoint, decode_image, find_checkpoint, overlays, png_bytes, result_record
 from db import queries, store
+from db.queries.calibration import calibration_for
 from jobs.common import DefaultsHelpFormatter, add_db_arg, add_run_arg, pick_device, run_cli, setup_logging
 
 log = logging.getLogger("jobs.explain")
@@ -103,6 +104,8 @@ def main(args: argparse.Namespace) -> int:
     engine = store.make_engine(args.db, create=False)
     with store.make_sessionmaker(engine)() as s:
         run = queries.find_run(s, args.run)
+        cal = calibration_for(s, run.id)
+    temperature = None if cal is None else float(cal.temperature)
     classes = list(run.classes)
     picked: Optional[int] = None
     if args.picked is not None:
@@ -122,11 +125,11 @@ def main(args: argparse.Namespace) -> int:
     log.info("run %d (%s): %d file(s), methods %s, checkpoint %s", run.id, run.name, len(paths), ",".join(methods),
              ckpt)
     out = Path(args.out)
-    records, skipped = explain_files(paths, run, ckpt, out, args, methods, picked)
+    records, skipped = explain_files(paths, run, ckpt, out, args, methods, picked, temperature)
     if not records:
         raise ValueError(f"none of the {len(paths)} file(s) could be read as an image")
     doc = {"run": {"id": run.id, "name": run.name}, "checkpoint": str(ckpt), "methods": methods,
-           "images": records}
+           "temperature": temperature, "images": records}
     text = json.dumps(doc, indent=2)
     (out / "predictions.json").write_text(text + "\n", encoding="utf-8")
     if args.json:
@@ -137,10 +140,12 @@ def main(args: argparse.Namespace) -> int:
 
 
 def explain_files(paths: Sequence[Path], run: queries.RunInfo, ckpt: Path, out: Path, args: argparse.Namespace,
-                  methods: Sequence[str], picked: Optional[int]) -> tuple[list[dict], int]:
+                  methods: Sequence[str], picked: Optional[int],
+                  temperature: Optional[float]) -> tuple[list[dict], int]:
     """Decode, predict and explain the files ``--batch-size`` at a time, writing each one's overlays into
     ``out``; a file that cannot be used gets one line on stderr. Returns the records and how many were
-    skipped. The model is loaded when the first usable image comes."""
+    skipped. The model is loaded when the first usable image comes. With the run's ``temperature`` the
+    records carry calibrated probabilities too."""
     predictor = None
     records, skipped = [], 0
     max_bytes = int(args.max_mb * 1_000_000)
@@ -161,7 +166,7 @@ def explain_files(paths: Sequence[Path], run: queries.RunInfo, ckpt: Path, out: 
         results = predictor.predict(images, [str(p) for p, _ in kept], methods=methods, picked=picked,
                                     batch_size=args.batch_size)
         for (path, stem), r in zip(kept, results):
-            record = result_record(r, run.classes, source=str(path))
+            record = result_record(r, run.classes, temperature=temperature, source=str(path))
             record["overlays"] = write_overlays(out, stem, r, methods, run.classes, args.colormap, args.alpha)
             records.append(record)
     return records, skipped

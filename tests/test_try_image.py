@@ -17,17 +17,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from sqlalchemy import update
+from sqlalchemy import delete, update
 from streamlit.testing.v1 import AppTest
 
 from core.cammaps import DEFAULT_METHOD, GRADIENT_METHODS
 from core.images import open_rgb
-from core.tryout import (PICKED, SCALES, TOP1, NoCheckpoint, bundle, decode_image, find_checkpoint, overlays,
-                         result_record, result_sheet, scale_of)
+from core.tryout import (PICKED, SCALES, TOP1, NoCheckpoint, bundle, calibrated_probs, decode_image,
+                         find_checkpoint, overlays, result_record, result_sheet, scale_of)
 from dashboard import try_ui
 from dashboard.tiles import map_of_class
 from db import queries, store
-from db.models import Run
+from db.models import CalibrationRow, Run
+from db.queries.calibration import calibration_for
 from jobs import explain as explain_job
 from jobs import train as train_job
 from tests.conftest import make_dataset
@@ -228,16 +229,24 @@ def test_find_checkpoint_falls_back_to_best_beside_it(tmp_path):
         find_checkpoint(str(tmp_path / "elsewhere" / "gone.pt"), {}, "run 1")
 
 
-def moved_store(tiny, tmp_path, checkpoint: str) -> str:
-    """A copy of the tiny run's store whose checkpoint path is ``checkpoint`` (and no checkpoint folder)."""
+def copied_store(tiny, tmp_path, *statements) -> str:
+    """A copy of the tiny run's store with ``statements`` executed on it."""
     url, info, _ = tiny
     copy = tmp_path / "copy.db"
     with sqlite3.connect(url.removeprefix("sqlite:///")) as src, sqlite3.connect(copy) as dst:
         src.backup(dst)  # the store may keep recent writes in its write-ahead log: copy through SQLite
     new = f"sqlite:///{copy}"
     with store.make_sessionmaker(store.make_engine(new, create=False)).begin() as s:
-        s.execute(update(Run).values(checkpoint_path=checkpoint, config={**info.config, "run_dir": None}))
+        for stmt in statements:
+            s.execute(stmt)
     return new
+
+
+def moved_store(tiny, tmp_path, checkpoint: str) -> str:
+    """A copy of the tiny run's store whose checkpoint path is ``checkpoint`` (and no checkpoint folder)."""
+    _, info, _ = tiny
+    return copied_store(tiny, tmp_path, update(Run).values(checkpoint_path=checkpoint,
+                                                            config={**info.config, "run_dir": None}))
 
 
 # --------------------------------------------------------------------------- the page
@@ -264,13 +273,20 @@ def test_page_tries_a_file_of_the_run_data(tiny, monkeypatch):
     assert not at.exception and not at.error
     with session(url) as s:
         preds = queries.predictions_frame(s, info.id)
+        t = calibration_for(s, info.id).temperature  # the training job calibrates the run at its end
+        logits = queries.logits_for(s, info.id, 3)
     stored = preds.loc[preds["relpath"] == "valid/beta/001.jpg"].iloc[0]
+    pred = int(stored["pred"])
+    cal = calibrated_probs(logits.logits[logits.frame["image_id"] == stored["image_id"]][0], t)
     heads = [m.value for m in at.markdown if m.value.startswith("**valid/beta/001.jpg**")]
-    assert heads == [f"**valid/beta/001.jpg** · top-1 **{info.classes[int(stored['pred'])]}** at "
-                     f"{float(stored['confidence']):.1%}"]
+    assert heads == [f"**valid/beta/001.jpg** · top-1 **{info.classes[pred]}** at "
+                     f"{float(stored['confidence']):.1%} (calibrated {cal[pred]:.1%})"]
     assert any(m.value.startswith("The run stored for this file (valid)") for m in at.markdown)
     table = at.dataframe[0].value
-    assert list(table["class"])[0] == info.classes[int(stored["pred"])] and len(table) == 3
+    assert list(table["class"])[0] == info.classes[pred] and len(table) == 3
+    calibrated = table[f"calibrated (T = {t:.2f})"].to_numpy()
+    assert np.abs(calibrated - cal[[info.classes.index(c) for c in table["class"]]]).max() <= 1e-3
+    assert any(f"T = {t:.3g}" in c.value for c in at.caption)
     # A picked class adds a second row of maps; fewer methods, fewer maps.
     at.selectbox(key="try_class").set_value("gamma").run()
     at.multiselect(key="try_methods").set_value(["gradcam", "layercam"]).run()
@@ -280,6 +296,15 @@ def test_page_tries_a_file_of_the_run_data(tiny, monkeypatch):
     at.button(key="try_add_0").click().run()
     assert not at.exception
     assert at.session_state[try_ui.COLLECTED_KEY] and len(at.session_state[try_ui.COLLECTED_KEY]) == 1
+
+
+def test_page_without_a_temperature_shows_raw_probabilities(tiny, tmp_path, monkeypatch):
+    at = page(copied_store(tiny, tmp_path, delete(CalibrationRow)), monkeypatch)
+    at.selectbox(key="try_sport").set_value("alpha").run()
+    assert not at.exception and not at.error
+    assert list(at.dataframe[0].value.columns) == ["class", "probability"]
+    assert any(c.value.startswith("Raw softmax probabilities: the run has no fitted temperature") for c in at.caption)
+    assert not any("(calibrated " in m.value for m in at.markdown)
 
 
 def test_page_says_in_one_line_when_the_checkpoint_is_gone(tiny, tmp_path, monkeypatch):
@@ -377,6 +402,9 @@ def test_explain_writes_overlays_and_predictions(tiny, tmp_path, capsys):
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert len(pngs) == 8 and "a.gradcam.png" in pngs and "a-2.layercam.png" in pngs
     assert any(n.startswith("a.layercam.beta-") for n in pngs)
+    with session(url) as s:
+        t = calibration_for(s, info.id).temperature
+    assert doc["temperature"] == t and all("calibrated" in row for r in doc["images"] for row in r["top"])
     first = doc["images"][0]
     with session(url) as s:
         preds = queries.predictions_frame(s, info.id)
