@@ -124,9 +124,10 @@ def open_upload(data: bytes, name: str, max_bytes: int, *, max_pixels: int = UPL
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadImage(f"{name}: image too large to decode safely ({exc})") from None
+    except Image.UnidentifiedImageError:  # its message names only an in-memory buffer
+        raise BadImage(f"{name}: not an image PIL can read (no JPEG, PNG, WebP or other known header)") from None
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError... for broken files
-        kind = "not an image PIL can read" if isinstance(exc, Image.UnidentifiedImageError) else "cannot decode image"
-        raise BadImage(f"{name}: {kind} ({type(exc).__name__}: {exc})") from None
+        raise BadImage(f"{name}: cannot decode image ({type(exc).__name__}: {exc})") from None
 
 
 def read_image_header(path: Path) -> tuple[Optional[tuple[int, int]], Optional[str]]:
