@@ -14,7 +14,7 @@ import streamlit as st
 
 from core.cammaps import TARGET_PRED, TARGET_TRUE, StoredMaps, overlay
 from core.images import load_display_image
-from dashboard import loaders
+from dashboard import loaders, reviews_ui
 from dashboard.context import Ctx
 
 TILES_PER_ROW = 5
@@ -84,10 +84,11 @@ def tile_images(ctx: Ctx, rows: pd.DataFrame, size: int = TILE_PX) -> list[Pictu
 
 
 def show_tiles(ctx: Ctx, rows: pd.DataFrame, *, per_row: int = 6, key: str, compare_button: bool = True,
-               notes: Optional[dict[int, str]] = None) -> Optional[int]:
+               notes: Optional[dict[int, str]] = None, review: bool = False) -> Optional[int]:
     """Draw error tiles in a grid; returns the image id whose *Compare* button was pressed.
 
-    ``notes``: a line added to the caption of those images (the data audit's findings)."""
+    ``notes``: a line added to the caption of those images (the data audit's findings); ``review``: a
+    *Review* popover under each tile (``dashboard.reviews_ui``)."""
     names = ctx.names
     pics = tile_images(ctx, rows)
     chosen = None
@@ -103,4 +104,7 @@ def show_tiles(ctx: Ctx, rows: pd.DataFrame, *, per_row: int = 6, key: str, comp
                 st.caption(caption)
                 if compare_button and st.button("Compare", key=f"{key}_{r.image_id}", width="stretch"):
                     chosen = int(r.image_id)
+                if review:
+                    reviews_ui.tile_review(ctx, reviews_ui.image_for(ctx, int(r.image_id)),
+                                           key=f"{key}_rv_{r.image_id}", suggest=names[r.pred])
     return chosen

@@ -4,7 +4,8 @@
 complete run over them, written through ``db.store`` the way the training job writes: both training
 phases, images, predictions with top-5, float16 Grad-CAM maps (one row per target), and evaluations.
 Mistakes follow a pattern (class ``i`` is mostly taken for ``i + 1``) so that confused pairs are
-predictable. ``add_audit`` and ``add_trust`` add what ``jobs.audit`` and ``jobs.trust`` would store.
+predictable. ``add_audit`` and ``add_trust`` add what ``jobs.audit`` and ``jobs.trust`` would store,
+``add_hashes`` the file hashes that ``jobs.train`` records.
 """
 from __future__ import annotations
 
@@ -335,3 +336,21 @@ def add_audit(url: str, run_id: int, groups: Sequence[Sequence[tuple[str, str, i
     with make_sessionmaker(engine).begin() as s:
         replace_audit(s, run_id, seconds=0.1, report=report, leakage_accuracy=acc)
     engine.dispose()
+
+
+def add_hashes(url: str, run_id: int) -> int:
+    """Record the sha256 of the run's files, as ``jobs.train`` does (after ``plant_audit`` copied some over
+    others, so that copies share a hash); returns how many were recorded."""
+    from core.reviews import file_sha256
+    from db.store import set_image_hashes
+
+    engine = make_engine(url, create=False)
+    S = make_sessionmaker(engine)
+    with S() as s:
+        root = Path(queries.run_info(s, run_id).data_root)
+        missing = queries.images_without_sha256(s, run_id)
+    hashes = {i: file_sha256(root / rel) for i, rel in missing if (root / rel).is_file()}
+    with S.begin() as s:
+        set_image_hashes(s, hashes)
+    engine.dispose()
+    return len(hashes)

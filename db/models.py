@@ -234,3 +234,26 @@ class CalibrationRow(Base):
     temperature: Mapped[float] = mapped_column(Float)
     bins: Mapped[int] = mapped_column(Integer)
     report: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class Review(Base):
+    """One verdict of a person on one image (``core.reviews.Verdict``), keyed by the sha256 of the file so that
+    it follows the image across runs and copies of the data, not by run.
+
+    Append-only: a new verdict is a new row and the latest by ``created_at`` counts; every earlier one stays.
+    ``label`` and ``new_label`` are class names (indices differ between runs). ``token`` is the writer's key of
+    one submission, unique, so that a write retried after an unclear outcome is not stored twice.
+    """
+
+    __tablename__ = "reviews"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    split: Mapped[str] = mapped_column(String(8))
+    relpath: Mapped[str] = mapped_column(Text)
+    label: Mapped[str] = mapped_column(String(300))
+    verdict: Mapped[str] = mapped_column(String(16))
+    new_label: Mapped[Optional[str]] = mapped_column(String(300))
+    note: Mapped[str] = mapped_column(Text, default="")
+    reviewer: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    token: Mapped[Optional[str]] = mapped_column(String(64), unique=True)

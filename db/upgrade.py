@@ -40,7 +40,7 @@ from sqlalchemy import (
     text,
 )
 
-from db.models import SCHEMA_VERSION
+from db.models import SCHEMA_VERSION, Base
 from db.store import StoreError, make_engine
 
 Step = Callable[[Connection], None]
@@ -253,6 +253,8 @@ def upgrade(url: Optional[str] = None, dry_run: bool = False, say: Callable[[str
                 conn.execute(text("UPDATE schema_info SET value = :v WHERE key = 'version'"), {"v": str(version)})
             report.applied.append(s.__name__)
             say(f"applied {s.__name__}: store now at schema version {version}")
+        with engine.begin() as conn:  # tables of features added since the last step, as a fresh store has
+            Base.metadata.create_all(conn)
         return report
     finally:
         engine.dispose()

@@ -19,7 +19,9 @@ from typing import Any, Optional
 import torch
 
 from core import dist
+from core.cache import ENV_VAR as CACHE_ENV_VAR, DecodedCache
 from core.data import DatasetIndex, Sample, file_sha256
+from core.feed import device_batch_size
 from core.model import CheckpointError, build_model, load_checkpoint, read_checkpoint, resolve_module
 from core.splits import EVAL_SPLITS, SPLITS, VALID
 from db import queries, store
@@ -28,6 +30,10 @@ from jobs.evaluation import evaluate_split
 from jobs.rundir import run_dir_of
 
 log = logging.getLogger("jobs.cams")
+
+# Images per batch by device: a GPU keeps busy with large batches (Grad-CAM's backward runs only above the
+# layer, so memory stays modest); on a CPU they would only cost memory.
+BATCH = {"cpu": 32, "cuda": 128}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -39,10 +45,14 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "(default: the layer the run used)")
     p.add_argument("--split", default=None, help="comma-separated splits (default: those the run evaluated)")
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default: the run's best checkpoint)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per batch and process")
+    p.add_argument("--batch-size", type=int, default=None, help="images per batch and process (default: "
+                   f"{BATCH['cuda']} on a GPU, {BATCH['cpu']} on the CPU)")
     p.add_argument("--workers", type=int, default=2, help="data-loader worker processes per rank")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where the model runs")
     p.add_argument("--no-cams", action="store_true", help="recompute predictions only")
+    p.add_argument("--cache-dir", default=None, help="folder of the decoded cache, shared with jobs.train "
+                   f"(default: ${CACHE_ENV_VAR}, else ~/.cache/sports-cam/decoded)")
+    p.add_argument("--no-cache", action="store_true", help="read and decode the JPEG files")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -52,6 +62,8 @@ def run_index(s, run: queries.RunInfo, splits: list[str]) -> DatasetIndex:
     by_split: dict[str, list[Sample]] = {}
     for split, rel, label in queries.image_samples(s, run.id, splits):
         by_split.setdefault(split, []).append(Sample(rel, label))
+    for samples in by_split.values():  # the order of core.data.discover, so the decoded cache is training's
+        samples.sort(key=lambda x: x.relpath)
     return DatasetIndex(root=Path(run.data_root), classes=list(run.classes), splits=by_split)
 
 
@@ -153,10 +165,14 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
     resolve_module(model, layer)
     model.to(device)
     dist.broadcast_module(env, model)
-    log.info("run %d (%s): recomputing %s with layer %s", plan["run_id"], plan["name"], plan["splits"], layer)
+    batch_size = device_batch_size(device, args.batch_size, **BATCH)
+    cache = None if args.no_cache else DecodedCache(args.cache_dir, workers=args.workers)
+    log.info("run %d (%s): recomputing %s with layer %s, batches of %d", plan["run_id"], plan["name"],
+             plan["splits"], layer, batch_size)
     for split in plan["splits"]:
         evaluate_split(Session_, plan["run_id"], model, meta, plan["index"], split, device=device, env=env,
-                       batch_size=args.batch_size, workers=args.workers, cams=not args.no_cams, layer=layer)
+                       batch_size=batch_size, workers=args.workers, cams=not args.no_cams, layer=layer,
+                       cache=cache)
     if env.is_main:
         with Session_.begin() as s:
             # Only a pass like the training job's own (its checkpoint, maps unless it went without) completes it.

@@ -15,8 +15,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core import dist
 from core.cammaps import DEFAULT_METHOD, TARGET_PRED, TARGET_TRUE
-from core.data import DatasetIndex, ImageDataset, collate
+from core.cache import DecodedCache
+from core.data import DatasetIndex
 from core.engine import BatchResult, Skipped, predict_batches
+from core.feed import split_feed
 from core.gradcam import encode_maps, predict_and_explain
 from core.metrics import encode_logits
 from core.model import ModelMeta
@@ -29,12 +31,14 @@ WRITE_CHUNK = 32
 
 
 def make_eval_loader(index: DatasetIndex, split: str, meta: ModelMeta, env: dist.DistEnv, batch_size: int,
-                     workers: int) -> tuple[ImageDataset, torch.utils.data.DataLoader]:
-    ds = ImageDataset(index.root, index.splits[split], meta.image_size, train=False, mean=meta.mean, std=meta.std)
-    sub = torch.utils.data.Subset(ds, dist.shard(len(ds), env))
-    loader = torch.utils.data.DataLoader(sub, batch_size=batch_size, shuffle=False, num_workers=workers,
-                                         collate_fn=collate, pin_memory=torch.cuda.is_available())
-    return ds, loader
+                     workers: int, *, device: Optional[torch.device] = None,
+                     cache: Optional[DecodedCache] = None) -> tuple[object, Iterable]:
+    """The split's data set and this rank's loader: from the decoded cache when ``cache`` gives it (the same
+    tensors as the JPEG files, exactly), else from the JPEG files."""
+    feed = split_feed(index, split, train=False, size=meta.image_size, batch_size=batch_size, env=env,
+                      device=device or torch.device("cpu"), mean=meta.mean, std=meta.std, workers=workers,
+                      cache=cache)
+    return feed.dataset, feed.loader
 
 
 def pred_true_explainer(layer: str):
@@ -82,10 +86,11 @@ def evaluate_split(
     workers: int,
     cams: bool = True,
     layer: Optional[str] = None,
+    cache: Optional[DecodedCache] = None,
 ) -> Optional[dict]:
     """Predict (and explain) one split; rank 0 writes it and returns its metrics, other ranks return None."""
     layer = layer or meta.cam_layer
-    ds, loader = make_eval_loader(index, split, meta, env, batch_size, workers)
+    ds, loader = make_eval_loader(index, split, meta, env, batch_size, workers, device=device, cache=cache)
     skipped = Skipped()
     explain = pred_true_explainer(layer) if cams else None
     batches: Iterable[BatchResult] = predict_batches(model, loader, device, explain_fn=explain, env=env,

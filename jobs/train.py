@@ -20,7 +20,9 @@ import torch
 from torch import nn
 
 from core import dist
+from core.cache import ENV_VAR as CACHE_ENV_VAR, DecodedCache
 from core.data import DatasetIndex, discover, file_sha256, read_image_header
+from core.engine import PRECISIONS, choose_precision
 from core.model import (
     DEFAULT_CAM_LAYER,
     MIN_IMAGE_SIZE,
@@ -37,6 +39,7 @@ from db import store
 from jobs.auditing import audit_run, format_summary
 from jobs.calibrate import calibrate_after_training
 from jobs.common import DefaultsHelpFormatter, add_db_arg, run_cli, run_distributed
+from jobs.corrections import add_correction_args, apply_reviews
 from jobs.evaluation import evaluate_split
 from jobs.rundir import DEFAULT_OUT, find_resume_checkpoint, fresh_run_dir
 from jobs.training import RunOutput, TrainSettings, train
@@ -89,7 +92,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="label smoothing of the training loss (0: plain cross-entropy)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto takes the GPU when there is one")
-    p.add_argument("--amp", action="store_true", help="mixed precision (float16 autocast + GradScaler) on CUDA")
+    p.add_argument("--amp", action="store_true", help="mixed precision (float16 autocast + GradScaler) on CUDA, "
+                   "as --precision fp16")
+    p.add_argument("--precision", choices=PRECISIONS, default=None, help="arithmetic of the forward pass "
+                   "(default: bf16 on a GPU that has it, else fp16 with a GradScaler; fp32 on the CPU)")
+    p.add_argument("--cache-dir", default=None, help="folder of the decoded cache, written by the first epoch or "
+                   f"ahead by python -m jobs.cache (default: ${CACHE_ENV_VAR}, else ~/.cache/sports-cam/decoded)")
+    p.add_argument("--no-cache", action="store_true", help="read and decode the JPEG files every epoch")
     p.add_argument("--workers", type=int, default=2, help="data-loader worker processes per rank")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and augmentation")
     p.add_argument("--run-name", default=None, help="name of the run in the store (default: data folder + time)")
@@ -105,6 +114,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "when training ends, as python -m jobs.audit does")
     p.add_argument("--demo-root", default=None, help="cache folder of the demo set (default: $SPORTS_CACHE or "
                    "~/.cache/sports-cam)")
+    add_correction_args(p)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -184,20 +194,24 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
         resume_state = dist.broadcast_from_main(env, resume_state)
         saved = resume_state.get("args", {})
         # The run continues with its own configuration; only where-to-run flags may change.
-        keep = {"device", "amp", "workers", "db", "out", "verbose", "resume"}
+        keep = {"device", "amp", "precision", "cache_dir", "no_cache", "workers", "db", "out", "verbose", "resume"}
         for k, v in saved.items():
             if k not in keep and hasattr(args, k):
                 setattr(args, k, v)
     args = resolve_defaults(args)
+    args.precision = choose_precision(device, args.precision, amp=args.amp).name  # the run records its choice
     if args.amp and device.type != "cuda":
         log.warning("--amp has no effect on the CPU; training in float32")
+    cache = None if args.no_cache else DecodedCache(args.cache_dir, workers=args.workers)
+    log.info("precision %s; %s", args.precision,
+             "reading the JPEG files" if cache is None else f"decoded cache in {cache.root}")
     torch.manual_seed(args.seed)
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
     else:
         torch.backends.cudnn.benchmark = True
 
-    index = prepare_dataset(args, env)
+    index = apply_reviews(args, prepare_dataset(args, env), env)
     log.info("dataset %s: %s", index.root, index.summary())
     for split, why in index.absent.items():
         log.warning("split %s is absent (%s): %s", split, why,
@@ -254,10 +268,10 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
     out = RunOutput(Session_=Session_, run_id=run_id, run_dir=run_dir, saved_args=dict(vars(args)))
     try:
         best = train(model, settings=TrainSettings.from_args(args), index=index, meta=meta, device=device,
-                     env=env, out=out, resume_state=resume_state)
+                     env=env, out=out, resume_state=resume_state, cache=cache)
         finish(model, best, index=index, meta=meta, device=device, env=env, out=out,
                eval_splits=[s for s in args.eval_splits.split(",") if s], batch_size=args.batch_size,
-               workers=args.workers, cams=not args.no_cams, layer=args.cam_layer, audit=args.audit)
+               workers=args.workers, cams=not args.no_cams, layer=args.cam_layer, audit=args.audit, cache=cache)
     except BaseException as exc:
         if env.is_main and Session_ is not None and run_id is not None:
             with Session_.begin() as s:
@@ -268,7 +282,7 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
 
 def finish(model: nn.Module, best: dict, *, index: DatasetIndex, meta: ModelMeta, device: torch.device,
            env: dist.DistEnv, out: RunOutput, eval_splits: Sequence[str], batch_size: int, workers: int,
-           cams: bool, layer: str, audit: bool) -> None:
+           cams: bool, layer: str, audit: bool, cache: Optional[DecodedCache] = None) -> None:
     """Reload the best weights, evaluate ``eval_splits``, mark the run complete and, with ``audit``, audit it."""
     best_path = out.run_dir / "best.pt"
     if env.is_main and not best_path.is_file():
@@ -281,7 +295,8 @@ def finish(model: nn.Module, best: dict, *, index: DatasetIndex, meta: ModelMeta
     results = {}
     for split in splits:
         results[split] = evaluate_split(out.Session_, out.run_id, model, meta, index, split, device=device,
-                                        env=env, batch_size=batch_size, workers=workers, cams=cams, layer=layer)
+                                        env=env, batch_size=batch_size, workers=workers, cams=cams, layer=layer,
+                                        cache=cache)
     if env.is_main:
         metrics = {"best_val_acc": best["acc"] if VALID in index.splits else None}
         for split, r in results.items():

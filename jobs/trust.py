@@ -22,8 +22,10 @@ import numpy as np
 import torch
 
 from core import dist, trust
-from core.data import ImageDataset, Sample, collate
+from core.cache import ENV_VAR as CACHE_ENV_VAR, DecodedCache
+from core.data import DatasetIndex, Sample
 from core.cammaps import TARGET_PRED, TARGET_TRUE
+from core.feed import device_batch_size, split_feed
 from core.gradcam import predict_and_explain
 from core.metrics import trust_summary
 from core.model import load_checkpoint, resolve_module
@@ -32,6 +34,10 @@ from db import queries, store
 from jobs.common import DefaultsHelpFormatter, add_db_arg, add_run_arg, run_cli, run_distributed
 
 log = logging.getLogger("jobs.trust")
+
+# Per device: images explained together, and perturbed inputs per forward pass of the curves.
+BATCH = {"cpu": 8, "cuda": 32}
+CHUNK = {"cpu": 64, "cuda": 256}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -53,17 +59,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the sample, the random maps and re-initialisation")
     p.add_argument("--layer", default=None, help="Grad-CAM layer (default: the run's)")
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default: the run's best checkpoint)")
-    p.add_argument("--batch-size", type=int, default=8, help="images explained together per rank")
-    p.add_argument("--chunk", type=int, default=64, help="perturbed inputs per forward pass")
+    p.add_argument("--batch-size", type=int, default=None, help="images explained together per rank "
+                   f"(default: {BATCH['cuda']} on a GPU, {BATCH['cpu']} on the CPU)")
+    p.add_argument("--chunk", type=int, default=None, help="perturbed inputs per forward pass "
+                   f"(default: {CHUNK['cuda']} on a GPU, {CHUNK['cpu']} on the CPU)")
     p.add_argument("--workers", type=int, default=0, help="data-loader worker processes per rank")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where the model runs")
+    p.add_argument("--cache-dir", default=None, help="folder of the decoded cache, shared with jobs.train "
+                   f"(default: ${CACHE_ENV_VAR}, else ~/.cache/sports-cam/decoded)")
+    p.add_argument("--no-cache", action="store_true", help="read and decode the JPEG files")
     p.add_argument("--json", action="store_true", help="print the aggregate scores and the sanity check as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    if args.steps < 2 or args.sample < 0 or args.sanity_sample < 1 or args.batch_size < 1 or args.chunk < 1:
+    batch, chunk = (1 if v is None else v for v in (args.batch_size, args.chunk))  # None: the device's choice
+    if args.steps < 2 or args.sample < 0 or args.sanity_sample < 1 or batch < 1 or chunk < 1:
         raise ValueError(
             "need --steps >= 2, --sample >= 0, --sanity-sample >= 1, --batch-size >= 1, --chunk >= 1; got "
             f"--steps {args.steps}, --sample {args.sample}, --sanity-sample {args.sanity_sample}, "
@@ -87,11 +99,19 @@ def map_seed(seed: int, image_id: int) -> int:
     return (int(seed) * 1_000_003 + int(image_id)) & 0x7FFF_FFFF
 
 
-def score_images(model, dataset: ImageDataset, ids: list[int], positions: list[int], args, layer: str):
-    """Score this rank's images; returns (score rows, skipped image ids, labelled inputs for the cascade)."""
+def split_plan(s, run: queries.RunInfo, split: str, images: list[tuple[int, str, int]]) -> dict:
+    """The whole split, in the order of core.data.discover (so its decoded cache is the one training wrote),
+    and the positions in it of the planned images."""
+    samples = sorted(((rel, label) for _, rel, label in queries.image_samples(s, run.id, [split])),
+                     key=lambda x: x[0])
+    at = {rel: k for k, (rel, _) in enumerate(samples)}
+    return dict(samples=samples, classes=list(run.classes), positions=[at[rel] for _, rel, _ in images])
+
+
+def score_images(model, loader, ids: dict[int, int], args, layer: str):
+    """Score this rank's images; returns (score rows, skipped image ids). ``ids`` maps a position in the split
+    to its image id."""
     device = next(model.parameters()).device
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, positions), batch_size=args.batch_size,
-                                         shuffle=False, num_workers=args.workers, collate_fn=collate)
     rows, bad = [], []
     for x, y, idx, skipped, _ in loader:
         bad += [ids[i] for i, _ in skipped]
@@ -121,19 +141,19 @@ def score_images(model, dataset: ImageDataset, ids: list[int], positions: list[i
     return rows, bad
 
 
-def sanity(model, dataset: ImageDataset, args, layer: str) -> tuple[list[dict], int]:
-    """The cascade on the first ``--sanity-sample`` readable images of the plan (rank 0 only)."""
+def sanity(model, loader, args, layer: str) -> tuple[list[dict], int]:
+    """The cascade on the first ``--sanity-sample`` readable images of the plan (rank 0 only, ``loader``
+    reads the whole plan in order)."""
     device = next(model.parameters()).device
     xs = []
-    for i in range(len(dataset)):
-        x, _, _, reason, _ = dataset[i]
-        if not reason:
-            xs.append(x)
-        if len(xs) == args.sanity_sample:
+    for x, *_ in loader:
+        if x is not None:
+            xs.append(x[: args.sanity_sample - sum(len(t) for t in xs)].to(device))
+        if sum(len(t) for t in xs) == args.sanity_sample:
             break
     if not xs:
         return [], 0
-    x = torch.stack(xs).to(device)
+    x = torch.cat(xs)
     with torch.inference_mode():
         pred = model(x).argmax(1)
     stages = trust.vgg_stages(model, args.sanity_depth)
@@ -158,26 +178,36 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
             if not ckpt:
                 raise ValueError(f"run {run.id} ({run.name}) has no checkpoint yet (status {run.status})")
             images = plan_images(s, run, args.split, args.sample, args.seed)
-            plan = dict(run_id=run.id, name=run.name, root=run.data_root, checkpoint=ckpt, images=images)
+            plan = dict(run_id=run.id, name=run.name, root=run.data_root, checkpoint=ckpt, images=images,
+                        **split_plan(s, run, args.split, images))
     plan = dist.broadcast_from_main(env, plan)
     model, meta = load_checkpoint(plan["checkpoint"])
     layer = args.layer or meta.cam_layer
     resolve_module(model, layer)
     model.to(device)
     ids = [i for i, _, _ in plan["images"]]
-    dataset = ImageDataset(Path(plan["root"]), [Sample(rel, lab) for _, rel, lab in plan["images"]],
-                           meta.image_size, train=False, mean=meta.mean, std=meta.std)
-    log.info("run %d (%s): scoring %d %s images, %d steps, layer %s", plan["run_id"], plan["name"], len(ids),
-             args.split, args.steps, layer)
+    index = DatasetIndex(root=Path(plan["root"]), classes=plan["classes"],
+                         splits={args.split: [Sample(rel, lab) for rel, lab in plan["samples"]]})
+    args.batch_size = device_batch_size(device, args.batch_size, **BATCH)
+    args.chunk = device_batch_size(device, args.chunk, **CHUNK)
+    cache = None if args.no_cache else DecodedCache(args.cache_dir, workers=args.workers)
+
+    def feed(env_: dist.DistEnv, batch_size: int):
+        return split_feed(index, args.split, train=False, size=meta.image_size, batch_size=batch_size, env=env_,
+                          device=device, mean=meta.mean, std=meta.std, workers=args.workers, cache=cache,
+                          positions=plan["positions"]).loader
+
+    log.info("run %d (%s): scoring %d %s images, %d steps, layer %s, batches of %d", plan["run_id"],
+             plan["name"], len(ids), args.split, args.steps, layer, args.batch_size)
     t1 = time.perf_counter()
-    local = score_images(model, dataset, ids, dist.shard(len(ids), env), args, layer)
+    local = score_images(model, feed(env, args.batch_size), dict(zip(plan["positions"], ids)), args, layer)
     gathered = dist.gather_to_main(env, local)
     if not env.is_main:
         return 0
     rows = [r for part, _ in gathered for r in part]
     bad = [i for _, part in gathered for i in part]
     seconds_scores = time.perf_counter() - t1
-    stages, n_sanity = sanity(model, dataset, args, layer)
+    stages, n_sanity = sanity(model, feed(dist.DistEnv(), args.sanity_sample), args, layer)
     settings = dict(split=args.split, sample=args.sample, steps=args.steps, fill=args.fill,
                     blur_sigma=args.blur_sigma or trust.default_blur_sigma(meta.image_size, meta.image_size),
                     seed=args.seed, image_size=meta.image_size, images=len(ids) - len(bad), skipped=len(bad),

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from db.builder import add_hashes
 from db.builder_calibration import add_calibration, add_logits
 from tests.storefactory import build_store
 
@@ -32,6 +33,7 @@ PAGES = [
     ("export", "Export", "export"),
     ("trust", "Can the maps be trusted?", "trust"),
     ("calibration", "Calibration", "calibration"),
+    ("review_queue", "Review queue", "review_queue"),
     ("try_image", "Try an image", "try_image"),
 ]
 
@@ -77,6 +79,7 @@ def server(tmp_path_factory):
                              audit=True, trust=True)
     add_logits(url, 1)  # logits and a temperature for the Calibration page and its switch
     add_calibration(url, 1)
+    add_hashes(url, 1)  # file hashes, so that the Review queue can take verdicts
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     log = tmp_path_factory.mktemp("log") / "streamlit.log"

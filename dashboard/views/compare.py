@@ -4,7 +4,7 @@ import streamlit as st
 
 from core.cammaps import COLORMAPS, DEFAULT_METHOD, METHOD_LABELS
 from core.figures import top5_bars
-from dashboard import calibration_ui, loaders, state
+from dashboard import calibration_ui, loaders, reviews_ui, state
 from dashboard.context import gallery_errors, require_predictions, require_run
 from dashboard.tiles import map_of_class, picture, show_picture
 from dashboard.charts import chart
@@ -12,6 +12,7 @@ from dashboard.charts import chart
 st.title("Heatmap comparison")
 ctx = require_run()
 preds = require_predictions(ctx)
+reviews_ui.reviewer_sidebar()
 names = ctx.names
 ss = st.session_state
 
@@ -107,6 +108,11 @@ with c4:
 if shown and norm.startswith("none"):
     lo, hi = min(float(c.min()) for c in shown), max(float(c.max()) for c in shown)
     st.caption(f"Raw map values span {lo:.3g}–{hi:.3g}; values above 1 saturate.")
+
+with st.container(border=True):
+    st.markdown("**Your verdict on this image**")
+    reviews_ui.verdict_form(ctx, reviews_ui.image_for(ctx, image_id), key=f"cmp_review_{image_id}",
+                            suggest=names[d.pred] if d.pred != d.label else None)
 
 state.publish(run=ctx.run_id, image=image_id, split=ss.get("split"), sport=ss.get("sport", []),
               pred=ss.get("pred", []), conf=state.confidence_param())

@@ -3,13 +3,14 @@
 These are problems of the data, not of the model; the page reads what ``jobs.audit`` stored and draws it.
 """
 import math
+from typing import Optional
 
 import pandas as pd
 import streamlit as st
 
 from core.intervals import suspects_warning
 from core.splits import SPLITS
-from dashboard import calibration_ui, intervals_ui, loaders, state
+from dashboard import calibration_ui, intervals_ui, loaders, reviews_ui, state
 from dashboard.context import require_run
 from dashboard.tiles import TILES_PER_ROW, map_of_class, picture, show_picture
 
@@ -19,6 +20,7 @@ THUMB_PX = 160
 
 st.title("Data issues")
 ctx = require_run()
+reviews_ui.reviewer_sidebar()
 names = list(ctx.names)
 ss = st.session_state
 
@@ -105,7 +107,7 @@ def paged(items: list, key: str) -> list:
     return items[start : start + size]
 
 
-def show_group(g: dict) -> None:
+def show_group(g: dict, key: str) -> None:
     members = g["members"]
     labels = sorted({int(m["label"]) for m in members})
     splits = [s for s in SPLITS if s in {m["split"] for m in members}]
@@ -126,6 +128,13 @@ def show_group(g: dict) -> None:
                 with col:
                     show_picture(picture(ctx, m["relpath"], THUMB_PX))
                     st.caption(f"**{m['split']}** · {label_name(int(m['label']))}  \n{m['relpath']}")
+                    review_tile(m, f"{key}_rv_{g['id']}_{m['relpath']}")
+
+
+def review_tile(ref: dict, key: str, suggest: Optional[int] = None) -> None:
+    """The Review popover of an image the audit names (by id, else by split and relpath)."""
+    image = reviews_ui.image_for(ctx, ref.get("image_id"), split=ref["split"], relpath=ref["relpath"])
+    reviews_ui.tile_review(ctx, image, key=key, suggest=label_name(suggest) if suggest is not None else None)
 
 
 def show_groups(items: list, key: str, none: str) -> None:
@@ -133,7 +142,7 @@ def show_groups(items: list, key: str, none: str) -> None:
         st.info(none)
         return
     for g in paged(items, key):
-        show_group(g)
+        show_group(g, key)
 
 
 no_match = "None match the filters." if (kinds or sports) else "None found."
@@ -208,6 +217,7 @@ with t_sus:
                         f"model: {label_name(int(sp['pred_label']))} ({sp['pred_prob']:.0%})"
                         + ("" if cam is not None else "  \nno stored map for the model's class")
                     )
+                    review_tile(sp, f"di_sus_rv_{sp['relpath']}", suggest=int(sp["pred_label"]))
                     if "image_id" in sp and st.button("Compare", key=f"di_sus_{sp['image_id']}", width="stretch"):
                         ss["image"] = int(sp["image_id"])
                         st.switch_page("views/compare.py")

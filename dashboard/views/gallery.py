@@ -3,7 +3,7 @@ import math
 
 import streamlit as st
 
-from dashboard import calibration_ui, loaders, state
+from dashboard import calibration_ui, loaders, reviews_ui, state
 from dashboard.context import gallery_errors, require_predictions, require_run, split_choice
 from dashboard.tiles import TILES_PER_ROW, show_tiles
 
@@ -12,6 +12,7 @@ PAGE_SIZES = (25, 50, 100)
 st.title("Misclassifications")
 ctx = require_run()
 preds = require_predictions(ctx)
+reviews_ui.reviewer_sidebar()
 names = list(ctx.names)
 ss = st.session_state
 
@@ -58,7 +59,8 @@ shown = errors.iloc[start : start + size]
 n2.caption(f"Showing {start + 1}–{start + len(shown)}, most confident mistakes first "
            f"({calibration_ui.word(ctx)} confidences). The overlay is the Grad-CAM map of the predicted sport.")
 
-chosen = show_tiles(ctx, shown, per_row=TILES_PER_ROW, key="gal_tile", notes=loaders.flag_notes(ctx.url, ctx.run_id))
+chosen = show_tiles(ctx, shown, per_row=TILES_PER_ROW, key="gal_tile", notes=loaders.flag_notes(ctx.url, ctx.run_id),
+                    review=True)
 state.publish(run=ctx.run_id, split=ss.get("split"), sport=true, pred=pred, conf=state.confidence_param(),
               page=int(page))
 if chosen is not None:

@@ -6,7 +6,7 @@ none of them writes or commits. Class indices stay integers; callers map them to
 
 By concern: ``runs`` (runs, epochs, evaluations, summaries), ``images`` (images, predictions, logits, one
 image), ``maps`` (stored CAM maps), ``audit`` (the data audit), ``trust`` (faithfulness scores) and
-``report`` (a run's figure-set tables). Every name is also importable from ``db.queries`` itself.
+``report`` (a run's figure-set tables), ``reviews`` (verdicts on images). Every name is also importable from ``db.queries`` itself.
 """
 from db.queries.audit import LEAKAGE_COLUMNS, audit_for, audit_report, audit_stamp, flagged_images
 from db.queries.images import (
@@ -42,6 +42,16 @@ from db.queries.runs import (
     run_info,
     run_summaries,
 )
+from db.queries.reviews import (
+    REVIEW_COLUMNS,
+    find_image,
+    latest_reviews,
+    latest_verdicts,
+    review_counts,
+    review_history,
+    reviews_stamp,
+    store_classes,
+)
 from db.queries.trust import TRUST_COLUMNS, TrustTables, sanity_check, trust_for, trust_frame, trust_version
 
 __all__ = [
@@ -53,4 +63,6 @@ __all__ = [
     "list_runs", "logits_for", "maps_for", "ordered_methods", "prediction_splits", "predictions_frame",
     "run_data", "run_info", "run_summaries", "sanity_check", "scored_images", "stored_methods", "trust_for",
     "trust_frame", "trust_version", "usable_images",
+    "REVIEW_COLUMNS", "find_image", "latest_reviews", "latest_verdicts", "review_counts", "review_history",
+    "reviews_stamp", "store_classes",
 ]
