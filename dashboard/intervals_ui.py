@@ -12,14 +12,19 @@ import streamlit as st
 from core import intervals as iv
 from core.metrics import per_class_metrics
 from core.splits import TRAIN
-from dashboard import loaders
+from dashboard import loaders, scale_ui
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def load_class_intervals(url: str, run_id: int, names: tuple[str, ...], splits: Optional[tuple[str, ...]],
                          stamp: str) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Per class (``per_class_metrics``' columns, worst F1 first) with ``core.intervals.INTERVAL_COLUMNS``,
-    and macro-F1 over the classes with images, with its bootstrap interval and n (images)."""
+    and macro-F1 over the classes with images, with its bootstrap interval and n (images). Above
+    ``scale_ui.EXACT_BOOTSTRAP_UP_TO`` predictions, from the store's pair counts instead of the predictions."""
+    sc = scale_ui.load_split_counts(url, run_id, stamp)
+    counted = sc if splits is None else sc[sc["split"].isin(splits)]
+    if int(counted["predictions"].sum()) > scale_ui.EXACT_BOOTSTRAP_UP_TO:
+        return scale_ui.load_cell_intervals(url, run_id, names, splits, stamp)
     preds = loaders.load_predictions(url, run_id, stamp)
     if splits is not None:
         preds = preds[preds["split"].isin(splits)]

@@ -257,3 +257,10 @@ class Review(Base):
     reviewer: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
     token: Mapped[Optional[str]] = mapped_column(String(64), unique=True)
+
+
+# Indexes the pages of a large run read through (db.queries.scale): the gallery walks the run's predictions
+# from the most confident down and filters on the predicted class. Stores made before them get them from
+# db.indexes.add_missing_indexes, which db.store.ensure_schema calls.
+Index("ix_predictions_run_confidence", Prediction.run_id, Prediction.confidence)
+Index("ix_predictions_run_pred", Prediction.run_id, Prediction.pred, Prediction.confidence)

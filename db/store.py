@@ -144,6 +144,9 @@ def _check_or_create_schema(conn: Connection, create: bool, add_tables: bool) ->
         raise StoreError(f"store {shown} has schema version {found}, this tool expects {SCHEMA_VERSION}; {advice}")
     if add_tables:
         Base.metadata.create_all(conn)  # adds tables that a newer minor feature brought; no-op otherwise
+        from db.indexes import add_missing_indexes  # create_all leaves existing tables' indexes alone
+
+        add_missing_indexes(conn)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
@@ -388,3 +391,4 @@ def set_logits(session: Session, logits: dict[int, bytes]) -> None:
     rows = [{"image_id": int(i), "logits": data} for i, data in logits.items()]
     if rows:
         session.execute(update(Prediction), rows)  # ORM bulk update by primary key
+

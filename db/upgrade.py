@@ -40,6 +40,7 @@ from sqlalchemy import (
     text,
 )
 
+from db.indexes import add_missing_indexes
 from db.models import SCHEMA_VERSION, Base
 from db.store import StoreError, make_engine
 
@@ -255,6 +256,9 @@ def upgrade(url: Optional[str] = None, dry_run: bool = False, say: Callable[[str
             say(f"applied {s.__name__}: store now at schema version {version}")
         with engine.begin() as conn:  # tables of features added since the last step, as a fresh store has
             Base.metadata.create_all(conn)
+            made = add_missing_indexes(conn)  # and indexes added to the models since then
+        if made:
+            say(f"added indexes: {', '.join(made)}")
         return report
     finally:
         engine.dispose()

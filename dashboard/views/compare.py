@@ -4,23 +4,23 @@ import streamlit as st
 
 from core.cammaps import COLORMAPS, DEFAULT_METHOD, METHOD_LABELS
 from core.figures import top5_bars
-from dashboard import calibration_ui, loaders, reviews_ui, state
-from dashboard.context import gallery_errors, require_predictions, require_run
+from dashboard import calibration_ui, loaders, reviews_ui, scale_ui, state
+from dashboard.context import gallery_errors, require_run
 from dashboard.tiles import map_of_class, picture, show_picture
 from dashboard.charts import chart
 
 st.title("Heatmap comparison")
 ctx = require_run()
-preds = require_predictions(ctx)
+scale_ui.require_counts(ctx)  # stops with a message when the run has no predictions
 reviews_ui.reviewer_sidebar()
 names = ctx.names
 ss = st.session_state
 
 errors = gallery_errors(ctx)
 ids = [int(i) for i in errors["image_id"]]
-known = set(int(i) for i in preds["image_id"])
 image_id = ss.get("image")
-if image_id not in known:
+chosen = loaders.load_detail(ctx.url, ctx.run_id, image_id, ctx.stamp) if isinstance(image_id, int) else None
+if chosen is None or chosen.pred is None:  # no image chosen, or one without a prediction in this run
     if not ids:
         st.info("No image chosen and no misclassified image matches the gallery filters. "
                 "Pick one in the Misclassifications page, or relax its filters.")

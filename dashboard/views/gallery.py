@@ -3,15 +3,15 @@ import math
 
 import streamlit as st
 
-from dashboard import calibration_ui, loaders, reviews_ui, state
-from dashboard.context import gallery_errors, require_predictions, require_run, split_choice
+from dashboard import calibration_ui, loaders, reviews_ui, scale_ui, state
+from dashboard.context import gallery_errors, require_run, split_choice
 from dashboard.tiles import TILES_PER_ROW, show_tiles
 
 PAGE_SIZES = (25, 50, 100)
 
 st.title("Misclassifications")
 ctx = require_run()
-preds = require_predictions(ctx)
+preds = scale_ui.require_counts(ctx)  # predictions per split, counted in the store
 reviews_ui.reviewer_sidebar()
 names = list(ctx.names)
 ss = st.session_state
@@ -30,9 +30,17 @@ with st.container(border=True):
     size = c5.selectbox("Per page", PAGE_SIZES, key="gal_size")
 ss["sport"], ss["pred"], ss["conf"], ss["_page_size"] = true, pred, tuple(conf), size
 
-errors = gallery_errors(ctx)
-total = int((preds["label"] != preds["pred"]).sum())
-pages = max(1, math.ceil(len(errors) / size))
+# Raw confidences: filters, order and page are SQL (one page read, whatever the run's size). Calibrated ones
+# come from each image's logits, so the filtered list is made in memory from the run's errors.
+in_sql = calibration_ui.temperature(ctx.url, ctx.run_id) is None
+index = {n: i for i, n in enumerate(names)}
+split = ss.get("split", "all")
+where = dict(splits=None if split == "all" else (split,), true=tuple(index[n] for n in true),
+             pred=tuple(index[n] for n in pred), conf=(float(conf[0]), float(conf[1])))
+errors = None if in_sql else gallery_errors(ctx)
+n_match = scale_ui.load_errors_count(ctx.url, ctx.run_id, ctx.stamp, **where) if in_sql else len(errors)
+total = int((preds["predictions"] - preds["correct"]).sum())
+pages = max(1, math.ceil(n_match / size))
 
 # A change of filter goes back to page 1.
 signature = (tuple(true), tuple(pred), ss.get("split"), tuple(conf), size)
@@ -45,8 +53,8 @@ state.seed("gal_page", "page", 1, valid=lambda v: isinstance(v, int) and 1 <= v 
 if not 1 <= ss["gal_page"] <= pages:
     ss["gal_page"] = 1
 
-st.markdown(f"**{len(errors):,}** misclassified images match the filters (of {total:,} errors in all).")
-if errors.empty:
+st.markdown(f"**{n_match:,}** misclassified images match the filters (of {total:,} errors in all).")
+if n_match == 0:
     state.publish(run=ctx.run_id, split=ss.get("split"), sport=true, pred=pred, conf=state.confidence_param())
     st.info("No misclassified image matches these filters." if total else "This run made no mistakes on these splits.")
     st.stop()
@@ -55,7 +63,8 @@ n1, n2 = st.columns([1, 4])
 page = n1.number_input(f"Page (of {pages})", min_value=1, max_value=pages, step=1, key="gal_page")
 ss["page"] = int(page)
 start = (int(page) - 1) * size
-shown = errors.iloc[start : start + size]
+shown = (scale_ui.load_errors_page(ctx.url, ctx.run_id, ctx.stamp, offset=start, limit=size, **where) if in_sql
+         else errors.iloc[start : start + size])
 n2.caption(f"Showing {start + 1}–{start + len(shown)}, most confident mistakes first "
            f"({calibration_ui.word(ctx)} confidences). The overlay is the Grad-CAM map of the predicted sport.")
 

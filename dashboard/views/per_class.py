@@ -3,13 +3,13 @@ import streamlit as st
 
 from core.figures import per_class_bars
 from core.intervals import FEW_IMAGES, SORT_KEYS, ordering_note, worst_first
-from dashboard import intervals_ui, loaders, state
-from dashboard.context import require_predictions, require_run, split_choice
+from dashboard import intervals_ui, loaders, scale_ui, state
+from dashboard.context import require_run, split_choice
 from dashboard.charts import chart as show_chart
 
 st.title("Per-class accuracy")
 ctx = require_run()
-preds = require_predictions(ctx)
+preds = scale_ui.require_counts(ctx)  # predictions per split, counted in the store
 names = ctx.names
 ss = st.session_state
 
