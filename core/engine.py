@@ -222,6 +222,7 @@ class BatchResult:
     maps: Optional[np.ndarray]  # (N, 2, h, w) float32: [pred, true] maps; None without CAMs
     sizes: dict[int, tuple[int, int]]
     logits: Optional[np.ndarray] = None  # (N, C) float32, every class's logit
+    vectors: Optional[np.ndarray] = None  # (N, D) float32 feature vectors, where a FeatureTap took them
 
 
 def predict_batches(

@@ -392,3 +392,7 @@ def set_logits(session: Session, logits: dict[int, bytes]) -> None:
     if rows:
         session.execute(update(Prediction), rows)  # ORM bulk update by primary key
 
+
+# --------------------------------------------------------------------------- feature vectors and the 2-D map
+
+from db.store_vectors import put_vectors, replace_map  # noqa: E402,F401  (written there, used as store.*)

@@ -172,7 +172,7 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
     for split in plan["splits"]:
         evaluate_split(Session_, plan["run_id"], model, meta, plan["index"], split, device=device, env=env,
                        batch_size=batch_size, workers=args.workers, cams=not args.no_cams, layer=layer,
-                       cache=cache)
+                       cache=cache, vectors=args.checkpoint is None)  # another checkpoint's vectors would not fit the map
     if env.is_main:
         with Session_.begin() as s:
             # Only a pass like the training job's own (its checkpoint, maps unless it went without) completes it.

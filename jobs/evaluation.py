@@ -17,12 +17,14 @@ from core import dist
 from core.cammaps import DEFAULT_METHOD, TARGET_PRED, TARGET_TRUE
 from core.cache import DecodedCache
 from core.data import DatasetIndex
+from core.embed import with_vectors
 from core.engine import BatchResult, Skipped, predict_batches
 from core.feed import split_feed
 from core.gradcam import encode_maps, predict_and_explain
 from core.metrics import encode_logits
 from core.model import ModelMeta
 from db import store
+from jobs.vectors import vector_rows
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +89,19 @@ def evaluate_split(
     cams: bool = True,
     layer: Optional[str] = None,
     cache: Optional[DecodedCache] = None,
+    vectors: bool = True,
 ) -> Optional[dict]:
-    """Predict (and explain) one split; rank 0 writes it and returns its metrics, other ranks return None."""
+    """Predict (and explain) one split; rank 0 writes it and returns its metrics, other ranks return None.
+
+    ``vectors``: also store each image's feature vector, taken from the same forward."""
     layer = layer or meta.cam_layer
     ds, loader = make_eval_loader(index, split, meta, env, batch_size, workers, device=device, cache=cache)
     skipped = Skipped()
     explain = pred_true_explainer(layer) if cams else None
     batches: Iterable[BatchResult] = predict_batches(model, loader, device, explain_fn=explain, env=env,
                                                      skipped=skipped, desc=f"evaluate {split}")
+    if vectors:
+        batches = with_vectors(model, batches)
     if env.distributed:
         gathered = dist.gather_to_main(env, (list(batches), skipped.items))
         if not env.is_main:
@@ -115,12 +122,14 @@ def evaluate_split(
     loss_sum = 0.0
     pending_p: list[dict] = []
     pending_c: list[dict] = []
+    pending_v: list[dict] = []
     for r in batches:
         sizes.update(r.sizes)
         image_ids = [ids[(split, samples[int(i)].relpath)] for i in r.index]
         p, c = _rows(r, image_ids, run_id)
         pending_p += p
         pending_c += c
+        pending_v += vector_rows(r.vectors, image_ids)
         n += len(image_ids)
         correct1 += int((r.pred == r.label).sum())
         correct5 += int((r.top_idx == r.label[:, None]).any(1).sum())
@@ -128,7 +137,8 @@ def evaluate_split(
         if len(pending_p) >= WRITE_CHUNK:
             with Session_.begin() as s:
                 store.add_predictions(s, pending_p, pending_c)
-            pending_p, pending_c = [], []
+                store.put_vectors(s, run_id, pending_v)
+            pending_p, pending_c, pending_v = [], [], []
     bad = skipped.items
     metrics = {
         "n_images": n,
@@ -145,6 +155,7 @@ def evaluate_split(
             for i, reason in bad.items()
         ])
         store.add_predictions(s, pending_p, pending_c)
+        store.put_vectors(s, run_id, pending_v)
         store.finish_evaluation(s, run_id, split, **metrics)
     log.info("%s: %d images, top-1 %.4f, top-5 %.4f, %d skipped", split, n, metrics["top1"] or 0,
              metrics["top5"] or 0, len(bad))

@@ -8,6 +8,7 @@ from dashboard import calibration_ui, loaders, reviews_ui, scale_ui, state
 from dashboard.context import gallery_errors, require_run
 from dashboard.tiles import map_of_class, picture, show_picture
 from dashboard.charts import chart
+from dashboard.lookalikes_ui import looks_like_these
 
 st.title("Heatmap comparison")
 ctx = require_run()
@@ -113,6 +114,11 @@ with st.container(border=True):
     st.markdown("**Your verdict on this image**")
     reviews_ui.verdict_form(ctx, reviews_ui.image_for(ctx, image_id), key=f"cmp_review_{image_id}",
                             suggest=names[d.pred] if d.pred != d.label else None)
+
+picked = looks_like_these(ctx, image_id, d.label, d.pred, key="cmp_lk")
+if picked is not None:
+    ss["image"] = picked
+    st.rerun()
 
 state.publish(run=ctx.run_id, image=image_id, split=ss.get("split"), sport=ss.get("sport", []),
               pred=ss.get("pred", []), conf=state.confidence_param())

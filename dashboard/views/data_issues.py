@@ -12,6 +12,7 @@ from core.intervals import suspects_warning
 from core.splits import SPLITS
 from dashboard import calibration_ui, intervals_ui, loaders, reviews_ui, state
 from dashboard.context import require_run
+from dashboard.lookalikes_ui import neighbour_suspects_tab
 from dashboard.tiles import TILES_PER_ROW, map_of_class, picture, show_picture
 
 KINDS = ["exact", "near"]
@@ -83,6 +84,7 @@ shown_groups = [g for g in groups if kind_ok(g["kind"]) and sport_ok(*(m["label"
 shown_leaks = [lk for lk in leaks if kind_ok(lk["kind"]) and sport_ok(lk["image"]["label"], lk["duplicate_of"]["label"])]
 shown_conflicts = [g for g in shown_groups if int(g["id"]) in conflict_labels]
 shown_suspects = [sp for sp in suspects if sport_ok(sp["label"], sp["pred_label"])]
+shown_neighbours = [r for r in report.get("neighbour_suspects", []) if sport_ok(r["label"], r["majority_label"])]
 
 # A change of filter goes back to the first page of every list.
 signature = (tuple(kinds), tuple(sports), size)
@@ -146,9 +148,10 @@ def show_groups(items: list, key: str, none: str) -> None:
 
 
 no_match = "None match the filters." if (kinds or sports) else "None found."
-t_dup, t_leak, t_conf, t_sus = st.tabs([
+t_dup, t_leak, t_conf, t_sus, t_nb = st.tabs([
     f"Duplicates ({len(shown_groups):,})", f"Leakage ({len(shown_leaks):,})",
     f"Label conflicts ({len(shown_conflicts):,})", f"Suspect labels ({len(shown_suspects):,})",
+    f"Neighbour labels ({len(shown_neighbours):,})",
 ])
 
 with t_dup:
@@ -221,5 +224,11 @@ with t_sus:
                     if "image_id" in sp and st.button("Compare", key=f"di_sus_{sp['image_id']}", width="stretch"):
                         ss["image"] = int(sp["image_id"])
                         st.switch_page("views/compare.py")
+
+with t_nb:
+    picked = neighbour_suspects_tab(ctx, report, shown_neighbours)
+    if picked is not None:
+        ss["image"] = picked
+        st.switch_page("views/compare.py")
 
 state.publish(run=ctx.run_id, sport=sports, kind=kinds)
