@@ -21,7 +21,9 @@ from core.cammaps import COLORMAPS, GRADIENT_METHODS, METHOD_LABELS
 from core.images import BadImage, open_rgb, safe_image_path
 from core.tryout import (PICKED, SCALES, TOP1, NoCheckpoint, bundle, checkpoint_stamp, decode_image, find_checkpoint,
                          overlays, result_record, result_sheet, top_table)
-from dashboard import calibration_ui, loaders
+from core.lookalikes import candidates
+from core.splits import TRAIN
+from dashboard import calibration_ui, embedding, loaders
 from dashboard.context import Ctx
 from db import queries
 
@@ -30,6 +32,8 @@ KEPT_RESULTS = 32  # predictions kept per session, newest first out when full
 COLLECTED_KEY = "try_collected"
 RESULTS_KEY = "try_results"
 NO_CLASS = "(none: the top-1 class only)"
+NEIGHBOURS_K = 5
+COMPARE_PAGE = "views/compare.py"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -219,41 +223,67 @@ def stored_line(ctx: Ctx, relpath: str) -> Optional[str]:
 
 
 def show_result(result, classes: Sequence[str], methods: Sequence[str], view: View, *,
-                temperature: Optional[float], key: str, note: Optional[str] = None) -> bool:
-    """One image: its top-k, the model's view and every method's map of the top-1 and of the picked class;
-    returns whether its *Add to download* button was pressed."""
+                temperature: Optional[float], note: Optional[str] = None) -> None:
+    """One image: its top-k, the model's view and every method's map of the top-1 and of the picked class."""
     top1 = result.top_idx[0]
-    with st.container(border=True):
-        head = f"**{result.name}** · top-1 **{classes[top1]}** at {result.top_prob[0]:.1%}"
+    head = f"**{result.name}** · top-1 **{classes[top1]}** at {result.top_prob[0]:.1%}"
+    if temperature:
+        head += f" (calibrated {float(result.calibrated(temperature)[top1]):.1%})"
+    st.markdown(head)
+    if note:
+        st.markdown(note)
+    left, right = st.columns([1, 2])
+    with left:
+        st.image(result.pixels, caption=f"Model input ({result.pixels.shape[1]}×{result.pixels.shape[0]})",
+                 width="stretch")
+    with right:
+        frame = top_frame(result, classes, temperature)
+        bars = {c: st.column_config.ProgressColumn(c, format="percent", min_value=0.0, max_value=1.0)
+                for c in frame.columns if c != "class"}
+        st.dataframe(frame, width="stretch", column_config=bars)
         if temperature:
-            head += f" (calibrated {float(result.calibrated(temperature)[top1]):.1%})"
-        st.markdown(head)
-        if note:
-            st.markdown(note)
-        left, right = st.columns([1, 2])
-        with left:
-            st.image(result.pixels, caption=f"Model input ({result.pixels.shape[1]}×{result.pixels.shape[0]})",
-                     width="stretch")
-        with right:
-            frame = top_frame(result, classes, temperature)
-            bars = {c: st.column_config.ProgressColumn(c, format="percent", min_value=0.0, max_value=1.0)
-                    for c in frame.columns if c != "class"}
-            st.dataframe(frame, width="stretch", column_config=bars)
-            if temperature:
-                st.caption(f"Calibrated: softmax(logits / T) with the temperature T = {temperature:.3g} that "
-                           "`jobs.calibrate` fitted on the run's validation split.")
-            else:
-                st.caption("Raw softmax probabilities: the run has no fitted temperature (`python -m jobs.calibrate`), "
-                           "so none are calibrated.")
-        rows = [(TOP1, f"top-1 · {classes[top1]}")]
-        if result.picked is not None:
-            rows.append((PICKED, f"{classes[result.picked]} ({float(result.probs[result.picked]):.1%})"))
-        for which, label in rows:
-            views = overlays(result, which, methods, colormap=view.colormap, alpha=view.alpha, scale=view.scale)
-            cols = st.columns(max(1, len(views)))
-            for col, (m, im) in zip(cols, views):
-                col.image(im, caption=f"{METHOD_LABELS.get(m, m)} · {label}", width="stretch")
-        return st.button("Add to download", key=f"try_add_{key}", icon=":material/add:")
+            st.caption(f"Calibrated: softmax(logits / T) with the temperature T = {temperature:.3g} that "
+                       "`jobs.calibrate` fitted on the run's validation split.")
+        else:
+            st.caption("Raw softmax probabilities: the run has no fitted temperature (`python -m jobs.calibrate`), "
+                       "so none are calibrated.")
+    rows = [(TOP1, f"top-1 · {classes[top1]}")]
+    if result.picked is not None:
+        rows.append((PICKED, f"{classes[result.picked]} ({float(result.probs[result.picked]):.1%})"))
+    for which, label in rows:
+        views = overlays(result, which, methods, colormap=view.colormap, alpha=view.alpha, scale=view.scale)
+        cols = st.columns(max(1, len(views)))
+        for col, (m, im) in zip(cols, views):
+            col.image(im, caption=f"{METHOD_LABELS.get(m, m)} · {label}", width="stretch")
+
+
+def nearest_images(ctx: Ctx, result, *, key: str, k: int = NEIGHBOURS_K) -> None:
+    """The stored images whose feature vectors are most like the tried image's (cosine similarity): the
+    training images when the run has their vectors, else every image that has one. A *Compare* button of a
+    predicted image opens it on the comparison page."""
+    st.markdown("**Nearest images of the run's data**")
+    hint = embedding.embed_hint(ctx)
+    stamp = embedding.load_embed_stamp(ctx.url, ctx.run_id)
+    vecs = embedding.load_vectors(ctx.url, ctx.run_id, stamp) if stamp is not None else None
+    if vecs is None or len(vecs.images) == 0:
+        st.caption(f"The nearest images appear once the run's feature vectors are stored: {hint}.")
+        return
+    if result.features is None or vecs.index.dim != len(result.features):
+        mine = 0 if result.features is None else len(result.features)
+        st.caption(f"The run's stored vectors have {vecs.index.dim} values, this model's {mine}: they come from "
+                   f"another model. Compute them again with {hint}.")
+        return
+    has_train = TRAIN in vecs.splits()
+    rows, sims = vecs.index.search(result.features, k, among=candidates(vecs.images, (TRAIN,) if has_train else None))
+    table = vecs.images.iloc[rows[0]].reset_index(drop=True)
+    st.caption(f"The {len(table)} images whose feature vectors (the input of the classifier) are most like this "
+               "one's, by cosine similarity, " + ("from the training set." if has_train else
+               f"from every split: no training image has a vector yet ({hint} computes them)."))
+    extra = {int(i): f"similarity {float(v):.3f}" for i, v in zip(table["image_id"], sims[0])}
+    chosen = embedding.image_grid(ctx, table, key=f"try_nb_{key}", extra=extra)
+    if chosen is not None:
+        st.session_state["image"] = chosen
+        st.switch_page(COMPARE_PAGE)
 
 
 def collect(result, record: dict) -> int:

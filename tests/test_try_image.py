@@ -27,8 +27,9 @@ from core.tryout import (PICKED, SCALES, TOP1, NoCheckpoint, bundle, calibrated_
 from dashboard import try_ui
 from dashboard.tiles import map_of_class
 from db import queries, store
-from db.models import CalibrationRow, Run
+from db.models import CalibrationRow, FeatureVector, Run
 from db.queries.calibration import calibration_for
+from db.queries.embed import stored_vectors
 from jobs import explain as explain_job
 from jobs import train as train_job
 from tests.conftest import make_dataset
@@ -104,8 +105,10 @@ def test_prediction_and_maps_equal_what_the_run_stored(tiny, predictor):
         preds = queries.predictions_frame(s, info.id)
         stored = queries.maps_for(s, info.id, preds["image_id"], DEFAULT_METHOD)
         details = {int(i): queries.image_detail(s, info.id, int(i)) for i in preds["image_id"]}
+        vectors = stored_vectors(s, info.id)
     model = predictor.predictor
     assert len(preds) == 12 and model.layer == "features.26"
+    vector_of = dict(zip(vectors.images["image_id"], vectors.vectors))
     assert Path(predictor.path) == find_checkpoint(info.checkpoint_path, info.config, "run")
     for label, rows in preds.groupby("label"):
         rows = list(rows.itertuples())
@@ -124,7 +127,8 @@ def test_prediction_and_maps_equal_what_the_run_stored(tiny, predictor):
             assert pearson(res.maps[DEFAULT_METHOD][TOP1], stored[int(r.image_id)].get("pred")) >= 0.999
             true_map = map_of_class(stored[int(r.image_id)], int(r.label))
             assert pearson(res.maps[DEFAULT_METHOD][PICKED], true_map) >= 0.999
-            assert res.features is not None and res.features.shape == (256,)
+            v = vector_of[int(r.image_id)]  # the vector the run stored (float16) for the nearest images
+            assert float(res.features @ v / np.linalg.norm(res.features) / np.linalg.norm(v)) >= 0.999
 
 
 def test_every_gradient_method_gives_a_map_of_both_classes(tiny, predictor):
@@ -287,6 +291,10 @@ def test_page_tries_a_file_of_the_run_data(tiny, monkeypatch):
     calibrated = table[f"calibrated (T = {t:.2f})"].to_numpy()
     assert np.abs(calibrated - cal[[info.classes.index(c) for c in table["class"]]]).max() <= 1e-3
     assert any(f"T = {t:.3g}" in c.value for c in at.caption)
+    # Its nearest images by stored vectors: the run stored vectors of valid only, so itself comes first.
+    assert any("from every split: no training image has a vector yet" in c.value for c in at.caption)
+    near = [c.value for c in at.caption if c.value.startswith("**")]
+    assert len(near) == 5 and near[0].startswith("**valid** · true: beta") and near[0].endswith("similarity 1.000")
     # A picked class adds a second row of maps; fewer methods, fewer maps.
     at.selectbox(key="try_class").set_value("gamma").run()
     at.multiselect(key="try_methods").set_value(["gradcam", "layercam"]).run()
@@ -305,6 +313,16 @@ def test_page_without_a_temperature_shows_raw_probabilities(tiny, tmp_path, monk
     assert list(at.dataframe[0].value.columns) == ["class", "probability"]
     assert any(c.value.startswith("Raw softmax probabilities: the run has no fitted temperature") for c in at.caption)
     assert not any("(calibrated " in m.value for m in at.markdown)
+
+
+def test_page_without_vectors_says_how_to_get_neighbours(tiny, tmp_path, monkeypatch):
+    url = copied_store(tiny, tmp_path, delete(FeatureVector))
+    at = page(url, monkeypatch)
+    at.selectbox(key="try_sport").set_value("gamma").run()
+    assert not at.exception and not at.error
+    (hint,) = [c.value for c in at.caption if "nearest images appear" in c.value]
+    assert "`python -m jobs.embed --run 1 --db " in hint
+    assert not [c for c in at.caption if c.value.startswith("**")]
 
 
 def test_page_says_in_one_line_when_the_checkpoint_is_gone(tiny, tmp_path, monkeypatch):

@@ -46,9 +46,12 @@ else:
         for k, it in enumerate(good):
             r = results[it.key]
             note = try_ui.stored_line(ctx, it.source) if it.source != "upload" else None
-            if try_ui.show_result(r, names, methods, view, temperature=temperature, key=str(k), note=note):
-                n = try_ui.collect(r, try_ui.record_of(r, names, it, temperature))
-                st.toast(f"Added {it.name} to the download ({n} collected).")
+            with st.container(border=True):
+                try_ui.show_result(r, names, methods, view, temperature=temperature, note=note)
+                try_ui.nearest_images(ctx, r, key=str(k))
+                if st.button("Add to download", key=f"try_add_{k}", icon=":material/add:"):
+                    n = try_ui.collect(r, try_ui.record_of(r, names, it, temperature))
+                    st.toast(f"Added {it.name} to the download ({n} collected).")
 
 st.subheader("Download")
 try_ui.collected_download(ctx, view)
