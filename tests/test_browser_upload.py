@@ -19,6 +19,7 @@ from PIL import Image
 from sqlalchemy import update
 
 from db import queries, store
+from db.builder_embed import add_embedding
 from db.models import Run
 from tests.storefactory import build_store
 from tests.test_browser import CHROMIUM, REPO, _free_port, _need, _save_screenshot, _wait_healthy, browser  # noqa: F401
@@ -83,6 +84,7 @@ def tried(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("upload")
     url, run_id, _ = build_store(tmp, n_classes=5, n_per_class=2, image_size=64, seed=5)
+    add_embedding(url, run_id, map_=False)  # stored vectors: each tried image's nearest images
     with store.make_sessionmaker(store.make_engine(url, create=False))() as s:
         classes = queries.class_names(s, run_id)
     torch.manual_seed(0)
@@ -160,6 +162,9 @@ def test_uploads_good_and_bad_files(tried, browser):  # noqa: F811
         heads = [t for t in texts(page, "stMarkdownContainer") if " · top-1 " in t]
         for name, (cls, prob) in expected.items():
             assert f"{name} · top-1 {cls} at {prob:.1%}" in heads, (name, heads)
+        # Each good image with its five nearest stored images.
+        near = [t for t in texts(page, "stCaptionContainer") if "similarity " in t]
+        assert len(near) == 5 * len(good), near
         assert page.locator('[data-testid="stException"]').count() == 0
         # The page keeps working: collect a result into the download.
         page.get_by_role("button", name="Add to download").first.click()
