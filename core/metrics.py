@@ -11,7 +11,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from core.cammaps import DEFAULT_METHOD, TARGET_PRED
+from core.cammaps import BASELINE_RANDOM, DEFAULT_METHOD, TARGET_PRED
 
 PER_CLASS_COLUMNS = ["class", "precision", "recall", "f1", "support", "predicted", "class_idx"]
 
@@ -166,8 +166,8 @@ def flags_from_report(report: Optional[dict[str, Any]]) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- faithfulness
 
-# The baseline a CAM method must beat: a seeded random map (``core.trust``'s "random").
-RANDOM_BASELINE = "random"
+# The baseline a CAM method must beat: a seeded random map (``core.trust``'s).
+RANDOM_BASELINE = BASELINE_RANDOM
 
 
 def trust_summary(frame: pd.DataFrame, target: str = TARGET_PRED, method: str = DEFAULT_METHOD) -> dict[str, Any]:

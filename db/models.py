@@ -183,7 +183,7 @@ class AuditRow(Base):
 class TrustScore(Base):
     """Faithfulness of one map of one image: deletion and insertion curves (class probability per step).
 
-    ``method`` is the map scored: "gradcam" or a baseline ("random", "centre"); ``target`` the class the
+    ``method`` is the map scored: a CAM method or a baseline (``core.cammaps`` names); ``target`` the class the
     map explains: "pred", or "true" (only for a misclassified image: otherwise it is the "pred" map).
     """
 
@@ -301,3 +301,19 @@ class MapInfo(Base):
     n_points: Mapped[int] = mapped_column(Integer)
     seconds: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class PointingScore(Base):
+    """The pointing game of one map of one image (Zhang et al. 2016): does the map's peak fall inside the
+    object's box? Written by the trust job for the correctly classified images that have a box.
+
+    ``method`` is the map scored: a CAM method or a baseline (``core.cammaps`` names); ``box_share`` the
+    share of the image the box covers, the hit rate a uniformly random point would reach.
+    """
+
+    __tablename__ = "pointing_scores"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    method: Mapped[str] = mapped_column(String(16), primary_key=True)
+    hit: Mapped[bool] = mapped_column(Boolean)
+    box_share: Mapped[float] = mapped_column(Float)

@@ -25,6 +25,7 @@ from db.models import (
     EpochRow,
     EvalRow,
     ImageRow,
+    PointingScore,
     Prediction,
     Run,
     RunClass,
@@ -396,3 +397,17 @@ def set_logits(session: Session, logits: dict[int, bytes]) -> None:
 # --------------------------------------------------------------------------- feature vectors and the 2-D map
 
 from db.store_vectors import put_vectors, replace_map  # noqa: E402,F401  (written there, used as store.*)
+
+
+# --------------------------------------------------------------------------- methods side by side
+
+def replace_pointing_scores(session: Session, run_id: int, image_ids: Iterable[int],
+                            rows: list[dict[str, Any]]) -> None:
+    """Drop the run's earlier pointing-game rows of ``image_ids`` and insert ``rows`` (dicts of
+    ``PointingScore`` columns without ``run_id``)."""
+    ids = [int(i) for i in image_ids]
+    for lo in range(0, len(ids), 500):
+        session.execute(delete(PointingScore).where(PointingScore.run_id == run_id,
+                                                    PointingScore.image_id.in_(ids[lo : lo + 500])))
+    if rows:
+        session.execute(PointingScore.__table__.insert(), [{**r, "run_id": run_id} for r in rows])
