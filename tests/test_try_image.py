@@ -103,11 +103,12 @@ def test_prediction_and_maps_equal_what_the_run_stored(tiny, predictor):
     url, info, data = tiny
     with session(url) as s:
         preds = queries.predictions_frame(s, info.id)
-        stored = queries.maps_for(s, info.id, preds["image_id"], DEFAULT_METHOD)
+        methods = [m for m in info.cam_methods if m in GRADIENT_METHODS]  # every one the run stored
+        stored = {m: queries.maps_for(s, info.id, preds["image_id"], m) for m in methods}
         details = {int(i): queries.image_detail(s, info.id, int(i)) for i in preds["image_id"]}
         vectors = stored_vectors(s, info.id)
     model = predictor.predictor
-    assert len(preds) == 12 and model.layer == "features.26"
+    assert len(preds) == 12 and model.layer == "features.26" and methods == list(GRADIENT_METHODS)
     vector_of = dict(zip(vectors.images["image_id"], vectors.vectors))
     assert Path(predictor.path) == find_checkpoint(info.checkpoint_path, info.config, "run")
     for label, rows in preds.groupby("label"):
@@ -118,15 +119,16 @@ def test_prediction_and_maps_equal_what_the_run_stored(tiny, predictor):
             uploaded = decode_image((data / r.relpath).read_bytes(), r.relpath, 10_000_000, model.image_size)
             assert np.array_equal(np.asarray(img), np.asarray(open_rgb(data / r.relpath)))
             assert np.array_equal(np.asarray(uploaded), np.asarray(img))
-        results = model.predict(from_data, [r.relpath for r in rows], methods=[DEFAULT_METHOD], picked=int(label))
+        results = model.predict(from_data, [r.relpath for r in rows], methods=methods, picked=int(label))
         for r, res in zip(rows, results):
             d = details[int(r.image_id)]
             assert res.top_idx[0] == r.pred == d.pred
             assert res.top_idx == list(d.top5_idx)
             assert np.abs(np.array(res.top_prob) - np.array(d.top5_prob)).max() <= 1e-3
-            assert pearson(res.maps[DEFAULT_METHOD][TOP1], stored[int(r.image_id)].get("pred")) >= 0.999
-            true_map = map_of_class(stored[int(r.image_id)], int(r.label))
-            assert pearson(res.maps[DEFAULT_METHOD][PICKED], true_map) >= 0.999
+            for m in methods:
+                assert pearson(res.maps[m][TOP1], stored[m][int(r.image_id)].get("pred")) >= 0.999, m
+                true_map = map_of_class(stored[m][int(r.image_id)], int(r.label))
+                assert pearson(res.maps[m][PICKED], true_map) >= 0.999, m
             v = vector_of[int(r.image_id)]  # the vector the run stored (float16) for the nearest images
             assert float(res.features @ v / np.linalg.norm(res.features) / np.linalg.norm(v)) >= 0.999
 
