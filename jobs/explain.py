@@ -38,8 +38,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_run_arg(p)
     add_db_arg(p)
     p.add_argument("--out", required=True, help="folder for the overlays and predictions.json (created)")
-    p.add_argument("--methods", nargs="+", default=list(GRADIENT_METHODS),
-                   help="CAM methods, space- or comma-separated (default: every gradient method)")
+    p.add_argument("--methods", default=",".join(GRADIENT_METHODS),
+                   help="CAM methods, comma-separated (default: every gradient method)")
     p.add_argument("--class", dest="picked", default=None, metavar="NAME",
                    help="also explain this class (a class name of the run)")
     p.add_argument("--json", action="store_true", help="also print predictions.json to stdout")
@@ -54,9 +54,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_methods(values: Sequence[str]) -> list[str]:
-    """``--methods``: names given apart or comma-separated, each checked, without repeats."""
-    names = [n.strip() for v in values for n in v.split(",") if n.strip()]
+def parse_methods(value: str) -> list[str]:
+    """``--methods``: comma-separated names, each checked, without repeats."""
+    names = [n.strip() for n in value.split(",") if n.strip()]
     if not names:
         raise ValueError("--methods: expected at least one method name")
     return list(dict.fromkeys(check_method(n) for n in names))
