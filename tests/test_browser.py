@@ -37,6 +37,7 @@ PAGES = [
     ("calibration", "Calibration", "calibration"),
     ("review_queue", "Review queue", "review_queue"),
     ("map", "Map", "map"),
+    ("try_image", "Try an image", "try_image"),
     ("compare_runs", "Compare runs", "compare_runs"),
 ]
 
