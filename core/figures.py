@@ -12,6 +12,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from core.cammaps import BASELINE_CENTRE, BASELINE_RANDOM, METHOD_NAMES
+
 CORRECT_COLOR = "#2a9d8f"
 WRONG_COLOR = "#e76f51"
 TRAIN_COLOR = "#264653"
@@ -296,7 +298,9 @@ def _empty_figure(text: str) -> go.Figure:
 
 # --------------------------------------------------------------------------- trust (faithfulness, sanity)
 
-METHOD_COLORS = {"gradcam": "#e63946", "random": "#8d99ae", "centre": "#457b9d"}
+# One colour per CAM method (core.cammaps.METHOD_NAMES order), greys and blue for the baselines.
+METHOD_COLORS = dict(zip(METHOD_NAMES, ("#e63946", "#f4a261", "#2a9d8f", "#9b5de5", "#e9c46a", "#00b4d8", "#6d597a")))
+METHOD_COLORS.update({BASELINE_RANDOM: "#8d99ae", BASELINE_CENTRE: "#457b9d"})
 
 
 def trust_distribution(frame: pd.DataFrame, names: Sequence[str], *, metric: str = "deletion_auc") -> go.Figure:

@@ -54,6 +54,7 @@ class RunData:
     accuracy: Optional[pd.DataFrame] = None  # core.intervals.accuracy_table of the predictions
     calibration: Optional[dict[str, Any]] = None  # the stored calibration: temperature, bins, report, stale
     logits: Optional[tuple[pd.DataFrame, np.ndarray]] = None  # logits_for: (image_id, split, label, pred), logits
+    method_ranking: Optional[Any] = None  # core.method_rank.MethodRanking; None: no CAM method scored
 
 
 @dataclass(frozen=True)

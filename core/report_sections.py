@@ -15,6 +15,7 @@ from PIL import Image
 
 from core import figures
 from core.cammaps import DEFAULT_METHOD, METHOD_LABELS, TARGET_PRED, TARGET_TRUE, overlay
+from core.figures_methods import method_ranking_figure
 from core.report_calibration import accuracy_section, calibration_section, suspects_section
 from core.report_parts import CSS_DPI, Artifact, ExportOptions, Plot, RunData, Sheet, Table, slug
 from core.sheets import Tile, draw_sheet, font, panel_side, placeholder
@@ -195,6 +196,26 @@ def trust_section(data: RunData, options: ExportOptions) -> Iterator[Artifact]:
                        "ranks highest are removed, so lower means a more faithful map.", fig, options.width_in)
 
 
+def method_ranking_section(data: RunData, options: ExportOptions) -> Iterator[Artifact]:
+    ranking = data.method_ranking
+    if ranking is None:
+        return
+    sure = ranking.confidence
+    yield Table("method-ranking", f"{ranking.sentence} The CAM methods ranked by the faithfulness of their "
+                "predicted-class maps: score = insertion AUC - deletion AUC (mean over images, higher is better); "
+                "beats_random = share of images whose map scores higher than the random map's, with its 95% "
+                "Wilson interval; pointing = share of correctly classified images with a box where the map's peak "
+                "falls in the box (pointing_random: a random point's rate). The baselines close the table. The "
+                f"winner beats the runner-up on {sure.k} of {sure.n} images.", ranking.table)
+    if not ranking.per_class.empty:
+        yield Table("method-ranking-per-class", "Per true class, the CAM method with the best mean score, the "
+                    "runner-up, and the share of the class's images where the winner's map scores higher, with n and "
+                    "its 95% Wilson interval.", ranking.per_class)
+    fig = figures.print_layout(method_ranking_figure(ranking.table), "Faithfulness of each CAM method")
+    yield Plot("method-ranking", "Mean score (insertion AUC - deletion AUC) of each CAM method's predicted-class "
+               "maps, best first, and of the random and centred baseline maps.", fig, options.width_in)
+
+
 def sanity_section(data: RunData, options: ExportOptions) -> Iterator[Artifact]:
     if data.sanity is None or not data.sanity.get("stages"):
         return
@@ -218,6 +239,7 @@ SECTIONS: list[Callable[[RunData, ExportOptions], Iterable[Artifact]]] = [
     predictions_section,
     audit_section,
     trust_section,
+    method_ranking_section,
     sanity_section,
     accuracy_section,
     calibration_section,

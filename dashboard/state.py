@@ -22,6 +22,9 @@ SHARED: dict[str, Callable[[list[str]], Any]] = {
     "image": lambda v: int(v[-1]),
     "page": lambda v: max(1, int(v[-1])),
     "calibrated": lambda v: v[-1].lower() not in ("0", "false", "off", "no"),
+    "method": lambda v: v[-1],  # the CAM method whose maps the pages draw (a core.cammaps name)
+    "a": lambda v: int(v[-1]),  # the two runs of Compare runs
+    "b": lambda v: int(v[-1]),
 }
 FULL_RANGE = (0.0, 1.0)
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.cammaps import TARGET_PRED, TARGET_TRUE, StoredMaps, overlay
+from core.cammaps import DEFAULT_METHOD, TARGET_PRED, TARGET_TRUE, StoredMaps, overlay
 from core.images import load_display_image
 from dashboard import loaders, reviews_ui
 from dashboard.context import Ctx
@@ -76,22 +76,28 @@ def show_picture(pic: Picture) -> None:
         st.error(pic)
 
 
-def tile_images(ctx: Ctx, rows: pd.DataFrame, size: int = TILE_PX) -> list[Picture]:
-    """Per row of a predictions frame: the image with its predicted class's map over it."""
-    maps = loaders.load_maps(ctx.url, ctx.run_id, tuple(int(i) for i in rows["image_id"]), ctx.stamp)
+def tile_images(ctx: Ctx, rows: pd.DataFrame, size: int = TILE_PX, method: str = DEFAULT_METHOD) -> list[Picture]:
+    """Per row of a predictions frame: the image with its predicted class's ``method`` map over it."""
+    maps = loaders.load_maps(ctx.url, ctx.run_id, tuple(int(i) for i in rows["image_id"]), ctx.stamp, method)
     return [picture(ctx, r.relpath, size, map_of_class(maps.get(int(r.image_id)), int(r.pred)))
             for r in rows.itertuples()]
 
 
 def show_tiles(ctx: Ctx, rows: pd.DataFrame, *, per_row: int = 6, key: str, compare_button: bool = True,
-               notes: Optional[dict[int, str]] = None, review: bool = False) -> Optional[int]:
-    """Draw error tiles in a grid; returns the image id whose *Compare* button was pressed.
+               notes: Optional[dict[int, str]] = None, review: bool = False,
+               method: str = DEFAULT_METHOD) -> Optional[int]:
+    """Draw error tiles in a grid, each with its ``method`` map; returns the image id whose *Compare* button
+    was pressed.
 
     ``notes``: a line added to the caption of those images (the data audit's findings); ``review``: a
     *Review* popover under each tile (``dashboard.reviews_ui``)."""
     names = ctx.names
+<<<<<<< HEAD
     pics = tile_images(ctx, rows)
     reviewed = reviews_ui.images_for(ctx, rows["image_id"]) if review else {}  # the shown images' rows only
+=======
+    pics = tile_images(ctx, rows, method=method)
+>>>>>>> main
     chosen = None
     records = list(rows.itertuples())
     for start in range(0, len(records), per_row):

@@ -183,7 +183,7 @@ class AuditRow(Base):
 class TrustScore(Base):
     """Faithfulness of one map of one image: deletion and insertion curves (class probability per step).
 
-    ``method`` is the map scored: "gradcam" or a baseline ("random", "centre"); ``target`` the class the
+    ``method`` is the map scored: a CAM method or a baseline (``core.cammaps`` names); ``target`` the class the
     map explains: "pred", or "true" (only for a misclassified image: otherwise it is the "pred" map).
     """
 
@@ -264,6 +264,61 @@ class Review(Base):
 # db.indexes.add_missing_indexes, which db.store.ensure_schema calls.
 Index("ix_predictions_run_confidence", Prediction.run_id, Prediction.confidence)
 Index("ix_predictions_run_pred", Prediction.run_id, Prediction.pred, Prediction.confidence)
+
+
+class FeatureVector(Base):
+    """One image's feature vector: the model's pooled penultimate vector (``core.embed``), little-endian
+    float16 bytes of ``dim`` values (``core.neighbours.encode_vector``), from the run's best checkpoint."""
+
+    __tablename__ = "feature_vectors"
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    dim: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class MapPoint(Base):
+    """Where one image sits on its run's 2-D map of the feature vectors (``core.projection``)."""
+
+    __tablename__ = "map_points"
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    x: Mapped[float] = mapped_column(Float)
+    y: Mapped[float] = mapped_column(Float)
+
+
+class MapInfo(Base):
+    """How a run's 2-D map was made: the latest projection of its vectors (one row per run).
+
+    ``method`` "umap" or "pca" (``core.projection.Projection.method``); ``params`` the projection's settings
+    (n, dim, pca_dims, n_neighbors, min_dist, a fallback's reason)."""
+
+    __tablename__ = "map_infos"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    method: Mapped[str] = mapped_column(String(16))
+    seed: Mapped[int] = mapped_column(Integer)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    n_points: Mapped[int] = mapped_column(Integer)
+    seconds: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class PointingScore(Base):
+    """The pointing game of one map of one image (Zhang et al. 2016): does the map's peak fall inside the
+    object's box? Written by the trust job for the correctly classified images that have a box.
+
+    ``method`` is the map scored: a CAM method or a baseline (``core.cammaps`` names); ``box_share`` the
+    share of the image the box covers, the hit rate a uniformly random point would reach.
+    """
+
+    __tablename__ = "pointing_scores"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    method: Mapped[str] = mapped_column(String(16), primary_key=True)
+    hit: Mapped[bool] = mapped_column(Boolean)
+    box_share: Mapped[float] = mapped_column(Float)
+
+
 # Predictions that kept no logit vector, per run: the sidebar's "do all predictions have logits?" counts this
 # index (nearly empty for a run that stores them) instead of reading every prediction row.
 Index("ix_predictions_run_no_logits", Prediction.run_id,

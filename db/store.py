@@ -25,6 +25,7 @@ from db.models import (
     EpochRow,
     EvalRow,
     ImageRow,
+    PointingScore,
     Prediction,
     Run,
     RunClass,
@@ -188,11 +189,11 @@ def create_run(
 
 
 def resolve_run(session: Session, ref: str | int) -> Run:
-    """A run by id, by name (the newest of that name), or ``latest`` (the newest run of any status)."""
+    """A run by id, by name (the newest of that name), or ``latest`` (the newest run that is not a snapshot)."""
     ref_s = str(ref).strip()
     run: Optional[Run]
-    if ref_s == "latest":
-        run = session.scalars(select(Run).order_by(Run.id.desc()).limit(1)).first()
+    if ref_s == "latest":  # the newest run, never a snapshot of one
+        run = session.scalars(select(Run).where(Run.stage.is_(None)).order_by(Run.id.desc()).limit(1)).first()
     elif ref_s.isdigit():
         run = session.get(Run, int(ref_s))
     else:
@@ -392,3 +393,21 @@ def set_logits(session: Session, logits: dict[int, bytes]) -> None:
     if rows:
         session.execute(update(Prediction), rows)  # ORM bulk update by primary key
 
+
+# --------------------------------------------------------------------------- feature vectors and the 2-D map
+
+from db.store_vectors import put_vectors, replace_map  # noqa: E402,F401  (written there, used as store.*)
+
+
+# --------------------------------------------------------------------------- methods side by side
+
+def replace_pointing_scores(session: Session, run_id: int, image_ids: Iterable[int],
+                            rows: list[dict[str, Any]]) -> None:
+    """Drop the run's earlier pointing-game rows of ``image_ids`` and insert ``rows`` (dicts of
+    ``PointingScore`` columns without ``run_id``)."""
+    ids = [int(i) for i in image_ids]
+    for lo in range(0, len(ids), 500):
+        session.execute(delete(PointingScore).where(PointingScore.run_id == run_id,
+                                                    PointingScore.image_id.in_(ids[lo : lo + 500])))
+    if rows:
+        session.execute(PointingScore.__table__.insert(), [{**r, "run_id": run_id} for r in rows])

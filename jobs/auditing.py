@@ -18,6 +18,7 @@ from core.audit import ImageRef, accuracy_without_leakage, audit
 from core.metrics import top5_to_probs
 from core.splits import EVAL_SPLITS, TRAIN
 from db import queries, store
+from jobs.vectors import neighbour_findings
 
 
 def audit_run(session, run_ref, *, workers: int = 1, min_score: float = 0.90) -> tuple[int, dict, list]:
@@ -43,6 +44,7 @@ def audit_run(session, run_ref, *, workers: int = 1, min_score: float = 0.90) ->
     acc_rows = json.loads(acc.to_json(orient="records")) if len(acc) else []
     data = report.to_dict()
     data["class_names"] = list(run.classes)
+    data.update(neighbour_findings(session, run.id))  # suspects by their neighbours' labels, given vectors
     store.replace_audit(session, run.id, seconds=time.perf_counter() - t0, report=data, leakage_accuracy=acc_rows)
     return run.id, data, acc_rows
 
@@ -57,6 +59,8 @@ def format_summary(run_id: int, report: dict, acc: list[dict]) -> str:
         f"leaked images (valid/test also in an earlier split): {len(report['leakage'])}",
         f"label conflicts: {len(report['conflicts'])}",
         f"suspect labels: {len(report['suspects'])}",
+        f"suspect labels by their nearest neighbours: {len(report.get('neighbour_suspects', []))}"
+        + ("" if report.get("neighbour_audit") else f" (no feature vectors: python -m jobs.embed --run {run_id})"),
     ]
     names = report.get("class_names", [])
     for g in report["groups"][:20]:

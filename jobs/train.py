@@ -21,8 +21,11 @@ from torch import nn
 
 from core import dist
 from core.cache import ENV_VAR as CACHE_ENV_VAR, DecodedCache
+from core.cam_methods import SCORECAM_COST
+from core.cammaps import GRADIENT_METHODS, parse_methods
 from core.data import DatasetIndex, discover, file_sha256, read_image_header
 from core.engine import PRECISIONS, choose_precision
+from core.gradcam import check_methods_for_layer
 from core.model import (
     DEFAULT_CAM_LAYER,
     MIN_IMAGE_SIZE,
@@ -42,6 +45,7 @@ from jobs.common import DefaultsHelpFormatter, add_db_arg, run_cli, run_distribu
 from jobs.corrections import add_correction_args, apply_reviews
 from jobs.evaluation import evaluate_split
 from jobs.rundir import DEFAULT_OUT, find_resume_checkpoint, fresh_run_dir
+from jobs.snapshot import Phase1Snapshot
 from jobs.training import RunOutput, TrainSettings, train
 
 log = logging.getLogger("jobs.train")
@@ -108,6 +112,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     per_mode("--cam-layer", str, f"module path of the Grad-CAM target layer ({DEFAULT_CAM_LAYER} is the ReLU "
              "after conv5_4)")
     p.add_argument("--no-cams", action="store_true", help="write predictions without Grad-CAM maps")
+    p.add_argument("--cam-methods", default=",".join(GRADIENT_METHODS),
+                   help="comma-separated CAM methods whose maps the evaluation stores; the gradient methods share "
+                   "one forward and backward (together about the cost of inference), eigencam needs no backward, "
+                   f"scorecam is opt-in: {SCORECAM_COST}")
+    p.add_argument("--no-phase1-snapshot", action="store_true",
+                   help="do not evaluate and keep the model at the end of phase 1 as a snapshot of the run "
+                   "(run '<name>:phase1', which python -m jobs.compare compares with the final model)")
     p.add_argument("--eval-splits", default=",".join(EVAL_SPLITS),
                    help="splits to predict after training (comma-separated; add train on request)")
     p.add_argument("--audit", action="store_true", help="audit the data (duplicates, leakage, suspect labels) "
@@ -138,6 +149,10 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.run_name is not None and not 0 < len(args.run_name) <= 200:
         raise ValueError(f"--run-name must have 1 to 200 characters, got {len(args.run_name)}")
+    try:
+        parse_methods(args.cam_methods)
+    except ValueError as exc:
+        raise ValueError(f"--cam-methods: {exc}") from None
     bad = [s for s in args.eval_splits.split(",") if s and s not in SPLITS]
     if bad:
         raise ValueError(f"--eval-splits: unknown split(s) {bad}, expected {', '.join(SPLITS)}")
@@ -223,6 +238,8 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
                      dropout=args.dropout, extra={"weights": args.weights})
     model = build_model(meta)
     resolve_module(model, args.cam_layer)  # fail early on a wrong --cam-layer
+    if not args.no_cams:  # and on a method the layer cannot take (Score-CAM on thousands of channels)
+        check_methods_for_layer(model, parse_methods(args.cam_methods), args.cam_layer, args.image_size)
     weights_desc = args.weights
     if resume_state is None:
         weights_desc = load_imagenet_base(model, args.weights)
@@ -266,12 +283,19 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
             log.info("run %d %r started; checkpoints in %s", run_id, name, run_dir)
         run_id = dist.broadcast_from_main(env, run_id)
     out = RunOutput(Session_=Session_, run_id=run_id, run_dir=run_dir, saved_args=dict(vars(args)))
+    eval_splits = [s for s in args.eval_splits.split(",") if s]
+    snapshot = None if args.no_phase1_snapshot else Phase1Snapshot(
+        index=index, meta=meta, device=device, env=env, out=out, epochs_frozen=args.epochs_frozen,
+        epochs_finetune=args.epochs_finetune, eval_splits=eval_splits, batch_size=args.batch_size,
+        workers=args.workers, cams=not args.no_cams, layer=args.cam_layer, cache=cache,
+        methods=parse_methods(args.cam_methods))
     try:
         best = train(model, settings=TrainSettings.from_args(args), index=index, meta=meta, device=device,
-                     env=env, out=out, resume_state=resume_state, cache=cache)
+                     env=env, out=out, resume_state=resume_state, cache=cache, phase1_hook=snapshot)
         finish(model, best, index=index, meta=meta, device=device, env=env, out=out,
-               eval_splits=[s for s in args.eval_splits.split(",") if s], batch_size=args.batch_size,
-               workers=args.workers, cams=not args.no_cams, layer=args.cam_layer, audit=args.audit, cache=cache)
+               eval_splits=eval_splits, batch_size=args.batch_size,
+               workers=args.workers, cams=not args.no_cams, layer=args.cam_layer, audit=args.audit, cache=cache,
+               cam_methods=parse_methods(args.cam_methods))
     except BaseException as exc:
         if env.is_main and Session_ is not None and run_id is not None:
             with Session_.begin() as s:
@@ -282,7 +306,8 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
 
 def finish(model: nn.Module, best: dict, *, index: DatasetIndex, meta: ModelMeta, device: torch.device,
            env: dist.DistEnv, out: RunOutput, eval_splits: Sequence[str], batch_size: int, workers: int,
-           cams: bool, layer: str, audit: bool, cache: Optional[DecodedCache] = None) -> None:
+           cams: bool, layer: str, audit: bool, cache: Optional[DecodedCache] = None,
+           cam_methods: Sequence[str] = GRADIENT_METHODS) -> None:
     """Reload the best weights, evaluate ``eval_splits``, mark the run complete and, with ``audit``, audit it."""
     best_path = out.run_dir / "best.pt"
     if env.is_main and not best_path.is_file():
@@ -296,7 +321,7 @@ def finish(model: nn.Module, best: dict, *, index: DatasetIndex, meta: ModelMeta
     for split in splits:
         results[split] = evaluate_split(out.Session_, out.run_id, model, meta, index, split, device=device,
                                         env=env, batch_size=batch_size, workers=workers, cams=cams, layer=layer,
-                                        cache=cache)
+                                        cache=cache, methods=cam_methods)
     if env.is_main:
         metrics = {"best_val_acc": best["acc"] if VALID in index.splits else None}
         for split, r in results.items():

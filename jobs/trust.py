@@ -1,13 +1,15 @@
-"""Score how faithful a run's Grad-CAM maps are, and run the cascading-randomisation sanity check.
+"""Score how faithful a run's CAM maps are, rank the methods, and run the cascading-randomisation sanity check.
 
-    python -m jobs.trust --run RUN [--split valid] [--sample N] [--steps 16] [--json] [--db URL]
+    python -m jobs.trust --run RUN [--methods all|LIST] [--split valid] [--sample N] [--steps 16] [--json]
     torchrun --nproc_per_node=N -m jobs.trust --run-id RUN ...   # torchrun claims a bare --run
 
-For every chosen image the maps of the predicted class (and of the true class where they differ) are
-recomputed from the run's checkpoint and scored with deletion and insertion curves, next to a random and
-a centre map (see ``core.trust``). The images are sharded over the ranks, gathered on rank 0, and rank 0
-runs the sanity check on a sample and writes both to the store. Running it again replaces the scores of
-the same images and the run's sanity check.
+For every chosen image the maps of each method in ``--methods`` of the predicted class (and of the true class
+where they differ) are recomputed from the run's checkpoint, all from one forward, and scored with deletion
+and insertion curves, next to a random and a centre map (see ``core.trust``). Where the images have object
+boxes (the demo), the correctly classified ones also play the pointing game with every map. The methods are
+then ranked (``core.method_rank``). The images are sharded over the ranks, gathered on rank 0, and rank 0
+runs the sanity check on a sample and writes everything to the store. Running it again replaces the scores
+of the same images (of every method) and the run's sanity check.
 """
 from __future__ import annotations
 
@@ -21,12 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core import dist, trust
+from core import cam_methods, dist, trust
 from core.cache import ENV_VAR as CACHE_ENV_VAR, DecodedCache
+from core.cammaps import BASELINES, DEFAULT_METHOD, TARGET_PRED, TARGET_TRUE, TARGETS, parse_methods, peak_location
 from core.data import DatasetIndex, Sample
-from core.cammaps import TARGET_PRED, TARGET_TRUE
 from core.feed import device_batch_size, split_feed
-from core.gradcam import predict_and_explain
+from core.gradcam import check_methods_for_layer, predict_and_explain_many
+from core.method_rank import rank_methods
 from core.metrics import trust_summary
 from core.model import load_checkpoint, resolve_module
 from core.splits import VALID
@@ -45,6 +48,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                                 formatter_class=DefaultsHelpFormatter)
     add_run_arg(p)
     add_db_arg(p)
+    p.add_argument("--methods", default="all", help="comma-separated CAM methods to score and rank, or all: "
+                   "those whose maps the run stores. Each method adds 2 x (steps - 1) forwards per map")
     p.add_argument("--split", default=VALID, help="split whose images are scored")
     p.add_argument("--sample", type=int, default=0, help="score a seeded random sample of this many images "
                    "(0: all of the split)")
@@ -108,37 +113,63 @@ def split_plan(s, run: queries.RunInfo, split: str, images: list[tuple[int, str,
     return dict(samples=samples, classes=list(run.classes), positions=[at[rel] for _, rel, _ in images])
 
 
-def score_images(model, loader, ids: dict[int, int], args, layer: str):
-    """Score this rank's images; returns (score rows, skipped image ids). ``ids`` maps a position in the split
-    to its image id."""
+def pointing_rows(image_id: int, cams: dict[str, np.ndarray], box, size: tuple[int, int], input_size: int,
+                  seed: int) -> list[dict]:
+    """The pointing game of one image: for each map (and both baselines) whether its peak falls in the box."""
+    x0, y0, x1, y1 = box
+    w, h = size
+    base = trust.baseline_maps([seed], next(iter(cams.values())).shape[-2:])
+    cams = {**cams, **{b: base[b][0].numpy() for b in BASELINES}}
+    share = max(0.0, x1 - x0) * max(0.0, y1 - y0) / float(w * h)
+    rows = []
+    for method, cam in cams.items():
+        px, py = peak_location(cam, input_size, (w, h))
+        rows.append(dict(image_id=image_id, method=method, hit=bool(x0 <= px < x1 and y0 <= py < y1),
+                         box_share=share))
+    return rows
+
+
+def score_images(model, loader, ids: dict[int, int], args, layer: str, boxes: dict[int, tuple], input_size: int):
+    """Score this rank's images; returns (score rows, pointing rows, skipped image ids). ``ids`` maps a
+    position in the split to its image id; ``boxes``: {image_id: (bbox, (width, height))} of the images that
+    have an object box."""
     device = next(model.parameters()).device
-    rows, bad = [], []
+    rows, points, bad = [], [], []
+    pred_col, true_col = TARGETS.index(TARGET_PRED), TARGETS.index(TARGET_TRUE)
     for x, y, idx, skipped, _ in loader:
         bad += [ids[i] for i, _ in skipped]
         if x is None:
             continue
         x, y = x.to(device), y.to(device)
-        e = predict_and_explain(model, x, y, layer=layer)
-        # One map per image for "pred", plus one for "true" where the prediction is wrong.
+        e = predict_and_explain_many(model, x, y, args.methods, layer=layer,
+                                     scorecam_max_channels=cam_methods.SCORECAM_MAX_CHANNELS)
+        # One map per image and method for "pred", plus one for "true" where the prediction is wrong.
         wrong = (e.pred != y).nonzero()[:, 0]
         which = torch.cat([torch.arange(len(y), device=device), wrong])
-        column = torch.cat([torch.zeros(len(y), dtype=torch.long), torch.ones(len(wrong), dtype=torch.long)])
-        maps = e.maps[which, column.to(device)]
-        classes = torch.where(column.to(device) == 0, e.pred[which], y[which])
+        column = torch.cat([torch.full((len(y),), pred_col), torch.full((len(wrong),), true_col)]).to(device)
+        maps = {m: v[which, column] for m, v in e.maps.items()}
+        classes = torch.where(column == pred_col, e.pred[which], y[which])
         image_ids = [ids[int(i)] for i in idx[which.cpu()]]
-        curves = trust.faithfulness(model, x[which], maps, classes, [map_seed(args.seed, i) for i in image_ids],
-                                    steps=args.steps, fill=args.fill, blur_sigma=args.blur_sigma, chunk=args.chunk)
+        curves = trust.faithfulness_many(model, x[which], maps, classes,
+                                         [map_seed(args.seed, i) for i in image_ids], steps=args.steps,
+                                         fill=args.fill, blur_sigma=args.blur_sigma, chunk=args.chunk)
         for r, image_id in enumerate(image_ids):
             for method, c in curves.items():
                 rows.append(dict(
-                    image_id=image_id, target=TARGET_PRED if column[r] == 0 else TARGET_TRUE,
+                    image_id=image_id, target=TARGET_PRED if column[r] == pred_col else TARGET_TRUE,
                     class_index=int(classes[r]),
                     method=method, deletion_auc=float(c.deletion_auc[r, 0]),
                     insertion_auc=float(c.insertion_auc[r, 0]),
                     deletion_curve=[round(float(v), 5) for v in c.deletion[r, 0]],
                     insertion_curve=[round(float(v), 5) for v in c.insertion[r, 0]],
                 ))
-    return rows, bad
+        for k in range(len(y)):  # the pointing game: correctly classified images with a box
+            image_id = ids[int(idx[k])]
+            if int(e.pred[k]) == int(y[k]) and image_id in boxes:
+                box, size = boxes[image_id]
+                cams = {m: v[k, pred_col].cpu().numpy() for m, v in e.maps.items()}
+                points += pointing_rows(image_id, cams, box, size, input_size, map_seed(args.seed, image_id))
+    return rows, points, bad
 
 
 def sanity(model, loader, args, layer: str) -> tuple[list[dict], int]:
@@ -163,7 +194,19 @@ def sanity(model, loader, args, layer: str) -> tuple[list[dict], int]:
 
 def main(args: argparse.Namespace) -> int:
     _check_args(args)
+    if args.methods.strip() != "all":
+        try:
+            args.methods = parse_methods(args.methods)
+        except ValueError as exc:
+            raise ValueError(f"--methods: {exc}") from None
     return run_distributed(args, _main)
+
+
+def image_boxes(s, run_id: int, split: str) -> dict[int, tuple]:
+    """{image_id: (bbox, (width, height))} of the split's images with an object box and a known size."""
+    images = queries.images_frame(s, run_id, [split])
+    return {int(r.image_id): (tuple(float(v) for v in r.bbox), (int(r.width), int(r.height)))
+            for r in images.itertuples() if r.bbox is not None and r.width and r.height}
 
 
 def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> int:
@@ -178,13 +221,19 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
             if not ckpt:
                 raise ValueError(f"run {run.id} ({run.name}) has no checkpoint yet (status {run.status})")
             images = plan_images(s, run, args.split, args.sample, args.seed)
+            methods = args.methods
+            if isinstance(methods, str):  # "all": the methods whose maps the run stores
+                methods = tuple(run.cam_methods) or tuple(queries.stored_methods(s, run.id)) or (DEFAULT_METHOD,)
             plan = dict(run_id=run.id, name=run.name, root=run.data_root, checkpoint=ckpt, images=images,
+                        methods=methods, names=list(run.classes), boxes=image_boxes(s, run.id, args.split),
                         **split_plan(s, run, args.split, images))
     plan = dist.broadcast_from_main(env, plan)
+    args.methods = plan["methods"]
     model, meta = load_checkpoint(plan["checkpoint"])
     layer = args.layer or meta.cam_layer
     resolve_module(model, layer)
     model.to(device)
+    check_methods_for_layer(model, args.methods, layer, meta.image_size)
     ids = [i for i, _, _ in plan["images"]]
     index = DatasetIndex(root=Path(plan["root"]), classes=plan["classes"],
                          splits={args.split: [Sample(rel, lab) for rel, lab in plan["samples"]]})
@@ -197,30 +246,37 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
                           device=device, mean=meta.mean, std=meta.std, workers=args.workers, cache=cache,
                           positions=plan["positions"]).loader
 
-    log.info("run %d (%s): scoring %d %s images, %d steps, layer %s, batches of %d", plan["run_id"],
-             plan["name"], len(ids), args.split, args.steps, layer, args.batch_size)
+    log.info("run %d (%s): scoring %s on %d %s images, %d steps, layer %s, batches of %d", plan["run_id"],
+             plan["name"], ", ".join(args.methods), len(ids), args.split, args.steps, layer, args.batch_size)
     t1 = time.perf_counter()
-    local = score_images(model, feed(env, args.batch_size), dict(zip(plan["positions"], ids)), args, layer)
+    local = score_images(model, feed(env, args.batch_size), dict(zip(plan["positions"], ids)), args, layer,
+                         plan["boxes"], meta.image_size)
     gathered = dist.gather_to_main(env, local)
     if not env.is_main:
         return 0
-    rows = [r for part, _ in gathered for r in part]
-    bad = [i for _, part in gathered for i in part]
+    rows = [r for part, _, _ in gathered for r in part]
+    points = [r for _, part, _ in gathered for r in part]
+    bad = [i for _, _, part in gathered for i in part]
     seconds_scores = time.perf_counter() - t1
     stages, n_sanity = sanity(model, feed(dist.DistEnv(), args.sanity_sample), args, layer)
     settings = dict(split=args.split, sample=args.sample, steps=args.steps, fill=args.fill,
                     blur_sigma=args.blur_sigma or trust.default_blur_sigma(meta.image_size, meta.image_size),
                     seed=args.seed, image_size=meta.image_size, images=len(ids) - len(bad), skipped=len(bad),
+                    methods=list(args.methods),
                     seconds_scores=round(seconds_scores, 2), seconds=round(time.perf_counter() - t0, 2))
     with Session_.begin() as s:
         store.replace_trust_scores(s, plan["run_id"], ids, [{**r, "run_id": plan["run_id"]} for r in rows])
+        store.replace_pointing_scores(s, plan["run_id"], ids, points)
         store.replace_sanity_check(s, plan["run_id"], layer=layer, n_images=n_sanity, stages=stages,
                                    settings=settings)
     with Session_() as s:
         frame = queries.trust_frame(s, plan["run_id"], curves=False)
+        pointing = queries.pointing_frame(s, plan["run_id"])
     frame = frame[frame["image_id"].isin(ids)]
+    ranking = rank_methods(frame, plan["names"], pointing[pointing["image_id"].isin(ids)])
     report = dict(run_id=plan["run_id"], layer=layer, settings=settings,
-                  scores={t: trust_summary(frame, t) for t in (TARGET_PRED, TARGET_TRUE)}, sanity=stages)
+                  scores={t: trust_summary(frame, t) for t in (TARGET_PRED, TARGET_TRUE)}, sanity=stages,
+                  ranking=ranking_report(ranking))
     if args.json:
         json.dump(report, sys.stdout, indent=1)
         sys.stdout.write("\n")
@@ -228,6 +284,17 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
         print(format_summary(report))
     engine.dispose()
     return 0
+
+
+def ranking_report(ranking) -> dict:
+    """The ranking as plain JSON: the sentence, the winner's margin, the table and the per-class table."""
+    if ranking is None:
+        return {}
+    table = ranking.table.astype(object).where(ranking.table.notna(), None)
+    per_class = ranking.per_class.astype(object).where(ranking.per_class.notna(), None)
+    return dict(sentence=ranking.sentence, winner=ranking.winner, runner_up=ranking.runner_up,
+                confidence=ranking.confidence.as_dict(), table=table.to_dict(orient="records"),
+                per_class=per_class.to_dict(orient="records"))
 
 
 def format_summary(report: dict) -> str:
@@ -242,6 +309,13 @@ def format_summary(report: dict) -> str:
     for base, share in summary["gradcam_beats"].items():
         lines.append(f"  Grad-CAM beats {base} on {share['deletion']:.0%} of images (deletion), "
                      f"{share['insertion']:.0%} (insertion)")
+    ranking = report.get("ranking")
+    if ranking:
+        lines.append("methods by score (insertion AUC - deletion AUC of the predicted-class maps, higher is better):")
+        for r in ranking["table"]:
+            point = (f"  pointing {r['pointing']:.0%} of {r['pointing_n']}" if r.get("pointing") is not None else "")
+            lines.append(f"  {r['rank'] or '-':>2} {r['name']:<12} {r['score']:+.3f}{point}")
+        lines.append(ranking["sentence"])
     if report["sanity"]:
         lines.append("sanity check (similarity of trained and randomised maps, Spearman / SSIM):")
         for r in report["sanity"]:

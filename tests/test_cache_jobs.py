@@ -68,10 +68,10 @@ def stored(db: str, run_name: str) -> dict:
                          .join(ImageRow, ImageRow.id == Prediction.image_id)
                          .where(Prediction.run_id == run_id)).all()
         out = {rel: (pred, conf, top5, logits, {}) for rel, pred, conf, top5, logits in rows}
-        for rel, target, data in s.execute(select(ImageRow.relpath, CamMap.target, CamMap.data)
-                                           .join(ImageRow, ImageRow.id == CamMap.image_id)
-                                           .where(CamMap.run_id == run_id)):
-            out[rel][4][target] = data
+        for rel, method, target, data in s.execute(select(ImageRow.relpath, CamMap.method, CamMap.target, CamMap.data)
+                                                   .join(ImageRow, ImageRow.id == CamMap.image_id)
+                                                   .where(CamMap.run_id == run_id)):
+            out[rel][4][(method, target)] = data
     return out
 
 
@@ -89,7 +89,7 @@ def test_both_runs_store_a_prediction_for_every_image(two_runs):
     for name in ("cached", "jpeg"):
         preds = stored(db, name)
         assert set(preds) == usable
-        assert all("pred" in maps for *_, maps in preds.values())
+        assert all(("gradcam", "pred") in maps for *_, maps in preds.values())
     # The cached run wrote one cache folder per split; --no-cache left its folder alone.
     written = sorted(p.parent.name.split("-")[1] for p in (tmp / "cache").glob("*/index.json"))
     assert written == ["test", "train", "valid"]
@@ -119,7 +119,7 @@ def trust_scores(db: str, *extra: str) -> tuple[dict, list]:
     buf = io.StringIO()
     args = trust_job.get_args_parser().parse_args(
         ["--db", db, "--run", "jpeg", "--json", "--steps", "2", "--sample", "3", "--sanity-sample", "1",
-         "--sanity-depth", "conv5_4", "--device", "cpu", *extra])
+         "--sanity-depth", "conv5_4", "--device", "cpu", "--methods", "gradcam", *extra])
     with contextlib.redirect_stdout(buf):
         assert trust_job.main(args) == 0
     report = json.loads(buf.getvalue())

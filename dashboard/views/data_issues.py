@@ -8,10 +8,13 @@ from typing import Optional
 import pandas as pd
 import streamlit as st
 
+from core.cammaps import method_label
 from core.intervals import suspects_warning
 from core.splits import SPLITS
 from dashboard import calibration_ui, loaders, reviews_ui, scale_ui, state
 from dashboard.context import require_run
+from dashboard.lookalikes_ui import neighbour_suspects_tab
+from dashboard.methods_ui import method_param, method_picker
 from dashboard.tiles import TILES_PER_ROW, map_of_class, picture, show_picture
 
 KINDS = ["exact", "near"]
@@ -83,6 +86,7 @@ shown_groups = [g for g in groups if kind_ok(g["kind"]) and sport_ok(*(m["label"
 shown_leaks = [lk for lk in leaks if kind_ok(lk["kind"]) and sport_ok(lk["image"]["label"], lk["duplicate_of"]["label"])]
 shown_conflicts = [g for g in shown_groups if int(g["id"]) in conflict_labels]
 shown_suspects = [sp for sp in suspects if sport_ok(sp["label"], sp["pred_label"])]
+shown_neighbours = [r for r in report.get("neighbour_suspects", []) if sport_ok(r["label"], r["majority_label"])]
 
 # A change of filter goes back to the first page of every list.
 signature = (tuple(kinds), tuple(sports), size)
@@ -146,9 +150,10 @@ def show_groups(items: list, key: str, none: str) -> None:
 
 
 no_match = "None match the filters." if (kinds or sports) else "None found."
-t_dup, t_leak, t_conf, t_sus = st.tabs([
+t_dup, t_leak, t_conf, t_sus, t_nb = st.tabs([
     f"Duplicates ({len(shown_groups):,})", f"Leakage ({len(shown_leaks):,})",
     f"Label conflicts ({len(shown_conflicts):,})", f"Suspect labels ({len(shown_suspects):,})",
+    f"Neighbour labels ({len(shown_neighbours):,})",
 ])
 
 with t_dup:
@@ -194,8 +199,11 @@ with t_conf:
     show_groups(shown_conflicts, "di_conflicts_page", f"No label conflicts. {no_match}")
 
 with t_sus:
+    pick, _ = st.columns([1, 3])
+    method = method_picker(ctx, "di_method", container=pick)
     st.caption("Images whose given label the model's out-of-sample probabilities doubt (confident learning), "
-               "the least likely given label first. The overlay is the Grad-CAM map of the model's class.  \n"
+               f"the least likely given label first. The overlay is the {method_label(method)} map of the model's "
+               "class.  \n"
                f"The model behind them: top-1 {model_acc}. Probabilities shown and ranked: "
                + (f"{calibration_ui.word(ctx)}." if calibrated_rank else "raw (as the audit stored them)."))
     if not shown_suspects:
@@ -204,7 +212,7 @@ with t_sus:
         page = paged(shown_suspects, "di_suspects_page")
         rank = {id(sp): i + 1 for i, sp in enumerate(suspects)}
         maps = loaders.load_maps(ctx.url, ctx.run_id, tuple(int(sp["image_id"]) for sp in page if "image_id" in sp),
-                                 ctx.stamp)
+                                 ctx.stamp, method)
         per_row = TILES_PER_ROW
         for start in range(0, len(page), per_row):
             for col, sp in zip(st.columns(per_row), page[start : start + per_row]):
@@ -222,4 +230,10 @@ with t_sus:
                         ss["image"] = int(sp["image_id"])
                         st.switch_page("views/compare.py")
 
-state.publish(run=ctx.run_id, sport=sports, kind=kinds)
+with t_nb:
+    picked = neighbour_suspects_tab(ctx, report, shown_neighbours)
+    if picked is not None:
+        ss["image"] = picked
+        st.switch_page("views/compare.py")
+
+state.publish(run=ctx.run_id, sport=sports, kind=kinds, method=method_param())

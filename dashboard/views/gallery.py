@@ -3,8 +3,10 @@ import math
 
 import streamlit as st
 
+from core.cammaps import method_label
 from dashboard import calibration_ui, loaders, reviews_ui, scale_ui, state
 from dashboard.context import gallery_errors, require_run, split_choice
+from dashboard.methods_ui import method_param, method_picker
 from dashboard.tiles import TILES_PER_ROW, show_tiles
 
 PAGE_SIZES = (25, 50, 100)
@@ -17,11 +19,12 @@ names = list(ctx.names)
 ss = st.session_state
 
 with st.container(border=True):
-    c1, c2 = st.columns(2)
+    c1, c2, c0 = st.columns([2, 2, 1])
     state.seed("gal_true", "sport", [], valid=lambda v: all(x in names for x in v))
     true = c1.multiselect("True sport", names, key="gal_true", placeholder="any sport")
     state.seed("gal_pred", "pred", [], valid=lambda v: all(x in names for x in v))
     pred = c2.multiselect("Predicted sport", names, key="gal_pred", placeholder="any sport")
+    method = method_picker(ctx, "gal_method", container=c0)
     c3, c4, c5 = st.columns([1, 2, 1])
     split_choice(ctx, preds, "gal_split", container=c3)
     state.seed("gal_conf", "conf", (0.0, 1.0), valid=lambda v: len(v) == 2 and 0 <= v[0] <= v[1] <= 1)
@@ -53,7 +56,8 @@ if not 1 <= ss["gal_page"] <= pages:
 
 st.markdown(f"**{n_match:,}** misclassified images match the filters (of {total:,} errors in all).")
 if n_match == 0:
-    state.publish(run=ctx.run_id, split=ss.get("split"), sport=true, pred=pred, conf=state.confidence_param())
+    state.publish(run=ctx.run_id, split=ss.get("split"), sport=true, pred=pred, conf=state.confidence_param(),
+                  method=method_param())
     st.info("No misclassified image matches these filters." if total else "This run made no mistakes on these splits.")
     st.stop()
 
@@ -64,12 +68,13 @@ start = (int(page) - 1) * size
 shown = (scale_ui.load_errors_page(ctx.url, ctx.run_id, ctx.stamp, offset=start, limit=size, **where) if in_sql
          else errors.iloc[start : start + size])
 n2.caption(f"Showing {start + 1}–{start + len(shown)}, most confident mistakes first "
-           f"({calibration_ui.list_word(ctx)} confidences). The overlay is the Grad-CAM map of the predicted sport.")
+           f"({calibration_ui.list_word(ctx)} confidences). The overlay is the {method_label(method)} map of the "
+           "predicted sport.")
 
 chosen = show_tiles(ctx, shown, per_row=TILES_PER_ROW, key="gal_tile", notes=loaders.flag_notes(ctx.url, ctx.run_id),
-                    review=True)
+                    review=True, method=method)
 state.publish(run=ctx.run_id, split=ss.get("split"), sport=true, pred=pred, conf=state.confidence_param(),
-              page=int(page))
+              page=int(page), method=method_param())
 if chosen is not None:
     ss["image"] = chosen
     st.switch_page("views/compare.py")

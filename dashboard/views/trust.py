@@ -1,19 +1,21 @@
-"""Can the maps be trusted? Deletion / insertion scores against trivial maps, and the sanity cascade."""
+"""Can the maps be trusted? Which CAM method to read, deletion / insertion scores against trivial maps, and the
+sanity cascade."""
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.cammaps import DEFAULT_METHOD, METHOD_LABELS, TARGET_PRED, TARGET_TRUE
+from core.cammaps import BASELINE_CENTRE, TARGET_PRED, TARGET_TRUE, method_label
 from core.figures import sanity_cascade, trust_curves, trust_distribution
+from core.intervals import rate
 from core.metrics import RANDOM_BASELINE, trust_per_class, trust_summary
 from dashboard import loaders, state
 from dashboard.context import require_run
+from dashboard.methods_ui import method_param, method_picker, scored_for, show_ranking
 from dashboard.tiles import TILE_PX, map_of_class, picture, show_picture
 from dashboard.charts import chart
 
 GALLERY = 6
-BASELINES = (RANDOM_BASELINE, "centre")  # the maps that know nothing of the model, scored beside it
-LABEL = METHOD_LABELS[DEFAULT_METHOD]
+BASELINES = (RANDOM_BASELINE, BASELINE_CENTRE)  # the maps that know nothing of the model, scored beside it
 
 
 def curves_of(rows: pd.DataFrame) -> dict:
@@ -39,27 +41,41 @@ st.caption(
     "blurred image (higher = more faithful). A random and a centred map give the scale."
 )
 
-c1, c2 = st.columns([1, 2])
+show_ranking(loaders.load_ranking(ctx.url, ctx.run_id, tuple(names), ctx.stamp, version), ctx.run_id)
+
+st.subheader("One method in detail")
+c0, c1, c2 = st.columns([1, 1, 2])
+method = method_picker(ctx, "tr_method", container=c0)
+LABEL = method_label(method)
 target = c1.radio("Map of", [TARGET_PRED, TARGET_TRUE], key="tr_target", horizontal=True,
                   format_func={TARGET_PRED: "predicted class", TARGET_TRUE: "true class (mistakes)"}.get)
+if method not in set(frame["method"]):
+    state.publish(run=ctx.run_id, method=method_param())
+    st.info(f"{LABEL} has not been scored on this run. Run `python -m jobs.trust --run {ctx.run_id} --methods "
+            f"{method}` (or `--methods all`), then reload.")
+    st.stop()
+frame = scored_for(frame, method, BASELINES)
 rows = frame[frame["target"] == target]
 if rows.empty:
     st.info("No maps of this kind were scored (the true-class map is scored only for misclassified images).")
     st.stop()
-summary = trust_summary(frame, target)
+summary = trust_summary(frame, target, method)
 cols = st.columns(4)
-for col, m in zip(cols, (DEFAULT_METHOD, *BASELINES)):
+for col, m in zip(cols, (method, *BASELINES)):
     v = summary["methods"].get(m)
     if v:
         col.metric(f"{m}: deletion AUC", f"{v['deletion_auc']:.3f}", help=f"insertion AUC {v['insertion_auc']:.3f}")
 beats = summary["gradcam_beats"].get(RANDOM_BASELINE)
 if beats:
+    n_both = summary["n_images"]
+    won = rate(round(beats["deletion"] * n_both), n_both)
     cols[3].metric(f"{LABEL} beats random", f"{beats['deletion']:.0%}",
-                   help=f"share of images with a lower deletion AUC; {beats['insertion']:.0%} with a higher "
+                   help=f"share of images with a lower deletion AUC: {won}; {beats['insertion']:.0%} with a higher "
                    "insertion AUC")
+    cols[3].caption(f"{won.k} of {won.n} images · 95% interval {won.lo:.0%}-{won.hi:.0%}")
 
 st.subheader("Per class")
-table = trust_per_class(frame, names, target).sort_values("beats_random", kind="stable")
+table = trust_per_class(frame, names, target, method).sort_values("beats_random", kind="stable")
 classes = list(table["class"])
 default = classes[: min(12, len(classes))]
 chosen = c2.multiselect(f"Classes in the chart (default: the 12 where {LABEL} beats random least often)",
@@ -78,12 +94,12 @@ st.dataframe(table, hide_index=True, key="tr_table", column_config=prog, height=
 
 st.subheader("Least faithful maps")
 wide = rows.pivot_table(index="image_id", columns="method", values="deletion_auc")
-gap = (wide[DEFAULT_METHOD] - wide.get(RANDOM_BASELINE, 0.0)).sort_values(ascending=False)
+gap = (wide[method] - wide.get(RANDOM_BASELINE, 0.0)).sort_values(ascending=False)
 worst = gap.index[:GALLERY].tolist()
 st.caption(f"{LABEL}'s deletion AUC minus the random map's, largest first: where removing the pixels the "
            "map calls important hurts the prediction less than removing random ones.")
 info = rows.drop_duplicates("image_id").set_index("image_id")
-maps = loaders.load_maps(ctx.url, ctx.run_id, tuple(int(i) for i in worst), ctx.stamp)
+maps = loaders.load_maps(ctx.url, ctx.run_id, tuple(int(i) for i in worst), ctx.stamp, method)
 for start in range(0, len(worst), 3):
     for col, image_id in zip(st.columns(3), worst[start : start + 3]):
         r = info.loc[image_id]
@@ -115,4 +131,4 @@ st.caption(
 chart(sanity_cascade(check["stages"]), key="tr_cascade", name="sanity-cascade")
 st.dataframe(pd.DataFrame(check["stages"]).drop(columns=["modules"], errors="ignore"), hide_index=True,
              key="tr_cascade_table")
-state.publish(run=ctx.run_id, image=image_id)
+state.publish(run=ctx.run_id, image=image_id, method=method_param())

@@ -12,6 +12,7 @@ from db.queries.audit import audit_for
 from db.queries.calibration import calibration_for
 from db.queries.images import confusion_matrix, errors_frame, logits_for, predictions_frame, prediction_splits
 from db.queries.maps import maps_for
+from db.queries.methods import method_ranking
 from db.queries.runs import epochs_frame, evaluation_rows, run_info
 from db.queries.trust import trust_for
 from db.store import StoreError
@@ -78,4 +79,5 @@ def run_data(session: Session, run_id: int, splits: Optional[Sequence[str]] = No
             temperature=stored_cal.temperature, bins=stored_cal.bins, report=stored_cal.report,
             created_at=stored_cal.created_at, stale=stored_cal.stale),
         logits=None if logits is None or logits.frame.empty else (logits.frame, logits.logits),
+        method_ranking=None if trust.scores is None else method_ranking(session, run_id, names, splits, trust.scores),
     )
