@@ -92,12 +92,8 @@ def show_tiles(ctx: Ctx, rows: pd.DataFrame, *, per_row: int = 6, key: str, comp
     ``notes``: a line added to the caption of those images (the data audit's findings); ``review``: a
     *Review* popover under each tile (``dashboard.reviews_ui``)."""
     names = ctx.names
-<<<<<<< HEAD
-    pics = tile_images(ctx, rows)
-    reviewed = reviews_ui.images_for(ctx, rows["image_id"]) if review else {}  # the shown images' rows only
-=======
     pics = tile_images(ctx, rows, method=method)
->>>>>>> main
+    reviewed = reviews_ui.images_for(ctx, rows["image_id"]) if review else {}  # the shown images' rows only
     chosen = None
     records = list(rows.itertuples())
     for start in range(0, len(records), per_row):
