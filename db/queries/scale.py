@@ -207,8 +207,11 @@ def errors_neighbours(session: Session, run_id: int, image_id: int, *, splits: O
     if mine is None:
         return Neighbours(None, None, None, None if first is None else int(first))
     c, i = float(mine), int(image_id)
-    ahead = or_(Prediction.confidence > c, and_(Prediction.confidence == c, Prediction.image_id < i))
-    behind = or_(Prediction.confidence < c, and_(Prediction.confidence == c, Prediction.image_id > i))
+    # the redundant bound on confidence lets the walk start at the image's confidence, not at an end of the list
+    ahead = and_(Prediction.confidence >= c,
+                 or_(Prediction.confidence > c, and_(Prediction.confidence == c, Prediction.image_id < i)))
+    behind = and_(Prediction.confidence <= c,
+                  or_(Prediction.confidence < c, and_(Prediction.confidence == c, Prediction.image_id > i)))
     walk = _errors_select(run_id, **where).with_only_columns(ImageRow.id)
     prev = session.scalar(walk.where(ahead).order_by(Prediction.confidence.asc(), Prediction.image_id.desc()).limit(1))
     nxt = session.scalar(walk.where(behind).order_by(Prediction.confidence.desc(), Prediction.image_id).limit(1))
