@@ -35,9 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.defaults import FILLS
 from core.model import eval_mode
 
-FILLS = ("mean", "blur")
 METHODS = ("gradcam", "random", "centre")
 TIE_RESOLUTION = 2.0**-20  # relative to a map's peak
 

@@ -16,9 +16,8 @@ import logging
 import os
 import sys
 
-from db import store
-from jobs.auditing import audit_run, format_summary
-from jobs.common import DefaultsHelpFormatter, add_db_arg, add_run_arg, run_cli, setup_logging
+from db import queries, store
+from jobs.common import DefaultsHelpFormatter, add_db_arg, add_run_arg, run_cli, say_run, setup_logging
 
 log = logging.getLogger("jobs.audit")
 
@@ -39,10 +38,14 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun the audit (no model, no collectives) runs once, on rank 0
+    from jobs.auditing import audit_run, format_summary
+
     setup_logging(args.verbose)
     engine = store.make_engine(args.db, create=False)
     with store.make_sessionmaker(engine).begin() as s:
-        run_id, report, acc = audit_run(s, args.run, workers=args.workers, min_score=args.min_score)
+        run = queries.find_run(s, args.run)
+        say_run(args.run, run)
+        run_id, report, acc = audit_run(s, run.id, workers=args.workers, min_score=args.min_score)
     if args.json:
         json.dump({"run_id": run_id, **report, "leakage_accuracy": acc}, sys.stdout, indent=1)
         sys.stdout.write("\n")

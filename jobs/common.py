@@ -3,20 +3,21 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
-from typing import Callable
-
 import os
+import sys
+from typing import TYPE_CHECKING, Callable
 
-import torch
-
-from core import dist
-from core.data import DatasetError
-from core.model import CheckpointError, WeightsUnavailable
+from core.errors import CheckpointError, WeightsUnavailable
 from db.store import ENV_VAR, StoreError
 
-# Errors whose message is the whole story: print it as one line, exit non-zero, no traceback.
-USER_ERRORS = (DatasetError, WeightsUnavailable, CheckpointError, StoreError, ValueError, FileNotFoundError)
+if TYPE_CHECKING:  # torch loads in main(), not for --help
+    import torch
+
+    from core import dist
+
+# Errors whose message is the whole story: print it as one line, exit non-zero, no traceback. A
+# core.data.DatasetError is a ValueError.
+USER_ERRORS = (WeightsUnavailable, CheckpointError, StoreError, ValueError, FileNotFoundError)
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -45,6 +46,12 @@ def add_run_arg(parser: argparse.ArgumentParser) -> None:
                         help="run id, run name, or 'latest' (under torchrun spell it --run-id)")
 
 
+def say_run(ref: str, run) -> None:
+    """Log which run a ``--run`` value picked (``run``: a ``db.queries.RunInfo``), so ``latest`` is never a guess."""
+    why = " (latest: the newest complete run)" if str(ref).strip() == "latest" else ""
+    logging.getLogger("jobs").info("run #%d %s [%s]%s", run.id, run.name, run.status, why)
+
+
 def setup_logging(verbose: bool = False, rank: int = 0) -> None:
     level = logging.DEBUG if verbose else (logging.INFO if rank == 0 else logging.WARNING)
     fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -55,6 +62,8 @@ def setup_logging(verbose: bool = False, rank: int = 0) -> None:
 
 def pick_device(choice: str) -> torch.device:
     """``--device``: auto takes this rank's GPU when there is one."""
+    import torch
+
     if choice == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available; use --device cpu or auto")
     if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
@@ -66,6 +75,8 @@ def run_distributed(args: argparse.Namespace,
                     body: Callable[[argparse.Namespace, torch.device, dist.DistEnv], int]) -> int:
     """Pick the device, join torchrun's process group when launched by it, set up logging per rank, run
     ``body(args, device, env)`` and always leave the group (a single process has no group to join)."""
+    from core import dist
+
     device = pick_device(args.device)
     env = dist.init_from_env(device.type)
     setup_logging(args.verbose, env.rank)

@@ -1,6 +1,7 @@
 """List the runs in the store.
 
     python -m jobs.runs [--db URL] [--json]
+    python -m jobs.runs --skipped RUN [--db URL] [--json]   # the files RUN could not read, and why
 
 Per run: id, name, status, number of classes and, per split, the images, predictions, skipped files,
 Grad-CAM maps and top-1/top-5 accuracy.
@@ -20,6 +21,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                                 formatter_class=DefaultsHelpFormatter)
     add_db_arg(p)
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    p.add_argument("--skipped", metavar="RUN", default=None,
+                   help="list instead the files RUN (an id, a name or 'latest') could not read, and why")
     return p
 
 
@@ -27,9 +30,9 @@ def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.1f}%"
 
 
-def format_table(runs: list[dict]) -> str:
+def format_table(runs: list[dict], db: str | None = None) -> str:
     if not runs:
-        return "no runs in the store; create one with: python -m jobs.train"
+        return f"no runs in the store; create one with: python -m jobs.train {store.db_arg(db)}"
     lines = []
     for r in runs:
         lines.append(f"#{r['id']} {r['name']}  [{r['status']}]  {r['classes']} classes, {r['device']}, "
@@ -43,15 +46,33 @@ def format_table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def format_skipped(run: queries.RunInfo, images) -> str:
+    bad = images[images["skipped"]]
+    lines = [f"#{run.id} {run.name}: {len(bad)} of {len(images)} files could not be read"]
+    lines += [f"    {r.split:<5} {r.relpath}: {r.skip_reason or 'no reason recorded'}" for r in bad.itertuples()]
+    return "\n".join(lines)
+
+
 def main(args: argparse.Namespace) -> int:
     engine = store.make_engine(args.db, readonly=True)
+    if args.skipped is not None:
+        with store.make_sessionmaker(engine)() as s:
+            run = queries.find_run(s, args.skipped)
+            images = queries.images_frame(s, run.id)
+        if args.json:
+            bad = images[images["skipped"]][["split", "relpath", "skip_reason"]]
+            json.dump({"run_id": run.id, "skipped": bad.to_dict(orient="records")}, sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        else:
+            print(format_skipped(run, images))
+        return 0
     with store.make_sessionmaker(engine)() as s:
         runs = queries.run_summaries(s)
     if args.json:
         json.dump(runs, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        print(format_table(runs))
+        print(format_table(runs, args.db))
     return 0
 
 

@@ -12,33 +12,26 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-import torch
-from torch import nn
-
-from core import dist
-from core.data import DatasetIndex, discover, file_sha256, read_image_header
-from core.model import (
-    DEFAULT_CAM_LAYER,
-    MIN_IMAGE_SIZE,
-    CheckpointError,
-    ModelMeta,
-    build_model,
-    imagenet_weights_cached,
-    load_imagenet_base,
-    read_checkpoint,
-    resolve_module,
-)
+from core.defaults import DEFAULT_CAM_LAYER, MIN_IMAGE_SIZE
+from core.errors import CheckpointError
 from core.splits import EVAL_SPLITS, SPLITS, TEST, VALID
 from db import store
-from jobs.auditing import audit_run, format_summary
 from jobs.common import DefaultsHelpFormatter, add_db_arg, run_cli, run_distributed
-from jobs.evaluation import evaluate_split
 from jobs.rundir import DEFAULT_OUT, find_resume_checkpoint, fresh_run_dir
-from jobs.training import RunOutput, TrainSettings, train
+
+if TYPE_CHECKING:  # torch and the model load when the job runs, not for --help
+    import torch
+    from torch import nn
+
+    from core import dist
+    from core.data import DatasetIndex
+    from core.model import ModelMeta
+    from jobs.training import RunOutput
 
 log = logging.getLogger("jobs.train")
 
@@ -112,6 +105,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     """Fill the flags left unset from the real-data or the demo defaults."""
+    from core.model import imagenet_weights_cached
+
     defaults = DEMO_DEFAULTS if args.data is None else REAL_DEFAULTS
     for k, v in defaults.items():
         if getattr(args, k) is None:
@@ -139,6 +134,8 @@ def prepare_dataset(args: argparse.Namespace, env: dist.DistEnv) -> DatasetIndex
     A ``boxes.json`` beside the data (relative path -> [x0, y0, x1, y1]; the demo writes one) gives each image
     its object box, which the store keeps for the localisation checks.
     """
+    from core import dist
+    from core.data import discover
     from core.synth import default_demo_root, generate_demo_dataset, load_boxes
 
     if args.data is not None:
@@ -156,6 +153,8 @@ def prepare_dataset(args: argparse.Namespace, env: dist.DistEnv) -> DatasetIndex
 def image_records(index: DatasetIndex) -> list[store.ImageRecord]:
     """One record per image of every split, with its size from the file header (no decoding) and the
     SHA-256 of its bytes."""
+    from core.data import file_sha256, read_image_header
+
     records = []
     for split, samples in index.splits.items():
         for s in samples:
@@ -170,10 +169,20 @@ def image_records(index: DatasetIndex) -> list[store.ImageRecord]:
 # --------------------------------------------------------------------------- main
 
 def main(args: argparse.Namespace) -> int:
+    if int(os.environ.get("RANK", "0")) == 0:
+        store.check_writable(args.db)  # before the data, the model and the epochs: not after them
     return run_distributed(args, _main)
 
 
 def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> int:
+    import torch
+
+    from core import dist
+    from core.data import DatasetError
+    from core.model import ModelMeta, build_model, load_imagenet_base, read_checkpoint, resolve_module
+    from jobs.checks import unusable_split
+    from jobs.training import RunOutput, TrainSettings, train
+
     resume_state: Optional[dict[str, Any]] = None
     if args.resume:
         if env.is_main:  # rank 0 alone writes checkpoints, so it alone need see them (other nodes may not)
@@ -217,6 +226,7 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
 
     Session_ = None
     run_id: Optional[int] = None
+    unusable: Optional[str] = None
     if env.is_main:
         engine = store.make_engine(args.db)
         Session_ = store.make_sessionmaker(engine)
@@ -247,11 +257,16 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
                                        weights=weights_desc[:300], image_size=args.image_size, cam_layer=args.cam_layer,
                                        class_names=index.classes, absent_splits=index.absent)
                 run_id = run.id
-                store.upsert_images(s, run_id, image_records(index))
+                records = image_records(index)
+                store.upsert_images(s, run_id, records)
+            unusable = unusable_split(records, run_id, args.db)
             log.info("run %d %r started; checkpoints in %s", run_id, name, run_dir)
         run_id = dist.broadcast_from_main(env, run_id)
     out = RunOutput(Session_=Session_, run_id=run_id, run_dir=run_dir, saved_args=dict(vars(args)))
     try:
+        unusable = dist.broadcast_from_main(env, unusable)
+        if unusable:
+            raise DatasetError(unusable)
         best = train(model, settings=TrainSettings.from_args(args), index=index, meta=meta, device=device,
                      env=env, out=out, resume_state=resume_state)
         finish(model, best, index=index, meta=meta, device=device, env=env, out=out,
@@ -269,6 +284,11 @@ def finish(model: nn.Module, best: dict, *, index: DatasetIndex, meta: ModelMeta
            env: dist.DistEnv, out: RunOutput, eval_splits: Sequence[str], batch_size: int, workers: int,
            cams: bool, layer: str, audit: bool) -> None:
     """Reload the best weights, evaluate ``eval_splits``, mark the run complete and, with ``audit``, audit it."""
+    from core import dist
+    from core.model import read_checkpoint
+    from jobs.auditing import audit_run, format_summary
+    from jobs.evaluation import evaluate_split
+
     best_path = out.run_dir / "best.pt"
     if env.is_main and not best_path.is_file():
         raise CheckpointError(f"{best_path}: the best checkpoint is missing")

@@ -17,19 +17,22 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from core import dist, trust
-from core.data import ImageDataset, Sample, collate
 from core.cammaps import TARGET_PRED, TARGET_TRUE
-from core.gradcam import predict_and_explain
+from core.defaults import FILLS
 from core.metrics import trust_summary
-from core.model import load_checkpoint, resolve_module
 from core.splits import VALID
 from db import queries, store
-from jobs.common import DefaultsHelpFormatter, add_db_arg, add_run_arg, run_cli, run_distributed
+from jobs.common import DefaultsHelpFormatter, add_db_arg, add_run_arg, run_cli, run_distributed, say_run
+
+if TYPE_CHECKING:  # torch and the model load when the job runs, not for --help
+    import torch
+
+    from core import dist
+    from core.data import ImageDataset
 
 log = logging.getLogger("jobs.trust")
 
@@ -43,7 +46,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", type=int, default=0, help="score a seeded random sample of this many images "
                    "(0: all of the split)")
     p.add_argument("--steps", type=int, default=16, help="steps of each deletion / insertion curve")
-    p.add_argument("--fill", choices=trust.FILLS, default="mean", help="what deleted pixels become: the "
+    p.add_argument("--fill", choices=FILLS, default="mean", help="what deleted pixels become: the "
                    "dataset mean (zeros after normalisation) or the blurred image")
     p.add_argument("--blur-sigma", type=float, default=None, help="Gaussian blur of the insertion start in "
                    "pixels (default: 1/16 of the image side)")
@@ -89,6 +92,12 @@ def map_seed(seed: int, image_id: int) -> int:
 
 def score_images(model, dataset: ImageDataset, ids: list[int], positions: list[int], args, layer: str):
     """Score this rank's images; returns (score rows, skipped image ids, labelled inputs for the cascade)."""
+    import torch
+
+    from core import trust
+    from core.data import collate
+    from core.gradcam import predict_and_explain
+
     device = next(model.parameters()).device
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, positions), batch_size=args.batch_size,
                                          shuffle=False, num_workers=args.workers, collate_fn=collate)
@@ -123,6 +132,10 @@ def score_images(model, dataset: ImageDataset, ids: list[int], positions: list[i
 
 def sanity(model, dataset: ImageDataset, args, layer: str) -> tuple[list[dict], int]:
     """The cascade on the first ``--sanity-sample`` readable images of the plan (rank 0 only)."""
+    import torch
+
+    from core import trust
+
     device = next(model.parameters()).device
     xs = []
     for i in range(len(dataset)):
@@ -147,6 +160,10 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> int:
+    from core import dist, trust
+    from core.data import ImageDataset, Sample
+    from core.model import load_checkpoint, resolve_module
+
     t0 = time.perf_counter()
     engine = store.make_engine(args.db, create=False) if env.is_main else None
     Session_ = store.make_sessionmaker(engine) if engine is not None else None
@@ -154,6 +171,7 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
     if env.is_main:
         with Session_() as s:
             run = queries.find_run(s, args.run)
+            say_run(args.run, run)
             ckpt = args.checkpoint or run.checkpoint_path
             if not ckpt:
                 raise ValueError(f"run {run.id} ({run.name}) has no checkpoint yet (status {run.status})")

@@ -122,8 +122,8 @@ def test_unreadable_store_is_an_error_not_a_traceback(tmp_path, monkeypatch):
     bad.write_bytes(b"this is not a database" * 100)
     at = app(f"sqlite:///{bad}", monkeypatch)
     assert not at.exception
-    assert [e.value for e in at.error] == ["Cannot read the store: DatabaseError: (sqlite3.DatabaseError) file is "
-                                           "not a database"]
+    assert [e.value for e in at.error] == [f"Cannot read the store: {bad} is not a SQLite file (it does not start "
+                                           "with SQLite's header); check the --db path"]
     assert not at.info and not at.metric  # the page stopped at the message
 
 

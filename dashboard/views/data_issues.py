@@ -9,7 +9,7 @@ import streamlit as st
 
 from core.splits import SPLITS
 from dashboard import loaders, state
-from dashboard.context import require_run
+from dashboard.context import job_command, require_run
 from dashboard.tiles import TILES_PER_ROW, map_of_class, picture, show_picture
 
 KINDS = ["exact", "near"]
@@ -24,8 +24,8 @@ ss = st.session_state
 report = loaders.load_audit(ctx.url, ctx.run_id, loaders.load_audit_stamp(ctx.url, ctx.run_id))
 if report is None:
     st.info(
-        f"Run #{ctx.run_id} has no data audit yet. Run `python -m jobs.audit --run {ctx.run_id}` "
-        "(or train with `python -m jobs.train --audit`), then reload this page."
+        f"Run #{ctx.run_id} has no data audit yet. Run `{job_command('audit', ctx.url, f'--run {ctx.run_id}')}`, "
+        "then reload this page."
     )
     st.stop()
 

@@ -5,7 +5,7 @@ import streamlit as st
 from core.figures import confidence_histogram, training_curves
 from core.splits import SPLITS
 from dashboard import loaders, state
-from dashboard.context import TRAIN_HINT, require_run
+from dashboard.context import no_results_message, require_run
 from dashboard.charts import chart
 
 st.title("Overview")
@@ -22,7 +22,7 @@ preds = loaders.load_predictions(ctx.url, ctx.run_id, ctx.stamp)
 evals = loaders.load_evaluations(ctx.url, ctx.run_id, ctx.stamp).set_index("split")
 splits = [s for s in SPLITS if s in set(preds["split"]) or s in evals.index or s in info.metrics]
 if not splits:
-    st.info(f"Run #{info.id} has no evaluated split yet. {TRAIN_HINT}")
+    st.info(no_results_message(ctx))
 for split in splits:
     sp = preds[preds["split"] == split]
     m = info.metrics.get(split, {}) if isinstance(info.metrics.get(split), dict) else {}

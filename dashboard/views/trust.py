@@ -7,7 +7,7 @@ from core.cammaps import DEFAULT_METHOD, METHOD_LABELS, TARGET_PRED, TARGET_TRUE
 from core.figures import sanity_cascade, trust_curves, trust_distribution
 from core.metrics import RANDOM_BASELINE, trust_per_class, trust_summary
 from dashboard import loaders, state
-from dashboard.context import require_run
+from dashboard.context import job_command, require_run
 from dashboard.tiles import TILE_PX, map_of_class, picture, show_picture
 from dashboard.charts import chart
 
@@ -26,7 +26,8 @@ names = ctx.names
 version = loaders.load_trust_version(ctx.url, ctx.run_id)
 if version is None:
     st.info(f"Run #{ctx.run_id} has no faithfulness scores yet. Run "
-            f"`python -m jobs.trust --run {ctx.run_id}` (add `--sample 200` for a quick look), then reload.")
+            f"`{job_command('trust', ctx.url, f'--run {ctx.run_id}')}` (add `--sample 200` for a quick look), "
+            "then reload.")
     st.stop()
 frame = loaders.load_trust(ctx.url, ctx.run_id, ctx.stamp, version)
 check = loaders.load_sanity(ctx.url, ctx.run_id, version)

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from core.splits import ordered
 from db.models import CamMap, EpochRow, EvalRow, ImageRow, Prediction, Run, RunClass
 from db.queries.frames import empty
-from db.store import resolve_run
+from db.store import LATEST, resolve_run
 
 
 def class_names(session: Session, run_id: int) -> list[str]:
@@ -40,9 +40,10 @@ def list_runs(session: Session) -> pd.DataFrame:
 
 
 def default_run_id(session: Session) -> Optional[int]:
-    """The newest complete run, else the newest run of any status, else ``None``."""
-    for cond in (Run.status == "complete", True):
-        rid = session.scalar(select(Run.id).where(cond).order_by(Run.id.desc()).limit(1))
+    """``latest`` (the newest complete run that is not a snapshot), else the newest run that is not a
+    snapshot (a first run still training), else any run, else ``None``."""
+    for cond in (LATEST, (Run.stage.is_(None),), ()):
+        rid = session.scalar(select(Run.id).where(*cond).order_by(Run.id.desc()).limit(1))
         if rid is not None:
             return int(rid)
     return None
