@@ -29,8 +29,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_db_arg(p)
     p.add_argument("--json", action="store_true", help="print the findings as JSON")
     p.add_argument("--workers", type=int, default=1, help="threads that decode and hash images")
-    p.add_argument("--min-score", type=float, default=0.90, help="similarity from which two images are near "
-                   "duplicates (0-1)")
+    p.add_argument("--min-score", type=float, default=None, help="similarity from which two images are near "
+                   "duplicates (0-1) (default: measured on the data set, 0.90 at least; see core/dupcalibrate.py)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -50,7 +50,7 @@ def main(args: argparse.Namespace) -> int:
         json.dump({"run_id": run_id, **report, "leakage_accuracy": acc}, sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
-        print(format_summary(run_id, report, acc))
+        print(format_summary(run_id, report, acc, args.db))
     return 0
 
 

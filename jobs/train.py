@@ -312,7 +312,7 @@ def finish(model: nn.Module, best: dict, *, index: DatasetIndex, meta: ModelMeta
         if audit:
             with out.Session_.begin() as s:
                 report = audit_run(s, out.run_id)
-            log.info("data audit:\n%s", format_summary(*report))
+            log.info("data audit:\n%s", format_summary(*report, db=out.saved_args.get("db")))
     dist.barrier(env)
 
 

@@ -69,7 +69,9 @@ state.seed("cm_pair", "_cm_pair", url_pair or labels[0], valid=lambda v: v in la
 if ss["cm_pair"] not in labels:
     ss["cm_pair"] = labels[0]
 
-left, right = st.columns([1, 1.4])
+# Widths in px that fit the five columns in the left half of a 1400 px window (names longer than their
+# column are cut with an ellipsis; the pair selector beside the table shows them whole).
+left, right = st.columns([1.1, 1])
 with left:
     st.subheader("Most confused pairs")
     show = pairs[["true", "predicted", "count", "share_of_true", "reverse_count"]]
@@ -79,8 +81,13 @@ with left:
         key="cm_pairs_table",
         height=min(420, 38 + 35 * len(show)),
         column_config={
-            "share_of_true": st.column_config.NumberColumn("share of true", format="percent"),
-            "reverse_count": st.column_config.NumberColumn("reverse", help="images of the predicted sport taken for the true one"),
+            "true": st.column_config.TextColumn("true", width=125),
+            "predicted": st.column_config.TextColumn("predicted", width=125),
+            "count": st.column_config.NumberColumn("images", width=56),
+            "share_of_true": st.column_config.NumberColumn("share of true", format="percent", width=84,
+                                                           help="of the true sport's images"),
+            "reverse_count": st.column_config.NumberColumn("reverse", width=62,
+                                                           help="images of the predicted sport taken for the true one"),
         },
     )
 with right:

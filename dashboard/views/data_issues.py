@@ -10,7 +10,7 @@ import streamlit as st
 from core.splits import SPLITS
 from dashboard import loaders, state
 from dashboard.context import job_command, require_run
-from dashboard.tiles import TILES_PER_ROW, map_of_class, picture, show_picture
+from dashboard.tiles import TILES_PER_ROW, map_of_class, picture, show_colorbar, show_picture
 
 KINDS = ["exact", "near"]
 GROUP_PAGE_SIZES = (10, 25, 50)
@@ -20,6 +20,7 @@ st.title("Data issues")
 ctx = require_run()
 names = list(ctx.names)
 ss = st.session_state
+state.publish(run=ctx.run_id)  # the link names the run even when the page stops early (no audit yet)
 
 report = loaders.load_audit(ctx.url, ctx.run_id, loaders.load_audit_stamp(ctx.url, ctx.run_id))
 if report is None:
@@ -187,6 +188,7 @@ with t_sus:
         maps = loaders.load_maps(ctx.url, ctx.run_id, tuple(int(sp["image_id"]) for sp in page if "image_id" in sp),
                                  ctx.stamp)
         per_row = TILES_PER_ROW
+        show_colorbar(note="map of the model's class, each scaled to its own peak")
         for start in range(0, len(page), per_row):
             for col, sp in zip(st.columns(per_row), page[start : start + per_row]):
                 cam = map_of_class(maps.get(int(sp.get("image_id", -1))), int(sp["pred_label"]))
