@@ -348,6 +348,7 @@ def trust_curves(fractions: Sequence[float], curves: dict[str, tuple[Sequence[fl
             auc = float(np.sum((np.asarray(y[1:]) + np.asarray(y[:-1])) * np.diff(fractions)) / 2)
             fig.add_trace(go.Scatter(
                 x=list(fractions), y=list(y), mode="lines+markers", name=name, legendgroup=method,
+                legendrank=list(METHOD_COLORS).index(method) + 1 if method in METHOD_COLORS else 100,
                 showlegend=legend and col == 1, line=dict(color=color), marker=dict(size=4),
                 hovertemplate=f"{name}: " "%{y:.3f} at %{x:.0%}" f" (AUC {auc:.3f})<extra></extra>",
             ), row=1, col=col)
@@ -356,7 +357,7 @@ def trust_curves(fractions: Sequence[float], curves: dict[str, tuple[Sequence[fl
     fig.update_yaxes(range=[0, 1.02], tickvals=[0, 0.5, 1], col=1, title_text="probability", title_standoff=2)
     fig.update_yaxes(range=[0, 1.02], tickvals=[0, 0.5, 1], col=2)
     fig.update_annotations(font_size=12, yshift=4)  # the subplot titles
-    top = 62 if legend else 34
+    top = 72 if legend else 34  # room for a legend that wraps to two lines in a narrow column
     fig.update_layout(height=height + (top - 34), margin=dict(l=10, r=10, t=top, b=10),
                       legend=dict(orientation="h", x=0, xanchor="left", y=0.995, yanchor="top", yref="container",
                                   font=dict(size=11), entrywidth=0, itemwidth=30),

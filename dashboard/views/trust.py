@@ -20,12 +20,16 @@ SANITY_WORDS = {"stage": "re-initialised down to", "kind": "kind", "spearman_mea
                 "spearman_std": "Spearman, sd", "ssim_mean": "SSIM, mean", "ssim_std": "SSIM, sd", "n": "images"}
 
 
-def column_words(col: str) -> str:
-    """A column of ``trust_per_class`` in words: ``del_gradcam`` -> "deletion, Grad-CAM"."""
-    for short, word in (("del_", "deletion"), ("ins_", "insertion")):
-        if col.startswith(short):
-            return f"{word}, {map_name(col[len(short):])}"
-    return {"beats_random": f"{LABEL} beats random"}.get(col, col)
+def per_class_view(table: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The per-class table for the chosen score, in words: class, images, the mean AUC of each map (named
+    "Grad-CAM", "random map", "centred map") and the share where Grad-CAM beats the random map."""
+    short = "del_" if metric == "deletion_auc" else "ins_"
+    maps = [c for c in table.columns if c.startswith(short)]
+    order = sorted(maps, key=lambda c: (DEFAULT_METHOD, *BASELINES).index(c[len(short):])
+                   if c[len(short):] in (DEFAULT_METHOD, *BASELINES) else 99)
+    view = table[["class", "images", *order, "beats_random"]]
+    return view.rename(columns={**{c: map_name(c[len(short):]) for c in order},
+                                "beats_random": f"{LABEL} beats random"})
 
 
 def curves_of(rows: pd.DataFrame) -> dict:
@@ -86,15 +90,18 @@ metric = st.radio("Score", list(SCORES), key="tr_metric", horizontal=True, forma
 index = {n: i for i, n in enumerate(names)}
 shown = rows[rows["label"].isin([index[c] for c in chosen if c in index])] if chosen else rows
 chart(trust_distribution(shown, names, metric=metric), key="tr_dist", name=f"trust-{metric}")
-table = table.rename(columns=column_words)
-prog = {c: st.column_config.ProgressColumn(c, min_value=0.0, max_value=1.0, format="%.3f", width=118,
-                                           help=f"mean {c.split(',')[0]} AUC of the class's images")
-        for c in table.columns if c.startswith(("deletion, ", "insertion, "))}
-prog[column_words("beats_random")] = st.column_config.ProgressColumn(
-    column_words("beats_random"), min_value=0.0, max_value=1.0, format="%.2f", width=140,
+view = per_class_view(table, metric)
+st.caption(f"Mean {SCORES[metric]} of each map over the class's images, and how often {LABEL}'s deletion AUC "
+           "is below the random map's on the same image.")
+prog = {c: st.column_config.ProgressColumn(c, min_value=0.0, max_value=1.0, format="%.3f", width=150,
+                                           help=f"mean {SCORES[metric]} of the class's images")
+        for c in view.columns[2:-1]}
+prog[view.columns[-1]] = st.column_config.ProgressColumn(
+    view.columns[-1], min_value=0.0, max_value=1.0, format="%.2f", width=170,
     help=f"share of the class's images where {LABEL}'s deletion AUC is below the random map's")
-prog["images"] = st.column_config.NumberColumn("images", width=60)
-st.dataframe(table, hide_index=True, key="tr_table", column_config=prog, height=min(420, 38 + 35 * len(table)))
+prog["images"] = st.column_config.NumberColumn("images", width=64)
+prog["class"] = st.column_config.TextColumn("class", width=170)
+st.dataframe(view, hide_index=True, key="tr_table", column_config=prog, height=min(420, 38 + 35 * len(view)))
 
 st.subheader("Least faithful maps")
 wide = rows.pivot_table(index="image_id", columns="method", values="deletion_auc")
