@@ -4,7 +4,7 @@ import streamlit as st
 
 from core.figures import confidence_histogram, training_curves
 from core.splits import SPLITS
-from dashboard import loaders, state
+from dashboard import loaders, progress_ui, state
 from dashboard.context import no_results_message, require_run
 from dashboard.charts import chart
 
@@ -21,7 +21,7 @@ st.caption(
 preds = loaders.load_predictions(ctx.url, ctx.run_id, ctx.stamp)
 evals = loaders.load_evaluations(ctx.url, ctx.run_id, ctx.stamp).set_index("split")
 splits = [s for s in SPLITS if s in set(preds["split"]) or s in evals.index or s in info.metrics]
-if not splits:
+if not splits and info.status != "running":  # a running run shows its progress below
     st.info(no_results_message(ctx))
 for split in splits:
     sp = preds[preds["split"] == split]
@@ -46,10 +46,13 @@ for split, reason in info.absent_splits.items():
     st.caption(f"No {split} split: {reason}")
 
 st.subheader("Training curves")
-epochs = loaders.load_epochs(ctx.url, ctx.run_id, ctx.stamp)
-if epochs.empty:
-    st.info("No epochs recorded for this run.")
-else:
+
+
+def finished_curves() -> None:
+    epochs = loaders.load_epochs(ctx.url, ctx.run_id, ctx.stamp)
+    if epochs.empty:
+        st.info("No epochs recorded for this run.")
+        return
     chart(training_curves(epochs), key="ov_curves", name="training-curves")
     best = info.best_epoch
     st.caption(
@@ -58,6 +61,9 @@ else:
         + (f"; best epoch {best}" if best else "")
         + f"; {epochs['seconds'].sum():.0f} s in all."
     )
+
+
+progress_ui.training_section(ctx, static=finished_curves)  # live, redrawn every few seconds, while it trains
 
 if len(preds):
     st.subheader("Confidence")
