@@ -9,6 +9,11 @@ classes of clustered images) and prints:
   a batch of queries, and decoding 100,000 stored vectors. Goal: one query <= 50 ms.
 - the neighbour-label audit of 14,500 images against a training split of 11,000.
 - the map figure's build and ``to_json`` time and size at 14,500 and 100,000 points, warm.
+- the Map page itself (``--page-n``, default 14,500 and 100,000 images): a generated store (``db.builder``,
+  100 classes, 76/12/12 % train/valid/test, vectors and a map from ``add_embedding``) driven by
+  ``streamlit.testing.v1.AppTest``: the first visit, the warm re-render (goal <= 1 s at 14,500, <= 2 s at
+  100,000), each colouring and a highlighted sport; the comparison page with "It looks like these"; and
+  ``jobs.similar``'s search (loading the vectors, then one query; goal <= 50 ms).
 Sizes are flags; everything runs single-threaded (OMP_NUM_THREADS=1 is set for the child).
 """
 from __future__ import annotations
@@ -26,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 PROJECTION_GOAL_S, QUERY_GOAL_MS = 60.0, 50.0
+PAGE_GOALS_S = {14_500: 1.0, 100_000: 2.0}  # warm re-render of the Map page
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -37,6 +43,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=int, default=100, help="number of classes (default 100)")
     p.add_argument("--cold-numba", action="store_true", help="project with an empty numba cache (default: off)")
     p.add_argument("--skip-projection", action="store_true", help="leave the projection out (default: off)")
+    p.add_argument("--page-n", type=int, nargs="*", default=[14_500, 100_000],
+                   help="images of the stores the Map page is timed on (default 14500 100000; none: skip)")
+    p.add_argument("--repeat", type=int, default=3, help="warm page timings are the best of this many (default 3)")
     p.add_argument("--child", choices=["projection"], help=argparse.SUPPRESS)
     return p
 
@@ -152,6 +161,75 @@ def bench_figure(args) -> None:
                   f"{len(text) / 1e6:5.2f} MB, {len(fig.data)} traces")
 
 
+def bench_page(args, n: int) -> None:
+    import logging
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from core.splits import SPLITS
+    from db.builder import build_store
+    from db.builder_embed import add_embedding
+    from db.queries import errors_frame
+    from db.store import make_engine, make_sessionmaker
+    from jobs.similar import find_similar
+
+    logging.getLogger("streamlit").setLevel(logging.ERROR)
+    per_class = max(3, round(n / args.classes))
+    held_out = max(1, round(per_class * 0.12))
+    per = {"train": per_class - 2 * held_out, "valid": held_out, "test": held_out}
+    tmp = Path(tempfile.mkdtemp(prefix="bench-map-"))
+    t = time.perf_counter()
+    url, run_id, _ = build_store(tmp, n_classes=args.classes, n_per_class=per, splits=SPLITS, image_size=224,
+                                 reuse_files=200, error_rate=0.2, cam_size=14)
+    t_store = time.perf_counter() - t
+    t = time.perf_counter()
+    add_embedding(url, run_id)
+    images = args.classes * sum(per.values())
+    print(f"\nMap page on {images:,} images ({args.classes} classes; store {t_store:.0f} s, vectors and map "
+          f"{time.perf_counter() - t:.0f} s to generate):")
+    os.environ["SPORTS_DB"] = url
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "dashboard" / "Home.py"), default_timeout=300)
+    at.run()
+
+    def timed(act) -> float:
+        t0 = time.perf_counter()
+        act()
+        if at.exception:
+            raise RuntimeError(at.exception[0].value)
+        return time.perf_counter() - t0
+
+    goal = PAGE_GOALS_S.get(n, 2.0)
+    cold = timed(lambda: at.switch_page("views/map.py").run())
+    warm = min(timed(at.run) for _ in range(args.repeat))
+    print(f"  first visit (loads the map's points) {cold:6.2f} s; warm re-render {warm:.2f} s  goal <= {goal:.0f} s: "
+          f"{'met' if warm <= goal else 'MISSED'}")
+    for color_by in ("correct", "confidence", "split", "audit", "class"):
+        first = timed(lambda: at.selectbox(key="map_color").set_value(color_by).run())
+        again = min(timed(at.run) for _ in range(args.repeat))
+        print(f"  colour by {color_by:<10}: first {first:.2f} s, warm {again:.2f} s")
+    sport = at.selectbox(key="map_sport").options[4]
+    first = timed(lambda: at.selectbox(key="map_sport").set_value(sport).run())
+    print(f"  highlight a sport: first {first:.2f} s, warm {min(timed(at.run) for _ in range(args.repeat)):.2f} s")
+    Session = make_sessionmaker(make_engine(url, create=False))
+    with Session() as s:
+        err = errors_frame(s, run_id, splits=["valid", "test"])
+    at.session_state["image"] = int(err["image_id"].iat[0])
+    cold = timed(lambda: at.switch_page("views/compare.py").run())
+    warm = min(timed(at.run) for _ in range(args.repeat))
+    print(f"  comparison page with 'It looks like these': first visit {cold:.2f} s (loads the vectors), "
+          f"warm {warm:.2f} s")
+    loads, queries = [], []
+    with Session() as s:
+        for relpath in err["relpath"].iloc[:5]:
+            r = find_similar(s, run_id, relpath, k=10, splits=["train"])
+            loads.append(r["timing"]["load_s"])
+            queries.append(r["timing"]["query_ms"])
+    print(f"  jobs.similar: loading {r['timing']['vectors']:,} vectors {statistics.median(loads):.2f} s, one query "
+          f"among the training images {statistics.median(queries):.1f} ms (median of 5)  goal <= {QUERY_GOAL_MS:.0f} ms: "
+          f"{'met' if statistics.median(queries) <= QUERY_GOAL_MS else 'MISSED'}")
+
+
 def main(args: argparse.Namespace) -> int:
     if args.child == "projection":
         child_projection(args.project_n, args.classes)
@@ -161,6 +239,8 @@ def main(args: argparse.Namespace) -> int:
         bench_projection(args)
     bench_search(args)
     bench_figure(args)
+    for n in args.page_n:
+        bench_page(args, n)
     print("\n" + machine_line())
     return 0
 

@@ -115,6 +115,28 @@ def top1(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return p[np.arange(len(p)), pred], pred
 
 
+def calibrated_top(logits: Any, temperature: float = 1.0, *, pred: Any = None, k: int = 5
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of softmax(logits / temperature): the confidence of the predicted class, and the ``k`` best
+    classes with their probabilities, best first.
+
+    ``pred`` names the predicted class of each row (the one the store recorded); by default the top
+    class. Given, the confidence is that class's probability, so a float16 tie cannot make the shown
+    confidence belong to another class than the shown prediction.
+    """
+    z, _ = check_logits(logits)
+    p = np.exp(_log_softmax(z, _check_temperature(temperature)))
+    k = max(1, min(int(k), p.shape[1]))
+    idx = np.argsort(-p, axis=1, kind="stable")[:, :k]
+    prob = np.take_along_axis(p, idx, axis=1)
+    if pred is None:
+        return prob[:, 0].copy(), idx, prob
+    c = np.asarray(pred, dtype=np.int64)
+    if c.shape != (len(p),) or (len(c) and (c.min() < 0 or c.max() >= p.shape[1])):
+        raise ValueError(f"pred must hold {len(p)} class indices in 0..{p.shape[1] - 1}, got shape {c.shape}")
+    return p[np.arange(len(p)), c], idx, prob
+
+
 # --------------------------------------------------------------------------- binned calibration
 
 @dataclass(frozen=True)

@@ -45,11 +45,49 @@ TARGETS = (TARGET_PRED, TARGET_TRUE, TARGET_CONTRAST)
 TARGET_LABELS = {TARGET_PRED: "predicted class", TARGET_TRUE: "true class", TARGET_CONTRAST: "predicted vs true"}
 
 
+# Methods whose map does not depend on the explained class (``core.cam_methods`` marks the same ones
+# ``class_specific=False``): the store keeps only their "pred" map.
+CLASS_FREE_METHODS = ("eigencam",)
+
+# Maps that know nothing of the model, scored beside the CAM methods by the trust job: a seeded random map
+# and a Gaussian centred on the image.
+BASELINE_RANDOM, BASELINE_CENTRE = "random", "centre"
+BASELINES = (BASELINE_RANDOM, BASELINE_CENTRE)
+BASELINE_LABELS = {BASELINE_RANDOM: "random map", BASELINE_CENTRE: "centred map"}
+
+
 def check_method(name: str) -> str:
     """``name`` if it is a known CAM method, else a ``ValueError`` listing the known ones."""
     if name not in METHOD_NAMES:
         raise ValueError(f"unknown CAM method {name!r}; expected one of {', '.join(METHOD_NAMES)}")
     return name
+
+
+def parse_methods(text: str, *, all_means: Optional[tuple[str, ...]] = None) -> tuple[str, ...]:
+    """Comma-separated method names -> a tuple without repeats, in the order given.
+
+    ``all`` stands for ``all_means`` where the caller gives it. An unknown name, or no name at all, is a
+    ``ValueError`` that lists the known names.
+    """
+    words = [w.strip() for w in str(text).split(",") if w.strip()]
+    if all_means is not None and words == ["all"]:
+        words = list(all_means)
+    if not words:
+        raise ValueError(f"no CAM method given; expected a comma-separated list of {', '.join(METHOD_NAMES)}")
+    return tuple(dict.fromkeys(check_method(w) for w in words))
+
+
+def method_label(name: str) -> str:
+    """The display name of a CAM method or a baseline map (the name itself when unknown)."""
+    return METHOD_LABELS.get(name) or BASELINE_LABELS.get(name) or name
+
+
+def stored_targets(method: str, right: bool) -> tuple[str, ...]:
+    """The targets the store keeps of one image for ``method``: "pred" alone for a right prediction or a
+    method that explains no class; else "pred", "true" and "contrast"."""
+    if right or method in CLASS_FREE_METHODS:
+        return (TARGET_PRED,)
+    return TARGETS
 
 
 @dataclass(frozen=True)

@@ -11,3 +11,10 @@ DEFAULT_CAM_LAYER = "features.35"
 MIN_IMAGE_SIZE = 32
 # What deleted pixels become in the deletion curve (core.faithfulness): the data set's mean, or the blurred image.
 FILLS = ("mean", "blur")
+# The arithmetic of the forward pass (core.engine.Precision): float32, or bfloat16 / float16 autocast.
+PRECISIONS = ("fp32", "bf16", "fp16")
+# Why Score-CAM is never a default (core.cam_methods; the help of --cam-methods says it).
+SCORECAM_COST = (
+    "Score-CAM runs one forward pass of the whole network per channel of the CAM layer and per image "
+    "(512 at VGG-19's features.35: about 500 times the cost of inference); it is never run by default"
+)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from core.engine import Skipped
 from core.neighbours import decode_vector, decode_vectors, encode_vector, encode_vectors  # noqa: F401
 
 __all__ = ["FEATURE_LAYER", "EmbedBatch", "FeatureTap", "decode_vector", "decode_vectors", "embed_batches",
-           "encode_vector", "encode_vectors", "feature_dim", "features", "logits_and_features"]
+           "encode_vector", "encode_vectors", "feature_dim", "features", "logits_and_features", "with_vectors"]
 
 # The module whose output is the feature vector, as a dotted path in SportsVGG.
 FEATURE_LAYER = "pool"
@@ -109,22 +109,29 @@ class FeatureTap:
     """Owns a forward hook on the model's ``pool`` that keeps each forward's feature vectors.
 
     ``vectors`` holds the last forward's (N, D) float32 tensor, detached, on the model's device;
-    ``take()`` returns it as numpy and clears it, so that a forward that did not run is noticed. Use as
-    a context manager or call ``release()``; both remove the hook.
+    ``take()`` returns it as numpy and clears it, so that a forward that did not run is noticed. With
+    ``keep="first"`` the first forward since the last ``take()`` is kept instead: the pass that an
+    explanation method begins with, not the masked copies of the image that some methods run after it.
+    Use as a context manager or call ``release()``; both remove the hook.
     """
 
-    def __init__(self, model: nn.Module, layer: str = FEATURE_LAYER):
+    def __init__(self, model: nn.Module, layer: str = FEATURE_LAYER, *, keep: str = "last"):
+        if keep not in ("first", "last"):
+            raise ValueError(f"keep must be 'first' or 'last', got {keep!r}")
         try:
             module = model.get_submodule(layer)
         except AttributeError as exc:
             raise ValueError(f"no module at path {layer!r} in {type(model).__name__}") from exc
         self.vectors: Optional[torch.Tensor] = None
+        self._keep_first = keep == "first"
         self._handles = [module.register_forward_hook(self._on_forward)]
 
     def _on_forward(self, module: nn.Module, inputs, output) -> None:
         if not isinstance(output, torch.Tensor) or output.dim() < 2:
             got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
             raise ValueError(f"feature layer must output a (N, D, ...) tensor, got {got}")
+        if self._keep_first and self.vectors is not None:
+            return
         self.vectors = output.detach().flatten(1).float()
 
     def take(self) -> np.ndarray:
@@ -159,15 +166,37 @@ class EmbedBatch:
 def embed_batches(model: nn.Module, loader, device: torch.device, *, env: DistEnv, skipped: Skipped,
                   amp: bool = False, desc: str = "embed") -> Iterator[EmbedBatch]:
     """Logits and feature vectors of every batch of ``loader`` (the project's ``(x, y, idx, bad, sizes)``
-    batches); files the loader could not read are recorded in ``skipped``. Under torchrun each rank
-    yields its own shard."""
+    batches); files the loader could not read are recorded in ``skipped``. One ``EmbedBatch`` per loader
+    batch, an empty one (0 rows) when none of its files could be read, so that ranks which step through
+    their shards together stay in step. Under torchrun each rank yields its own shard."""
     autocast = torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp and device.type == "cuda")
     with _eval_mode(model):
         for x, y, idx, bad, _sizes in tqdm(loader, desc=desc, leave=False, disable=not env.is_main):
             skipped.add(bad)
             if x is None:
+                dim = feature_dim(model)
+                yield EmbedBatch(index=np.empty(0, np.int64), label=np.empty(0, np.int64),
+                                 logits=np.empty((0, 0), np.float32), vectors=np.empty((0, dim), np.float32))
                 continue
             with torch.inference_mode(), autocast:
                 logits, vecs = logits_and_features(model, x.to(device, non_blocking=True))
             yield EmbedBatch(index=idx.numpy(), label=y.numpy(), logits=logits.float().cpu().numpy(),
                              vectors=vecs.float().cpu().numpy())
+
+
+def with_vectors(model: nn.Module, batches: Iterable) -> Iterator:
+    """Pass on the results of a lazy batch loop (``core.engine.predict_batches``), each with the feature
+    vectors of the forward that produced it in its ``vectors`` attribute: no second forward.
+
+    A :class:`FeatureTap` is held while the loop runs and released when it ends or is closed. Each item's
+    vectors are those of the first forward through the model since the previous item (the pass that
+    predicts and explains it); a result without a forward, or whose forward saw another number of
+    images, raises RuntimeError.
+    """
+    with FeatureTap(model, keep="first") as tap:
+        for result in batches:
+            vectors = tap.take()
+            if len(vectors) != len(result.index):
+                raise RuntimeError(f"the feature layer saw {len(vectors)} images for a batch of {len(result.index)}")
+            result.vectors = vectors
+            yield result

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.data import DatasetError
+from core.defaults import PRECISIONS  # defined there for the --help of the jobs
 from core.dist import DistEnv, all_reduce_sum
 from core.progress import progress
 
@@ -32,9 +33,6 @@ class Skipped:
             if i not in self.items:
                 log.warning("skipped image #%d: %s", i, reason)
             self.items[i] = reason
-
-
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -222,9 +220,12 @@ class BatchResult:
     top_idx: np.ndarray  # (N, k)
     top_prob: np.ndarray  # (N, k)
     loss: np.ndarray  # (N,) cross-entropy of the true class
-    maps: Optional[np.ndarray]  # (N, 2, h, w) float32: [pred, true] maps; None without CAMs
+    # float32 maps: (N, 2, h, w) [pred, true], or {method: (N, 3, h, w)} in core.cammaps.TARGETS order from
+    # an explainer of several methods; None without CAMs
+    maps: Optional[np.ndarray | dict[str, np.ndarray]]
     sizes: dict[int, tuple[int, int]]
     logits: Optional[np.ndarray] = None  # (N, C) float32, every class's logit
+    vectors: Optional[np.ndarray] = None  # (N, D) float32 feature vectors, where a FeatureTap took them
 
 
 def predict_batches(
@@ -251,7 +252,10 @@ def predict_batches(
         yd = y.to(device)
         if explain_fn is not None:
             logits, maps = explain_fn(model, x, yd)
-            maps_np = maps.float().cpu().numpy()
+            if isinstance(maps, dict):  # several CAM methods: {method: maps}
+                maps_np = {m: v.float().cpu().numpy() for m, v in maps.items()}
+            else:
+                maps_np = maps.float().cpu().numpy()
         else:
             with torch.inference_mode():
                 logits = model(x)

@@ -15,8 +15,9 @@ fall fast on deletion (low AUC) and rise fast on insertion (high AUC).
 
 The same curves for two maps that know nothing of the model give the scale: a seeded *random* map and
 a *centre* map (a Gaussian centred on the image, since photographers centre their subject). Both are
-drawn at the Grad-CAM map's own resolution and upsampled the same way, so all three delete pixels in
-blobs of the same size.
+drawn at the CAM maps' own resolution and upsampled the same way, so every map deletes pixels in blobs
+of the same size. ``faithfulness_many`` scores the maps of several CAM methods beside both baselines in
+one batched pass; ``METHODS`` names everything it can score (``core.cammaps`` names).
 
 Ties. A map with equal values (a constant map, the zero plateau of a ReLU'd Grad-CAM) has no order among
 them. Ties are broken by the random baseline's map of the same image (and seed), so a constant map is
@@ -28,17 +29,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.cammaps import BASELINE_CENTRE, BASELINE_RANDOM, BASELINES, DEFAULT_METHOD, METHOD_NAMES, check_method
 from core.defaults import FILLS
 from core.model import eval_mode
 
-METHODS = ("gradcam", "random", "centre")
+METHODS = METHOD_NAMES + BASELINES  # the CAM methods, then the two baselines
 TIE_RESOLUTION = 2.0**-20  # relative to a map's peak
 
 
@@ -235,9 +237,41 @@ def _batches(chunk: int, *tensors: torch.Tensor) -> Iterator[tuple[torch.Tensor,
 
 
 def baseline_maps(seeds: Sequence[int], size: tuple[int, int]) -> dict[str, torch.Tensor]:
-    """The two baselines (N, h, w) at the Grad-CAM map's resolution: "random" (seeded) and "centre"."""
+    """The two baselines (N, h, w) at the CAM maps' resolution: "random" (seeded) and "centre"."""
     rand = random_maps(seeds, size)
-    return {"random": rand, "centre": centre_map(size).expand(len(seeds), *size).clone()}
+    return {BASELINE_RANDOM: rand, BASELINE_CENTRE: centre_map(size).expand(len(seeds), *size).clone()}
+
+
+def faithfulness_many(
+    model: nn.Module,
+    images: torch.Tensor,
+    maps: Mapping[str, torch.Tensor],
+    targets: torch.Tensor | Sequence[int],
+    seeds: Sequence[int],
+    **kwargs,
+) -> dict[str, Curves]:
+    """Curves of each CAM method's maps (``{method: (N, h, w)}``, all of one size) and of both baselines, in
+    one batched pass; ``kwargs`` go to ``perturbation_curves``.
+
+    ``seeds`` (one per image, e.g. its id in the store) seed the random baseline, which also breaks ties.
+    Returns ``{method: Curves, ..., "random": Curves, "centre": Curves}`` with M = 1 in each.
+    """
+    if not maps:
+        raise ValueError("maps must hold at least one CAM method's maps, got none")
+    names = [check_method(m) for m in maps]
+    shapes = {tuple(m.shape) for m in maps.values()}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 3:
+        raise ValueError(f"maps must all be (N, h, w) of one shape, got {sorted(shapes)}")
+    n, h, w = next(iter(shapes))
+    if len(seeds) != n:
+        raise ValueError(f"seeds must hold one seed per image ({n}), got {len(seeds)}")
+    base = baseline_maps(seeds, (h, w))
+    stack = torch.stack([maps[m].float().cpu() for m in names] + [base[b] for b in BASELINES], dim=1)
+    c = perturbation_curves(model, images, stack, targets, tiebreak=base[BASELINE_RANDOM], **kwargs)
+    return {
+        name: Curves(c.deletion[:, j : j + 1], c.insertion[:, j : j + 1], c.fractions)
+        for j, name in enumerate(names + list(BASELINES))
+    }
 
 
 def faithfulness(
@@ -248,19 +282,7 @@ def faithfulness(
     seeds: Sequence[int],
     **kwargs,
 ) -> dict[str, Curves]:
-    """Curves of the Grad-CAM maps (N, h, w) and of both baselines, in one batched pass.
-
-    ``seeds`` (one per image, e.g. its id in the store) seed the random baseline, which also breaks ties.
-    Returns {"gradcam": Curves, "random": Curves, "centre": Curves} with M = 1 in each.
-    """
+    """``faithfulness_many`` of the Grad-CAM maps (N, h, w) alone: {"gradcam", "random", "centre"}."""
     if gradcam.dim() != 3:
         raise ValueError(f"gradcam must be (N, h, w) maps, got shape {tuple(gradcam.shape)}")
-    if len(seeds) != gradcam.shape[0]:
-        raise ValueError(f"seeds must hold one seed per image ({gradcam.shape[0]}), got {len(seeds)}")
-    base = baseline_maps(seeds, tuple(gradcam.shape[-2:]))
-    stack = torch.stack([gradcam.float().cpu(), base["random"], base["centre"]], dim=1)
-    c = perturbation_curves(model, images, stack, targets, tiebreak=base["random"], **kwargs)
-    return {
-        name: Curves(c.deletion[:, j : j + 1], c.insertion[:, j : j + 1], c.fractions)
-        for j, name in enumerate(METHODS)
-    }
+    return faithfulness_many(model, images, {DEFAULT_METHOD: gradcam}, targets, seeds, **kwargs)

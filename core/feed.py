@@ -120,7 +120,7 @@ class CachedLoader:
 
 
 def _jpeg_feed(index: DatasetIndex, split: str, *, train: bool, size: int, batch_size: int, env: dist.DistEnv,
-               seed: int, mean, std, workers: int) -> Feed:
+               seed: int, mean, std, workers: int, positions: Optional[Sequence[int]] = None) -> Feed:
     ds = ImageDataset(index.root, index.splits[split], size, train=train, seed=seed, mean=mean, std=std)
     pin = torch.cuda.is_available()
     if train:
@@ -129,24 +129,40 @@ def _jpeg_feed(index: DatasetIndex, split: str, *, train: bool, size: int, batch
         loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers,
                                              collate_fn=collate, pin_memory=pin, drop_last=False)
         return Feed(ds, sampler, loader)
-    sub = torch.utils.data.Subset(ds, dist.shard(len(ds), env))
+    sub = torch.utils.data.Subset(ds, _eval_order(len(ds), env, positions))
     loader = torch.utils.data.DataLoader(sub, batch_size=batch_size, shuffle=False, num_workers=workers,
                                          collate_fn=collate, pin_memory=pin)
     return Feed(ds, None, loader)
 
 
+def _eval_order(n: int, env: dist.DistEnv, positions: Optional[Sequence[int]]) -> list[int]:
+    """This rank's shard of ``positions`` (default: the whole split), in order."""
+    if positions is None:
+        return list(dist.shard(n, env))
+    positions = [int(i) for i in positions]
+    out = [i for i in positions if not 0 <= i < n]
+    if out:
+        raise ValueError(f"positions {out[:5]} are outside the split of {n} images, expected 0..{n - 1}")
+    return [positions[k] for k in dist.shard(len(positions), env)]
+
+
 def split_feed(index: DatasetIndex, split: str, *, train: bool, size: int, batch_size: int,
                env: dist.DistEnv, device: torch.device, seed: int = 0, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-               workers: int = 2, cache: Optional[DecodedCache] = None) -> Feed:
+               workers: int = 2, cache: Optional[DecodedCache] = None,
+               positions: Optional[Sequence[int]] = None) -> Feed:
     """The data set, sampler (training only) and loader of one split.
 
     With ``cache``, rank 0 opens the split's decoded cache, writing it first when absent (the other ranks
     wait, then open it); when it cannot be had, the split is read from the JPEG files as without ``cache``.
     Training batches are shuffled by a DistributedSampler seeded with ``seed`` and augmented with the
-    per-image, per-epoch draws of core.data; evaluation batches hold this rank's shard in order.
+    per-image, per-epoch draws of core.data; evaluation batches hold this rank's shard in order, of the
+    whole split or, with ``positions``, of those images of it (the cache is still that of the whole split,
+    so a sample shares it with training and every other pass).
     """
     if split not in index.splits:
         raise ValueError(f"split {split!r} is not in the data set, expected one of {sorted(index.splits)}")
+    if positions is not None and train:
+        raise ValueError("positions pick images to evaluate; a training feed reads the whole split")
     samples = index.splits[split]
     decoded = None
     if cache is not None:
@@ -160,11 +176,22 @@ def split_feed(index: DatasetIndex, split: str, *, train: bool, size: int, batch
                             cache.root)
     if decoded is None:
         return _jpeg_feed(index, split, train=train, size=size, batch_size=batch_size, env=env, seed=seed,
-                          mean=mean, std=std, workers=workers)
+                          mean=mean, std=std, workers=workers, positions=positions)
     if train:
         sampler = torch.utils.data.DistributedSampler(decoded, num_replicas=env.world_size, rank=env.rank,
                                                       shuffle=True, seed=seed)
         return Feed(decoded, sampler, CachedLoader(decoded, sampler, batch_size, device, train=True, seed=seed,
                                                    mean=mean, std=std))
-    order = dist.shard(len(decoded), env)
+    order = _eval_order(len(decoded), env, positions)
     return Feed(decoded, None, CachedLoader(decoded, order, batch_size, device, train=False, mean=mean, std=std))
+
+
+def device_batch_size(device: torch.device, requested: Optional[int] = None, *, cpu: int, cuda: int) -> int:
+    """Images per batch of an evaluation pass: ``requested`` when given (``--batch-size``), else ``cuda`` on
+    a GPU and ``cpu`` elsewhere. A GPU wants large batches to keep busy; on a CPU a large batch only costs
+    memory, and small ones show progress sooner."""
+    if requested is not None:
+        if requested < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {requested}")
+        return int(requested)
+    return cuda if torch.device(device).type == "cuda" else cpu

@@ -12,6 +12,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from core.cammaps import BASELINE_CENTRE, BASELINE_RANDOM, METHOD_NAMES, method_label
+
 CORRECT_COLOR = "#2a9d8f"
 WRONG_COLOR = "#e76f51"
 TRAIN_COLOR = "#264653"
@@ -181,11 +183,17 @@ def per_class_bars(df: pd.DataFrame, *, sort_by: str = "f1", ascending: bool = T
     n = len(d)
     names = [_short(x, 28) for x in d["class"]]
     fig = go.Figure()
+    # With the interval columns of core.intervals.attach_intervals: F1 with its 95 % bootstrap interval.
+    spread = {}
+    if {"f1_lo", "f1_hi"} <= set(d.columns):
+        spread = dict(error_x=dict(type="data", symmetric=False, array=(d["f1_hi"] - d["f1"]).to_numpy(),
+                                   arrayminus=(d["f1"] - d["f1_lo"]).to_numpy(), color="#4a6f8a", thickness=1.2,
+                                   width=2))
     fig.add_trace(
         go.Bar(
-            y=names, x=d["f1"], orientation="h", name="F1", marker_color="#8ab6d6",
-            customdata=np.column_stack([d["class"], d["support"]]),
-            hovertemplate="%{customdata[0]}<br>F1 %{x:.3f}, support %{customdata[1]}<extra></extra>",
+            y=names, x=d["f1"], orientation="h", name="F1 (95% interval)" if spread else "F1",
+            marker_color="#8ab6d6", customdata=np.column_stack([d["class"], d["support"]]),
+            hovertemplate="%{customdata[0]}<br>F1 %{x:.3f}, support %{customdata[1]}<extra></extra>", **spread,
         )
     )
     fig.add_trace(go.Scatter(y=names, x=d["precision"], mode="markers", name="precision",
@@ -292,16 +300,14 @@ def _empty_figure(text: str) -> go.Figure:
 
 # --------------------------------------------------------------------------- trust (faithfulness, sanity)
 
-METHOD_COLORS = {"gradcam": "#e63946", "random": "#8d99ae", "centre": "#457b9d"}
-# The maps that know nothing of the model, in words (a CAM method's name comes from core.cammaps).
-BASELINE_WORDS = {"random": "random map", "centre": "centred map"}
+# One colour per CAM method (core.cammaps.METHOD_NAMES order), greys and blue for the baselines.
+METHOD_COLORS = dict(zip(METHOD_NAMES, ("#e63946", "#f4a261", "#2a9d8f", "#9b5de5", "#e9c46a", "#00b4d8", "#6d597a")))
+METHOD_COLORS.update({BASELINE_RANDOM: "#8d99ae", BASELINE_CENTRE: "#457b9d"})
 
 
 def map_name(method: str) -> str:
     """A scored map's name for a reader: "Grad-CAM", "random map", "centred map"."""
-    from core.cammaps import METHOD_LABELS
-
-    return METHOD_LABELS.get(method) or BASELINE_WORDS.get(method) or method
+    return method_label(method)
 
 
 def trust_distribution(frame: pd.DataFrame, names: Sequence[str], *, metric: str = "deletion_auc") -> go.Figure:

@@ -13,6 +13,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from core.figures import CORRECT_COLOR, TRAIN_COLOR, VAL_COLOR, WRONG_COLOR, _empty_figure, _short, _tick_font
+from core.intervals import wilson_interval
 
 DIAGONAL_COLOR = "#8d99ae"
 SCALED_COLOR = "#6a4c93"
@@ -39,12 +40,18 @@ def reliability_diagram(bins: Sequence[Mapping[str, Any]], *, calibrated: Option
     counts = [b["count"] for b in full]
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration",
                              line=dict(color=DIAGONAL_COLOR, dash="dash"), hoverinfo="skip"), row=1, col=1)
+    acc = np.array([b["accuracy"] for b in full], dtype=np.float64)
+    # Wilson 95 % interval of each bin's accuracy: a bin of 3 images says little, and the bars show it.
+    lo, hi = wilson_interval(np.rint(acc * np.array(counts)).astype(np.int64), np.array(counts, dtype=np.int64))
     fig.add_trace(go.Bar(
-        x=centre, y=[b["accuracy"] for b in full], width=width, name="accuracy", marker_color=CORRECT_COLOR,
+        x=centre, y=acc, width=width, name="accuracy (95% interval)", marker_color=CORRECT_COLOR,
         marker_line=dict(color="white", width=1), opacity=0.85,
-        customdata=np.column_stack([[b["lo"] for b in full], [b["hi"] for b in full], counts]),
+        error_y=dict(type="data", symmetric=False, array=hi - acc, arrayminus=acc - lo, color=TRAIN_COLOR,
+                     thickness=1.2, width=3),
+        customdata=np.column_stack([[b["lo"] for b in full], [b["hi"] for b in full], counts, lo, hi]),
         hovertemplate="confidence %{customdata[0]:.2f}-%{customdata[1]:.2f}<br>accuracy %{y:.3f} "
-                      "of %{customdata[2]} images<extra></extra>",
+                      "of %{customdata[2]} images (95% interval %{customdata[3]:.2f}-%{customdata[4]:.2f})"
+                      "<extra></extra>",
     ), row=1, col=1)
     fig.add_trace(go.Scatter(
         x=[b["confidence"] for b in full], y=[b["confidence"] for b in full], mode="markers",

@@ -32,6 +32,7 @@ SPLIT_COLORS = {"train": TRAIN_COLOR, "valid": VAL_COLOR, "test": "#8e7dbe"}
 UNFLAGGED_COLOR = "#c8c8c8"
 FLAG_COLORS = ("#d62828", "#f77f00", "#7b2cbf", "#0077b6", "#2b9348")
 DIM_OPACITY = 0.08
+NO_PREDICTION = "no prediction"
 
 
 def class_colors(n: int) -> list[str]:
@@ -59,21 +60,37 @@ def _check_points(points: pd.DataFrame, color_by: str, names: Sequence[str]) -> 
         raise ValueError(f"points lack column(s) {', '.join(missing)} needed to colour by {color_by}")
     for col in ("label", "pred"):
         if col in points and len(points):
-            v = points[col].to_numpy()
-            if not np.issubdtype(v.dtype, np.integer) or v.min() < 0 or v.max() >= len(names):
+            # pred may be missing (<NA>) where an image has no prediction, such as a training image
+            v = points[col].dropna().to_numpy() if col == "pred" else points[col].to_numpy()
+            if col == "label" and points[col].isna().any():
+                raise ValueError("points.label must be a class index for every point, got missing values")
+            if len(v) and (not np.issubdtype(v.dtype, np.integer) or v.min() < 0 or v.max() >= len(names)):
                 raise ValueError(f"points.{col} must be class indices in [0, {len(names)}), got {v.dtype} "
                                  f"{v.min()}..{v.max()}")
 
 
+def _predicted(points: pd.DataFrame) -> np.ndarray:
+    """Per point: whether it has a prediction (a ``pred`` that is not <NA>)."""
+    return points["pred"].notna().to_numpy() if "pred" in points else np.zeros(len(points), dtype=bool)
+
+
 def _outcome_text(points: pd.DataFrame, names: Sequence[str]) -> Optional[np.ndarray]:
-    """Per point "right, 0.93" or "pred: <name>, 0.41" (object array); None without predictions."""
+    """Per point "right, 0.93", "pred: <name>, 0.41" or "no prediction"; None without predictions.
+
+    A fixed-width string array built from lookup tables (every name once, every confidence to two
+    decimals once): plotly copies the data it is given, and a copy of an object array costs one Python
+    call per string (0.5 s of a 0.9 s build at 100,000 points, measured)."""
     if "pred" not in points:
         return None
-    right = points["label"].to_numpy() == points["pred"].to_numpy()
-    pred_names = np.asarray([f"pred: {html.escape(c)}" for c in names], dtype=object)
-    text = np.where(right, "right", pred_names[points["pred"].to_numpy()]).astype(object)
+    pred = points["pred"].to_numpy(dtype=np.int64, na_value=-1)  # -1: "no prediction", the table's last entry
+    right = points["label"].to_numpy() == pred
+    table = np.asarray([f"pred: {html.escape(c)}" for c in names] + ["right", "no prediction"])
+    text = table[np.where(right, len(names), np.where(pred < 0, len(names) + 1, pred))]
     if "confidence" in points:
-        text = text + np.char.mod(", %.2f", points["confidence"].to_numpy(dtype=np.float64)).astype(object)
+        conf = points["confidence"].to_numpy(dtype=np.float64, na_value=np.nan)
+        known = np.isfinite(conf) & (pred >= 0)
+        hundredths = np.where(known, np.rint(np.clip(np.nan_to_num(conf), 0.0, 1.0) * 100), 101).astype(np.int64)
+        text = np.strings.add(text, np.asarray([f", {i / 100:.2f}" for i in range(101)] + [""])[hundredths])
     return text
 
 
@@ -84,8 +101,10 @@ def _groups(points: pd.DataFrame, color_by: str, names: Sequence[str]) -> list[t
         palette = class_colors(len(names))
         return [(names[c], palette[c], np.flatnonzero(labels == c)) for c in np.unique(labels)]
     if color_by == "correct":
-        right = points["label"].to_numpy() == points["pred"].to_numpy()
-        return [("right", CORRECT_COLOR, np.flatnonzero(right)), ("wrong", WRONG_COLOR, np.flatnonzero(~right))]
+        has = _predicted(points)
+        right = has & (points["label"].to_numpy() == points["pred"].to_numpy(dtype=np.int64, na_value=-1))
+        return [(NO_PREDICTION, UNFLAGGED_COLOR, np.flatnonzero(~has)), ("right", CORRECT_COLOR, np.flatnonzero(right)),
+                ("wrong", WRONG_COLOR, np.flatnonzero(has & ~right))]
     if color_by == "split":
         split = points["split"].astype(str).to_numpy()
         order = [s for s in SPLIT_COLORS if s in set(split)] + sorted(set(split) - set(SPLIT_COLORS))
@@ -137,7 +156,7 @@ def embedding_scatter(
     ids = ids.astype(np.int32 if ids.size == 0 or np.abs(ids).max() < 2**31 else np.int64)
     labels = points["label"].to_numpy()
     outcome = _outcome_text(points, class_names)
-    true_names = np.asarray([html.escape(c) for c in class_names], dtype=object)
+    true_names = np.asarray([html.escape(c) for c in class_names])
     size = marker_size(n)
     lit = labels == int(highlight) if highlight is not None else None
     traces = []
@@ -157,7 +176,7 @@ def embedding_scatter(
         else:
             text = true_names[labels[rows]]
             if outcome is not None:
-                text = text + "<br>" + outcome[rows]
+                text = np.strings.add(np.strings.add(text, "<br>"), outcome[rows])
             head = "<b>%{text}</b>" if outcome is None else "%{text}"
         traces.append(dict(
             type="scattergl", x=x[rows], y=y[rows], mode="markers", name=f"{name} ({len(rows):,})", marker=m,
@@ -166,9 +185,14 @@ def embedding_scatter(
         ))
 
     if color_by == "confidence":
-        conf = points["confidence"].to_numpy(dtype=np.float32)
-        add(np.arange(n), "confidence", dict(color=conf, colorscale="Viridis", cmin=0.0, cmax=1.0,
-                                             colorbar=dict(title="confidence", thickness=12)), False)
+        conf = points["confidence"].to_numpy(dtype=np.float32, na_value=np.nan)
+        known = np.isfinite(conf)
+        if not known.all():
+            add(np.flatnonzero(~known), NO_PREDICTION, dict(color=UNFLAGGED_COLOR), False)
+        if known.any():
+            rows = np.flatnonzero(known)
+            add(rows, "confidence", dict(color=conf[rows], colorscale="Viridis", cmin=0.0, cmax=1.0,
+                                         colorbar=dict(title="confidence", thickness=12)), False)
     else:
         for name, color, rows in _groups(points, color_by, class_names):
             if len(rows):
@@ -176,7 +200,7 @@ def embedding_scatter(
     # One Figure call with plain dicts: adding traces one by one re-validates the growing list, and trace
     # objects are validated twice (0.9 s against 0.3 s for 100 traces at 14,500 points).
     fig = go.Figure(data=traces, layout=fig.layout)
-    fig.update_layout(showlegend=color_by != "confidence")
+    fig.update_layout(showlegend=color_by != "confidence" or len(traces) > 1)
     if highlight is not None:
         fig.update_layout(title=title or f"highlighted: {class_names[int(highlight)]} ({int(lit.sum()):,} images)")
     return fig

@@ -41,12 +41,13 @@ from core.cam_methods import (  # noqa: F401 (METHODS, SCORECAM_* re-exported)
     ACTIVATIONS, FORWARDS, GRADIENTS, METHODS, SCORECAM_BATCH, SCORECAM_COST, SCORECAM_MAX_CHANNELS, WEIGHTS,
     CamMethod, check_scorecam_layer, masked_logits,
 )
+from core import cam_methods
 from core.cammaps import (  # noqa: F401 (re-exported)
     COLORMAPS, DEFAULT_METHOD, TARGET_CONTRAST, TARGET_PRED, TARGET_TRUE, TARGETS, check_method, decode_maps,
-    encode_maps, overlay, upsample,
+    encode_maps, overlay, stored_targets, upsample,
 )
 from core.camlayer import LayerTap, forward_with_tap  # noqa: F401 (LayerTap re-exported)
-from core.model import DEFAULT_CAM_LAYER, eval_mode  # noqa: F401 (eval_mode re-exported)
+from core.model import DEFAULT_CAM_LAYER, eval_mode, resolve_module  # noqa: F401 (eval_mode re-exported)
 
 Targets = Union[torch.Tensor, np.ndarray, Sequence[int], Sequence[Sequence[int]]]
 
@@ -274,9 +275,7 @@ class BatchExplanation:
     def targets_of(self, i: int, method: str) -> tuple[str, ...]:
         """The targets the store keeps for image ``i``: "pred" alone for a right prediction or a method
         that explains no class (Eigen-CAM); else "pred", "true" and "contrast"."""
-        if not METHODS[method].class_specific or int(self.pred[i]) == int(self.labels[i]):
-            return (TARGET_PRED,)
-        return TARGETS
+        return stored_targets(method, int(self.pred[i]) == int(self.labels[i]))
 
     def class_of(self, i: int, target: str) -> int:
         """The class a target's map explains (the contrast: the predicted class, against the true one)."""
@@ -298,6 +297,7 @@ def predict_and_explain_many(
     layer: str | nn.Module | None = None,
     topk: int = 5,
     *,
+    preds: torch.Tensor | Sequence[int] | None = None,
     scorecam_batch: int = SCORECAM_BATCH,
     scorecam_max_channels: int = SCORECAM_MAX_CHANNELS,
 ) -> BatchExplanation:
@@ -305,20 +305,48 @@ def predict_and_explain_many(
     ``logit[pred] - logit[true]`` ("why the prediction and not the true class") in one forward.
 
     The contrast costs one more backward through the layers above the CAM layer (none when every
-    prediction is right); its maps are zero where pred == label. ``scorecam_*``: as in ``explain_many``.
+    prediction is right); its maps are zero where pred == label. ``preds``: the predicted classes to
+    explain, e.g. those a store already holds (default: this forward's argmax); ``pred`` then reports
+    them. ``scorecam_*``: as in ``explain_many``.
     """
     labels = _check_labels(labels, images.shape[0], topk)
+    given = None if preds is None else _check_labels(preds, images.shape[0], topk)
 
     def columns(logits: torch.Tensor) -> torch.Tensor:
         true = _as_targets(labels, *logits.shape, logits.device)[:, 0]
-        pred, true = (F.one_hot(c, logits.shape[1]).to(logits.dtype) for c in (logits.argmax(dim=1), true))
+        chosen = logits.argmax(dim=1) if given is None else _as_targets(given, *logits.shape, logits.device)[:, 0]
+        pred, true = (F.one_hot(c, logits.shape[1]).to(logits.dtype) for c in (chosen, true))
         return torch.stack([pred, true, pred - true], dim=1)  # in TARGETS order
 
     logits, maps = _explain_columns(model, images, columns, check_methods(methods), layer,
                                     scorecam_batch, scorecam_max_channels)
     probs, top_probs, top_classes = _top(logits, topk)
-    pred = top_classes[:, 0].clone()
+    pred = top_classes[:, 0].clone() if given is None else given.to(top_classes.device, torch.long)
     right = pred == labels.to(pred.device)
     for m in maps.values():
         m[right, TARGETS.index(TARGET_CONTRAST)] = 0.0
     return BatchExplanation(logits, probs, top_probs, top_classes, pred, labels.to(pred.device), maps)
+
+
+def layer_channels(model: nn.Module, layer: str | nn.Module, image_size: int) -> int:
+    """Channels of ``layer``'s output, from one forward of a blank ``image_size`` image (no gradient)."""
+    module = resolve_module(model, layer) if isinstance(layer, str) else layer
+    seen: list[int] = []
+    handle = module.register_forward_hook(lambda _m, _i, out: seen.append(int(out.shape[1])))
+    try:
+        device = next(model.parameters()).device
+        with eval_mode(model), torch.inference_mode():
+            model(torch.zeros(1, 3, image_size, image_size, device=device))
+    finally:
+        handle.remove()
+    if not seen:
+        raise ValueError(f"layer {layer!r} did not run in the model's forward")
+    return seen[0]
+
+
+def check_methods_for_layer(model: nn.Module, methods: Sequence[str], layer: str | nn.Module,
+                            image_size: int) -> None:
+    """Refuse, before any work, a method the layer cannot take: Score-CAM on a layer of more channels than
+    ``core.cam_methods.SCORECAM_MAX_CHANNELS`` (one forward per channel and image)."""
+    if any(METHODS[m].inputs == FORWARDS for m in check_methods(methods)):
+        check_scorecam_layer(layer_channels(model, layer, image_size), cam_methods.SCORECAM_MAX_CHANNELS)

@@ -82,6 +82,11 @@ class Rate:
         pct = round(self.level * 100)
         return f"{self.value:.1%} ({self.k} of {self.n}; {pct}% interval {self.lo:.1%}-{self.hi:.1%})"
 
+    def brief(self) -> str:
+        """The n and the interval without the value, for a caption beside a shown value:
+        ``30 of 40 · 95% interval 60.0–85.8%``."""
+        return f"{self.k:,} of {self.n:,} · {round(self.level * 100)}% interval {self.lo:.1%}–{self.hi:.1%}"
+
 
 def rate(k: int, n: int, level: float = LEVEL) -> Rate:
     """``k`` of ``n`` with its Wilson interval at ``level``."""
@@ -177,6 +182,7 @@ def bootstrap_f1(labels: Any, preds: Any, n_classes: int, *, resamples: int = RE
     pred32 = p.astype(np.int32)
     rng = np.random.default_rng(seed)
     samples = np.empty((resamples, k))
+    macro_s = np.empty(resamples)
     step = max(1, chunk_elements // n)
     dtype = np.int32 if n < 2**31 else np.int64
     for start in range(0, resamples, step):
@@ -186,12 +192,17 @@ def bootstrap_f1(labels: Any, preds: Any, n_classes: int, *, resamples: int = RE
         cells = np.bincount((offset * (2 * k) + code_true[idx]).ravel(), minlength=b * 2 * k).reshape(b, k, 2)
         pred_counts = np.bincount((offset * k + pred32[idx]).ravel(), minlength=b * k).reshape(b, k)
         tp_b = cells[:, :, 0]
-        samples[start:start + b] = _f1(tp_b, tp_b + cells[:, :, 1], pred_counts)
+        support_b = tp_b + cells[:, :, 1]
+        f1_b = _f1(tp_b, support_b, pred_counts)
+        samples[start:start + b] = f1_b
+        # Macro-F1 of a resample averages the classes with an image in that resample, as the point value
+        # does on the data: a small class that a resample happens to leave out is not a zero.
+        held = support_b > 0
+        macro_s[start:start + b] = (f1_b * held).sum(axis=1) / np.maximum(held.sum(axis=1), 1)
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(samples, [alpha, 1.0 - alpha], axis=0)
     lo, hi = _widen_collapsed(lo, hi, tp, support, predicted, z_for(level))
     if present.any():
-        macro_s = samples[:, present].mean(axis=1)
         macro_lo, macro_hi = (float(v) for v in np.quantile(macro_s, [alpha, 1.0 - alpha]))
     else:
         macro_lo = macro_hi = 0.0
@@ -281,3 +292,85 @@ def ordering_note(by: str = "f1", upper: bool = False, level: float = LEVEL, few
                 f"its best plausible {by} is low. Classes with fewer than {few} images are marked.")
     return (f"Worst first by {by}; with few images a low {by} may be chance (see the {pct}% interval). "
             f"Classes with fewer than {few} images are marked.")
+
+
+# --------------------------------------------------------------------------- intervals on existing tables
+
+def add_wilson(frame: pd.DataFrame, k: str, n: str, name: str, level: float = LEVEL) -> pd.DataFrame:
+    """``frame`` with ``<name>_lo`` and ``<name>_hi``: the Wilson interval of column ``k`` of column ``n``."""
+    if frame.empty:
+        return frame.assign(**{f"{name}_lo": pd.Series(dtype=float), f"{name}_hi": pd.Series(dtype=float)})
+    lo, hi = wilson_interval(frame[k].to_numpy(dtype=np.int64), frame[n].to_numpy(dtype=np.int64), z_for(level))
+    return frame.assign(**{f"{name}_lo": np.atleast_1d(lo), f"{name}_hi": np.atleast_1d(hi)})
+
+
+def attach_intervals(per_class: pd.DataFrame, labels: Any, preds: Any, *, level: float = LEVEL,
+                     resamples: int = RESAMPLES, seed: int = 0, few: int = FEW_IMAGES
+                     ) -> tuple[pd.DataFrame, F1Intervals]:
+    """A per-class table of ``core.metrics.per_class_metrics`` (class, precision, recall, f1, support,
+    predicted, class_idx; any order) with the intervals of :func:`per_class_table` added, row for row:
+    precision_lo/hi, recall_lo/hi (Wilson), f1_lo/hi (bootstrap) and ``few`` (support < ``few``).
+    Returns the table and the bootstrap, whose ``macro_lo``/``macro_hi`` bound macro-F1."""
+    k = len(per_class)
+    y, p = _labels(labels), _labels(preds, "preds")
+    if k == 0:
+        empty = F1Intervals(f1=np.zeros(0), lo=np.zeros(0), hi=np.zeros(0), macro=0.0, macro_lo=0.0, macro_hi=1.0,
+                            resamples=int(resamples), level=level, seed=int(seed))
+        extra = {c: pd.Series(dtype=float) for c in INTERVAL_COLUMNS}
+        return per_class.assign(**extra), empty
+    f1 = bootstrap_f1(y, p, k, resamples=resamples, level=level, seed=seed)
+    table = per_class_table(y, p, k, level=level, few=few, f1=f1).set_index("class_idx")
+    idx = per_class["class_idx"].to_numpy(dtype=np.int64)
+    extra = {c: table[c].to_numpy()[idx] for c in INTERVAL_COLUMNS}
+    return per_class.assign(**extra), f1
+
+
+INTERVAL_COLUMNS = ("precision_lo", "precision_hi", "recall_lo", "recall_hi", "f1_lo", "f1_hi", "few")
+
+
+# --------------------------------------------------------------------------- numbers that depend on the model
+
+# Below this top-1 accuracy the suspects a model's confidences point at are mostly its own mistakes.
+MIN_SUSPECT_ACCURACY = 0.5
+
+
+def suspects_warning(accuracy: Rate, n_classes: int, threshold: float = MIN_SUSPECT_ACCURACY) -> Optional[str]:
+    """A plain warning when the model whose confidences pick suspect labels is too weak for them to mean
+    much (top-1 under ``threshold``), ``None`` otherwise. "Near chance" when the interval reaches down to
+    twice the chance rate (1 / classes)."""
+    if n_classes < 1:
+        raise ValueError(f"n_classes must be >= 1, got {n_classes}")
+    if accuracy.n == 0:
+        return "No out-of-sample predictions: nothing says whether these suspects mean anything."
+    if accuracy.value >= threshold:
+        return None
+    chance = 1.0 / n_classes
+    if accuracy.lo <= 2 * chance:
+        return (f"The model is near chance (top-1 {accuracy.value:.1%} of {accuracy.n:,} images, chance "
+                f"{chance:.1%}); these suspects are mostly noise.")
+    return (f"The model's top-1 accuracy is {accuracy.value:.1%} of {accuracy.n:,} images, under "
+            f"{threshold:.0%}: many of these suspects are the model's own mistakes, not wrong labels.")
+
+
+ACCURACY_COLUMNS = ["split", "metric", "value", "k", "n", "lo", "hi", "interval"]
+
+
+def accuracy_table(preds: pd.DataFrame, n_classes: int, top5: Optional[dict[str, tuple[int, int]]] = None, *,
+                   level: float = LEVEL, resamples: int = RESAMPLES, seed: int = 0) -> pd.DataFrame:
+    """Per split of ``preds`` (split, label, pred), in order of appearance: top-1 and (where ``top5`` gives
+    its (k, n)) top-5 accuracy with Wilson intervals, and macro-F1 with its bootstrap interval.
+    Columns :data:`ACCURACY_COLUMNS`; k is empty for macro-F1, whose n counts the images."""
+    rows = []
+    for split in pd.unique(preds["split"]):
+        part = preds[preds["split"] == split]
+        y, p = part["label"].to_numpy(dtype=np.int64), part["pred"].to_numpy(dtype=np.int64)
+        r1 = accuracy_rate(y, p, level)
+        rows.append((split, "top1", r1.value, r1.k, r1.n, r1.lo, r1.hi, "Wilson"))
+        if top5 and split in top5:
+            r5 = rate(*top5[split], level)
+            rows.append((split, "top5", r5.value, r5.k, r5.n, r5.lo, r5.hi, "Wilson"))
+        f1 = bootstrap_f1(y, p, n_classes, resamples=resamples, level=level, seed=seed)
+        rows.append((split, "macro_f1", f1.macro, None, len(y), f1.macro_lo, f1.macro_hi, "bootstrap"))
+    frame = pd.DataFrame(rows, columns=ACCURACY_COLUMNS)
+    frame["k"] = frame["k"].astype("Int64")
+    return frame

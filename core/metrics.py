@@ -11,7 +11,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from core.cammaps import DEFAULT_METHOD, TARGET_PRED
+from core.cammaps import BASELINE_RANDOM, DEFAULT_METHOD, TARGET_PRED
 
 PER_CLASS_COLUMNS = ["class", "precision", "recall", "f1", "support", "predicted", "class_idx"]
 
@@ -92,7 +92,7 @@ def confused_pairs(cm: np.ndarray, names: Sequence[str], limit: Optional[int] = 
 # --------------------------------------------------------------------------- data audit
 
 FLAG_COLUMNS = ["image_id", "split", "relpath", "label", "flags", "note"]
-FLAG_KINDS = ("duplicate", "leak", "conflict", "suspect")
+FLAG_KINDS = ("duplicate", "leak", "conflict", "suspect", "neighbours")
 
 
 def flags_from_report(report: Optional[dict[str, Any]]) -> pd.DataFrame:
@@ -133,6 +133,11 @@ def flags_from_report(report: Optional[dict[str, Any]]) -> pd.DataFrame:
         if e is not None:
             e["flags"].add("suspect")
             e["suspect"] = sp
+    for ns in report.get("neighbour_suspects", []):  # most of its nearest neighbours carry another label
+        e = entry(ns)
+        if e is not None:
+            e["flags"].add("neighbours")
+            e["neighbours"] = ns
     if not rows:
         return _empty(FLAG_COLUMNS)
     out = []
@@ -146,6 +151,10 @@ def flags_from_report(report: Optional[dict[str, Any]]) -> pd.DataFrame:
             parts.append("labelled differently")
         if e["suspect"] is not None:
             parts.append("suspect label")
+        if e.get("neighbours") is not None:
+            nb, names = e["neighbours"], report.get("class_names") or []
+            major = names[nb["majority_label"]] if nb["majority_label"] < len(names) else f"class {nb['majority_label']}"
+            parts.append(f"{nb['majority_count']} of {nb['k']} nearest images labelled {major}")
         out.append({**{k: e[k] for k in ("image_id", "split", "relpath", "label")},
                     "flags": ", ".join(k for k in FLAG_KINDS if k in e["flags"]),
                     "note": "⚠ " + "; ".join(parts)})
@@ -157,8 +166,8 @@ def flags_from_report(report: Optional[dict[str, Any]]) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- faithfulness
 
-# The baseline a CAM method must beat: a seeded random map (``core.trust``'s "random").
-RANDOM_BASELINE = "random"
+# The baseline a CAM method must beat: a seeded random map (``core.trust``'s).
+RANDOM_BASELINE = BASELINE_RANDOM
 
 
 def trust_summary(frame: pd.DataFrame, target: str = TARGET_PRED, method: str = DEFAULT_METHOD) -> dict[str, Any]:

@@ -51,6 +51,10 @@ class RunData:
     trust: Optional[pd.DataFrame] = None  # trust_frame(curves=False); None: the run has no scores
     trust_per_class: Optional[pd.DataFrame] = None  # trust_per_class of the predicted-class maps
     sanity: Optional[dict[str, Any]] = None  # sanity_check; None: the run has none
+    accuracy: Optional[pd.DataFrame] = None  # core.intervals.accuracy_table of the predictions
+    calibration: Optional[dict[str, Any]] = None  # the stored calibration: temperature, bins, report, stale
+    logits: Optional[tuple[pd.DataFrame, np.ndarray]] = None  # logits_for: (image_id, split, label, pred), logits
+    method_ranking: Optional[Any] = None  # core.method_rank.MethodRanking; None: no CAM method scored
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,8 @@ from core.cammaps import (
     colorbar_strip,
     overlay,
 )
+from core.figures_methods import method_ranking_figure
+from core.report_calibration import accuracy_section, calibration_section, suspects_section
 from core.report_parts import CSS_DPI, Artifact, ExportOptions, Plot, RunData, Sheet, Table, slug
 from core.sheets import Tile, draw_sheet, font, panel_side, placeholder
 
@@ -111,16 +113,18 @@ def confusion_section(data: RunData, options: ExportOptions) -> Iterator[Artifac
         yield Plot("confusion-top", f"Mistakes among the {len(top)} classes with the most mistakes made on them "
                    "or into them; the diagonal (correct predictions) is left blank so the mistakes set the "
                    "colour scale.", fig, options.width_in)
-    yield Table("confused-pairs", "Off-diagonal cells of the confusion matrix, most frequent first.",
+    yield Table("confused-pairs", "Off-diagonal cells of the confusion matrix, most frequent first; where known, "
+                "n (images of the true class) and the 95% Wilson interval of the share (share_lo, share_hi).",
                 data.pairs.drop(columns=["true_idx", "pred_idx"], errors="ignore"))
 
 
 def per_class_section(data: RunData, options: ExportOptions) -> Iterator[Artifact]:
     fig = figures.print_layout(figures.per_class_bars(data.per_class), "Precision, recall and F1 per class")
-    yield Plot("per-class", "F1 per class (bars) with precision and recall (markers), worst F1 first.", fig,
-               options.width_in)
-    yield Table("per-class-metrics", "Precision, recall, F1, support and predicted count per class.",
-                data.per_class.drop(columns=["class_idx"], errors="ignore"))
+    yield Plot("per-class", "F1 per class (bars, with their 95% bootstrap interval where known) with precision and "
+               "recall (markers), worst F1 first.", fig, options.width_in)
+    yield Table("per-class-metrics", "Precision, recall, F1, support (n) and predicted count per class, with 95% "
+                "intervals where known (precision_lo/hi, recall_lo/hi: Wilson; f1_lo/hi: bootstrap) and few (fewer "
+                "than 10 images).", data.per_class.drop(columns=["class_idx"], errors="ignore"))
 
 
 def training_section(data: RunData, options: ExportOptions) -> Iterator[Artifact]:
@@ -204,6 +208,26 @@ def trust_section(data: RunData, options: ExportOptions) -> Iterator[Artifact]:
                        "ranks highest are removed, so lower means a more faithful map.", fig, options.width_in)
 
 
+def method_ranking_section(data: RunData, options: ExportOptions) -> Iterator[Artifact]:
+    ranking = data.method_ranking
+    if ranking is None:
+        return
+    sure = ranking.confidence
+    yield Table("method-ranking", f"{ranking.sentence} The CAM methods ranked by the faithfulness of their "
+                "predicted-class maps: score = insertion AUC - deletion AUC (mean over images, higher is better); "
+                "beats_random = share of images whose map scores higher than the random map's, with its 95% "
+                "Wilson interval; pointing = share of correctly classified images with a box where the map's peak "
+                "falls in the box (pointing_random: a random point's rate). The baselines close the table. The "
+                f"winner beats the runner-up on {sure.k} of {sure.n} images.", ranking.table)
+    if not ranking.per_class.empty:
+        yield Table("method-ranking-per-class", "Per true class, the CAM method with the best mean score, the "
+                    "runner-up, and the share of the class's images where the winner's map scores higher, with n and "
+                    "its 95% Wilson interval.", ranking.per_class)
+    fig = figures.print_layout(method_ranking_figure(ranking.table), "Faithfulness of each CAM method")
+    yield Plot("method-ranking", "Mean score (insertion AUC - deletion AUC) of each CAM method's predicted-class "
+               "maps, best first, and of the random and centred baseline maps.", fig, options.width_in)
+
+
 def sanity_section(data: RunData, options: ExportOptions) -> Iterator[Artifact]:
     if data.sanity is None or not data.sanity.get("stages"):
         return
@@ -227,5 +251,9 @@ SECTIONS: list[Callable[[RunData, ExportOptions], Iterable[Artifact]]] = [
     predictions_section,
     audit_section,
     trust_section,
+    method_ranking_section,
     sanity_section,
+    accuracy_section,
+    calibration_section,
+    suspects_section,
 ]

@@ -19,6 +19,7 @@ from core.faithfulness import (
     centre_map,
     default_blur_sigma,
     faithfulness,
+    faithfulness_many,
     perturbation_curves,
     pixel_ranks,
     random_maps,
@@ -28,6 +29,7 @@ from core.sanity import Cascade, Stage, cascade_randomisation, reinitialise_, sp
 
 __all__ = [
     "FILLS", "METHODS", "TIE_RESOLUTION", "Curves", "auc", "baseline_maps", "blur", "centre_map",
-    "default_blur_sigma", "faithfulness", "perturbation_curves", "pixel_ranks", "random_maps", "upsample_maps",
+    "default_blur_sigma", "faithfulness", "faithfulness_many", "perturbation_curves", "pixel_ranks",
+    "random_maps", "upsample_maps",
     "Cascade", "Stage", "cascade_randomisation", "reinitialise_", "spearman", "ssim", "vgg_stages",
 ]

@@ -21,6 +21,9 @@ page = st.navigation(
         st.Page("views/data_issues.py", title="Data issues", icon=":material/report:"),
         st.Page("views/export.py", title="Export", icon=":material/download:"),
         st.Page("views/trust.py", title="Can the maps be trusted?", icon=":material/verified:"),
+        st.Page("views/calibration.py", title="Calibration", icon=":material/speed:"),
+        st.Page("views/review_queue.py", title="Review queue", icon=":material/fact_check:"),
+        st.Page("views/map.py", title="Map", icon=":material/scatter_plot:"),
     ]
 )
 context.sidebar()  # the page itself explains a missing, empty or old store

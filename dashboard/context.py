@@ -16,10 +16,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from core.splits import SPLITS
-from dashboard import loaders
+from dashboard import calibration_ui, loaders
 from dashboard.state import gallery_filtered, seed
 from db import queries
-from db.store import StoreError, StoreUnreadable, db_arg
+from db.store import StoreError
+from db.storecheck import StoreUnreadable, db_arg
 
 # Kept for pages that have not moved to train_hint(url), which names the store shown.
 TRAIN_HINT = "Run `python -m jobs.train` (it trains the demo and writes the store), then reload this page."
@@ -123,9 +124,13 @@ def run_picker(url: str) -> Optional[int]:
 
 
 def sidebar() -> None:
-    """The run picker, when the store can be read; otherwise nothing (the page explains)."""
+    """The run picker and the calibrated-confidences switch, when the store can be read; otherwise nothing
+    (the page explains)."""
     try:
-        run_picker(loaders.store_url())
+        url = loaders.store_url()
+        run_id = run_picker(url)
+        if run_id is not None:
+            calibration_ui.switch(url, run_id)
     except (StoreError, SQLAlchemyError):
         pass
 
@@ -157,7 +162,7 @@ def require_predictions(ctx: Ctx) -> pd.DataFrame:
     if preds.empty:
         st.info(no_results_message(ctx))
         st.stop()
-    return preds
+    return calibration_ui.shown(ctx, preds)  # the confidences the sidebar switch asks for
 
 
 def split_choice(ctx: Ctx, preds: pd.DataFrame, key: str, *, container=st) -> Optional[tuple[str, ...]]:
@@ -173,4 +178,5 @@ def split_choice(ctx: Ctx, preds: pd.DataFrame, key: str, *, container=st) -> Op
 def gallery_errors(ctx: Ctx) -> pd.DataFrame:
     """The run's errors under the gallery filters held in the shared state (the gallery's list, and the one
     the comparison page's Previous/Next walk)."""
-    return gallery_filtered(loaders.load_errors(ctx.url, ctx.run_id, ctx.stamp), ctx.names)
+    errors = calibration_ui.shown(ctx, loaders.load_errors(ctx.url, ctx.run_id, ctx.stamp), resort=True)
+    return gallery_filtered(errors, ctx.names)

@@ -189,3 +189,20 @@ def load_trust(url: str, run_id: int, stamp: str, version: str) -> pd.DataFrame:
 def load_sanity(url: str, run_id: int, version: str) -> Optional[dict]:
     with session(url) as s:
         return queries.sanity_check(s, run_id)
+
+
+# --------------------------------------------------------------------------- CAM methods
+
+
+@st.cache_data(show_spinner=False)
+def load_methods(url: str, run_id: int, stamp: str) -> list[str]:
+    """The CAM methods the run has maps of, in ``core.cammaps.METHOD_NAMES`` order."""
+    with session(url) as s:
+        return queries.stored_methods(s, run_id)
+
+
+@st.cache_data(show_spinner=False)
+def load_ranking(url: str, run_id: int, names: tuple[str, ...], stamp: str, version: str):
+    """The run's CAM methods ranked by the trust job's scores (``core.method_rank.MethodRanking``), or None."""
+    with session(url) as s:
+        return queries.method_ranking(s, run_id, names)

@@ -21,6 +21,8 @@ SHARED: dict[str, Callable[[list[str]], Any]] = {
     "conf": lambda v: tuple(sorted(float(x) for x in v[-1].split(",")))[:2],
     "image": lambda v: int(v[-1]),
     "page": lambda v: max(1, int(v[-1])),
+    "calibrated": lambda v: v[-1].lower() not in ("0", "false", "off", "no"),
+    "method": lambda v: v[-1],  # the CAM method whose maps the pages draw (a core.cammaps name)
 }
 FULL_RANGE = (0.0, 1.0)
 
@@ -53,6 +55,8 @@ def seed(widget_key: str, name: str, default: Any, valid: Callable[[Any], bool] 
 def publish(**params: Any) -> None:
     """Write the page's view to the URL: exactly these parameters, empty ones left out."""
     out: dict[str, Any] = {}
+    if "calibrated" in st.session_state:  # the sidebar switch, once chosen, on every page's link
+        params = {**params, "calibrated": int(bool(st.session_state["calibrated"]))}
     for k, v in params.items():
         if v is None or v == [] or v == "":
             continue

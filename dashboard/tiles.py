@@ -12,10 +12,19 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.cammaps import DEFAULT_ALPHA, DEFAULT_COLORMAP, TARGET_PRED, TARGET_TRUE, StoredMaps, colorbar_strip, overlay
+from core.cammaps import (
+    DEFAULT_ALPHA,
+    DEFAULT_COLORMAP,
+    DEFAULT_METHOD,
+    TARGET_PRED,
+    TARGET_TRUE,
+    StoredMaps,
+    colorbar_strip,
+    overlay,
+)
 from core.images import load_display_image
 from core.sheets import colour_legend
-from dashboard import loaders
+from dashboard import loaders, reviews_ui
 from dashboard.context import Ctx
 
 TILES_PER_ROW = 5
@@ -94,20 +103,23 @@ def show_picture(pic: Picture) -> None:
         st.error(pic)
 
 
-def tile_images(ctx: Ctx, rows: pd.DataFrame, size: int = TILE_PX) -> list[Picture]:
-    """Per row of a predictions frame: the image with its predicted class's map over it."""
-    maps = loaders.load_maps(ctx.url, ctx.run_id, tuple(int(i) for i in rows["image_id"]), ctx.stamp)
+def tile_images(ctx: Ctx, rows: pd.DataFrame, size: int = TILE_PX, method: str = DEFAULT_METHOD) -> list[Picture]:
+    """Per row of a predictions frame: the image with its predicted class's ``method`` map over it."""
+    maps = loaders.load_maps(ctx.url, ctx.run_id, tuple(int(i) for i in rows["image_id"]), ctx.stamp, method)
     return [picture(ctx, r.relpath, size, map_of_class(maps.get(int(r.image_id)), int(r.pred)))
             for r in rows.itertuples()]
 
 
 def show_tiles(ctx: Ctx, rows: pd.DataFrame, *, per_row: int = 6, key: str, compare_button: bool = True,
-               notes: Optional[dict[int, str]] = None) -> Optional[int]:
-    """Draw error tiles in a grid; returns the image id whose *Compare* button was pressed.
+               notes: Optional[dict[int, str]] = None, review: bool = False,
+               method: str = DEFAULT_METHOD) -> Optional[int]:
+    """Draw error tiles in a grid, each with its ``method`` map; returns the image id whose *Compare* button
+    was pressed.
 
-    ``notes``: a line added to the caption of those images (the data audit's findings)."""
+    ``notes``: a line added to the caption of those images (the data audit's findings); ``review``: a
+    *Review* popover under each tile (``dashboard.reviews_ui``)."""
     names = ctx.names
-    pics = tile_images(ctx, rows)
+    pics = tile_images(ctx, rows, method=method)
     show_colorbar(note="map of the predicted class, each scaled to its own peak")
     chosen = None
     records = list(rows.itertuples())
@@ -122,4 +134,7 @@ def show_tiles(ctx: Ctx, rows: pd.DataFrame, *, per_row: int = 6, key: str, comp
                 st.caption(caption)
                 if compare_button and st.button("Compare", key=f"{key}_{r.image_id}", width="stretch"):
                     chosen = int(r.image_id)
+                if review:
+                    reviews_ui.tile_review(ctx, reviews_ui.image_for(ctx, int(r.image_id)),
+                                           key=f"{key}_rv_{r.image_id}", suggest=names[r.pred])
     return chosen

@@ -4,7 +4,8 @@
 complete run over them, written through ``db.store`` the way the training job writes: both training
 phases, images, predictions with top-5, float16 Grad-CAM maps (one row per target), and evaluations.
 Mistakes follow a pattern (class ``i`` is mostly taken for ``i + 1``) so that confused pairs are
-predictable. ``add_audit`` and ``add_trust`` add what ``jobs.audit`` and ``jobs.trust`` would store.
+predictable. ``add_audit`` and ``add_trust`` add what ``jobs.audit`` and ``jobs.trust`` would store,
+``add_hashes`` the file hashes that ``jobs.train`` records.
 """
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from core.cammaps import DEFAULT_METHOD, TARGET_PRED, TARGET_TRUE
+from core.cammaps import (
+    BASELINE_CENTRE, BASELINE_RANDOM, BASELINES, DEFAULT_METHOD, TARGET_PRED, TARGET_TRUE, stored_targets,
+)
 from core.metrics import top5_to_probs
 from core.splits import TEST, TRAIN, VALID
 from db import queries
@@ -34,6 +37,7 @@ from db.store import (
     make_sessionmaker,
     record_cams,
     replace_audit,
+    replace_pointing_scores,
     replace_sanity_check,
     replace_trust_scores,
     upsert_images,
@@ -165,6 +169,8 @@ def build_store(
     name: str = "synthetic",
     audit: bool = False,
     trust: bool = False,
+    methods: Optional[Sequence[str]] = None,
+    boxes: bool = False,
 ) -> tuple[str, int, Path]:
     """Build a store with one complete run; returns ``(db_url, run_id, data_root)``.
 
@@ -173,6 +179,10 @@ def build_store(
     ``image_size``).
     ``audit`` plants duplicates among the files (see :func:`plant_audit`) and stores a data audit of them.
     ``trust`` stores faithfulness scores of the first split and a sanity check (see :func:`add_trust`).
+    ``methods``: the CAM methods whose maps are stored, as a training job stores them (per method: "pred"
+    for a right image, "pred", "true" and "contrast" for a mistake; Eigen-CAM "pred" only); default: the
+    Grad-CAM maps of "pred" and, for a mistake, "true". ``boxes`` gives every image an object box (the middle
+    half of the picture), so that the trust scores include the pointing game.
     """
     tmp_path = Path(tmp_path)
     rng = np.random.default_rng(seed)
@@ -198,7 +208,8 @@ def build_store(
                 else:
                     _write_jpeg(path, rng, c, n_classes, side)
                     written.append(path)
-                records.append(ImageRecord(split=split, relpath=rel, label=c, width=side, height=side))
+                box = [side / 4, side / 4, 3 * side / 4, 3 * side / 4] if boxes else None
+                records.append(ImageRecord(split=split, relpath=rel, label=c, width=side, height=side, bbox=box))
 
     with Session.begin() as s:
         run = create_run(
@@ -209,7 +220,7 @@ def build_store(
             absent_splits={} if TEST in splits else {TEST: "no test/ folder"},
         )
         run_id = run.id
-        record_cams(s, run_id, methods=[DEFAULT_METHOD])
+        record_cams(s, run_id, methods=list(methods or [DEFAULT_METHOD]))
         g = 0
         for phase, n_ep in ((1, 3), (2, 4)):
             for ep in range(1, n_ep + 1):
@@ -251,9 +262,14 @@ def build_store(
             full[image_id] = (pred, top5_to_probs([idx], [probs], n_classes)[0])
             rows.append(dict(image_id=image_id, run_id=run_id, pred=pred, confidence=conf, top5_idx=idx,
                              top5_prob=probs, loss=float(-np.log(max(p_true, 1e-6)))))
-            targets = [(TARGET_PRED, pred)] + ([(TARGET_TRUE, r.label)] if pred != r.label else [])
-            for target, cls in targets:
-                cams.append(dict(image_id=image_id, run_id=run_id, method=DEFAULT_METHOD, target=target,
+            if methods is None:
+                targets = [(TARGET_PRED, pred)] + ([(TARGET_TRUE, r.label)] if pred != r.label else [])
+                layout = [(DEFAULT_METHOD, t, cls) for t, cls in targets]
+            else:
+                layout = [(m, t, r.label if t == TARGET_TRUE else pred)
+                          for m in methods for t in stored_targets(m, pred == r.label)]
+            for method, target, cls in layout:
+                cams.append(dict(image_id=image_id, run_id=run_id, method=method, target=target,
                                  class_index=cls, h=cam_size, w=cam_size,
                                  data=_blob(rng, cam_size, cam_size).astype("<f2").tobytes()))
         n = len(recs)
@@ -270,32 +286,42 @@ def build_store(
             replace_audit(s, run_id, **plant_audit(data_root, records, ids, full, names))
     engine.dispose()
     if trust:
-        add_trust(url, run_id, split=splits[0], seed=seed)
+        add_trust(url, run_id, split=splits[0], seed=seed,
+                  methods=tuple(methods or [DEFAULT_METHOD]) + BASELINES)
     return url, run_id, data_root
 
 
-TRUST_METHODS = (DEFAULT_METHOD, "random", "centre")
+TRUST_METHODS = (DEFAULT_METHOD,) + BASELINES
+# How faithful each map is made to look: the lower, the faster its deletion curve falls. Methods not named
+# here are spread between Grad-CAM's level and the random map's, in the order given.
+TRUST_LEVELS = {DEFAULT_METHOD: 0.25, BASELINE_RANDOM: 0.45, BASELINE_CENTRE: 0.4}
 SANITY_STAGES = (("repeat", "reference"), ("noise", "reference"), ("classifier", "randomised"),
                  ("reduce", "randomised"), ("conv5_4", "randomised"), ("conv5_3", "randomised"))
 
 
-def add_trust(url: str, run_id: int, *, split: str = VALID, steps: int = 4, seed: int = 0) -> None:
+def add_trust(url: str, run_id: int, *, split: str = VALID, steps: int = 4, seed: int = 0,
+              methods: Sequence[str] = TRUST_METHODS) -> None:
     """Store what ``jobs.trust`` writes for the predictions of ``split``: per image one row per map
-    (``TRUST_METHODS``) of the predicted class, and of the true class for a mistake, with falling deletion
-    and rising insertion curves (Grad-CAM's deletion AUC mostly, not always, below the random map's); and
-    a sanity check whose similarities fall along ``SANITY_STAGES``."""
+    (``methods``, CAM methods and baselines) of the predicted class, and of the true class for a mistake, with
+    falling deletion and rising insertion curves (Grad-CAM's deletion AUC mostly, not always, below the random
+    map's; see ``TRUST_LEVELS``); for the correctly classified images with a box, the pointing game of
+    every map (the CAM methods hit more often than the baselines); and a sanity check whose similarities fall
+    along ``SANITY_STAGES``."""
     rng = np.random.default_rng(seed + 7919)  # its own stream: the rest of the store does not change
     fractions = np.linspace(0.0, 1.0, steps + 1)
     engine = make_engine(url, create=False)
     Session = make_sessionmaker(engine)
     with Session() as s:
         preds = queries.predictions_frame(s, run_id, [split])
-    rows = []
+        boxed = set(queries.images_frame(s, run_id, [split]).dropna(subset=["bbox"])["image_id"].astype(int))
+    others = [m for m in methods if m not in TRUST_LEVELS]
+    levels = {**TRUST_LEVELS, **{m: 0.25 + 0.15 * (k + 1) / (len(others) + 1) for k, m in enumerate(others)}}
+    rows, points = [], []
     for p in preds.itertuples():
         targets = [(TARGET_PRED, int(p.pred))] + ([(TARGET_TRUE, int(p.label))] if p.pred != p.label else [])
         for target, cls in targets:
-            for method in TRUST_METHODS:
-                level = {DEFAULT_METHOD: 0.25, "random": 0.45, "centre": 0.4}[method] + rng.uniform(-0.2, 0.2)
+            for method in methods:
+                level = levels[method] + rng.uniform(-0.2, 0.2)
                 deletion = (1 - fractions) ** (1 / max(level, 0.05) - 1) * p.confidence
                 insertion = fractions ** (max(level, 0.05) / (1 - level)) * p.confidence
                 auc = lambda y: float(np.sum((y[1:] + y[:-1]) * np.diff(fractions)) / 2)  # noqa: E731
@@ -303,6 +329,10 @@ def add_trust(url: str, run_id: int, *, split: str = VALID, steps: int = 4, seed
                                  method=method, deletion_auc=auc(deletion), insertion_auc=auc(insertion),
                                  deletion_curve=deletion.round(4).tolist(),
                                  insertion_curve=insertion.round(4).tolist()))
+        if p.pred == p.label and int(p.image_id) in boxed:
+            for method in methods:
+                hit = bool(rng.random() < (0.5 if method in BASELINES else 0.9 - levels[method]))
+                points.append(dict(image_id=int(p.image_id), method=method, hit=hit, box_share=0.25))
     stages = []
     for k, (stage, kind) in enumerate(SANITY_STAGES):
         mean = 1.0 if stage == "repeat" else 0.9 if kind == "reference" else 0.6 / k
@@ -311,6 +341,7 @@ def add_trust(url: str, run_id: int, *, split: str = VALID, steps: int = 4, seed
                            ssim_mean=mean * 0.8, ssim_std=0.0 if stage == "repeat" else 0.04))
     with Session.begin() as s:
         replace_trust_scores(s, run_id, preds["image_id"].tolist(), rows)
+        replace_pointing_scores(s, run_id, preds["image_id"].tolist(), points)
         replace_sanity_check(s, run_id, layer="features.35", n_images=4, stages=stages,
                              settings=dict(steps=steps, fill="mean", split=split, images=len(preds), seed=seed))
     engine.dispose()
@@ -335,3 +366,21 @@ def add_audit(url: str, run_id: int, groups: Sequence[Sequence[tuple[str, str, i
     with make_sessionmaker(engine).begin() as s:
         replace_audit(s, run_id, seconds=0.1, report=report, leakage_accuracy=acc)
     engine.dispose()
+
+
+def add_hashes(url: str, run_id: int) -> int:
+    """Record the sha256 of the run's files, as ``jobs.train`` does (after ``plant_audit`` copied some over
+    others, so that copies share a hash); returns how many were recorded."""
+    from core.reviews import file_sha256
+    from db.store import set_image_hashes
+
+    engine = make_engine(url, create=False)
+    S = make_sessionmaker(engine)
+    with S() as s:
+        root = Path(queries.run_info(s, run_id).data_root)
+        missing = queries.images_without_sha256(s, run_id)
+    hashes = {i: file_sha256(root / rel) for i, rel in missing if (root / rel).is_file()}
+    with S.begin() as s:
+        set_image_hashes(s, hashes)
+    engine.dispose()
+    return len(hashes)

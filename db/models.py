@@ -183,7 +183,7 @@ class AuditRow(Base):
 class TrustScore(Base):
     """Faithfulness of one map of one image: deletion and insertion curves (class probability per step).
 
-    ``method`` is the map scored: "gradcam" or a baseline ("random", "centre"); ``target`` the class the
+    ``method`` is the map scored: a CAM method or a baseline (``core.cammaps`` names); ``target`` the class the
     map explains: "pred", or "true" (only for a misclassified image: otherwise it is the "pred" map).
     """
 
@@ -219,3 +219,101 @@ class SanityCheck(Base):
     stages: Mapped[list[Any]] = mapped_column(JSON)
     # faithfulness settings of the same job: steps, fill, blur_sigma, split, sample, seed, seconds
     settings: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class CalibrationRow(Base):
+    """The latest calibration of a run (``jobs.calibrate``): the temperature fitted on valid and the report.
+
+    ``report`` is ``core.calibration.calibration_report``: ``temperature`` and per split (``valid``, ``test``)
+    n, ece, mce, nll, brier, ece_calibrated, nll_calibrated and the reliability ``bins``.
+    """
+
+    __tablename__ = "calibrations"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    temperature: Mapped[float] = mapped_column(Float)
+    bins: Mapped[int] = mapped_column(Integer)
+    report: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class Review(Base):
+    """One verdict of a person on one image (``core.reviews.Verdict``), keyed by the sha256 of the file so that
+    it follows the image across runs and copies of the data, not by run.
+
+    Append-only: a new verdict is a new row and the latest by ``created_at`` counts; every earlier one stays.
+    ``label`` and ``new_label`` are class names (indices differ between runs). ``token`` is the writer's key of
+    one submission, unique, so that a write retried after an unclear outcome is not stored twice.
+    """
+
+    __tablename__ = "reviews"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    split: Mapped[str] = mapped_column(String(8))
+    relpath: Mapped[str] = mapped_column(Text)
+    label: Mapped[str] = mapped_column(String(300))
+    verdict: Mapped[str] = mapped_column(String(16))
+    new_label: Mapped[Optional[str]] = mapped_column(String(300))
+    note: Mapped[str] = mapped_column(Text, default="")
+    reviewer: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    token: Mapped[Optional[str]] = mapped_column(String(64), unique=True)
+
+
+# Indexes the pages of a large run read through (db.queries.scale): the gallery walks the run's predictions
+# from the most confident down and filters on the predicted class. Stores made before them get them from
+# db.indexes.add_missing_indexes, which db.store.ensure_schema calls.
+Index("ix_predictions_run_confidence", Prediction.run_id, Prediction.confidence)
+Index("ix_predictions_run_pred", Prediction.run_id, Prediction.pred, Prediction.confidence)
+
+
+class FeatureVector(Base):
+    """One image's feature vector: the model's pooled penultimate vector (``core.embed``), little-endian
+    float16 bytes of ``dim`` values (``core.neighbours.encode_vector``), from the run's best checkpoint."""
+
+    __tablename__ = "feature_vectors"
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    dim: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class MapPoint(Base):
+    """Where one image sits on its run's 2-D map of the feature vectors (``core.projection``)."""
+
+    __tablename__ = "map_points"
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    x: Mapped[float] = mapped_column(Float)
+    y: Mapped[float] = mapped_column(Float)
+
+
+class MapInfo(Base):
+    """How a run's 2-D map was made: the latest projection of its vectors (one row per run).
+
+    ``method`` "umap" or "pca" (``core.projection.Projection.method``); ``params`` the projection's settings
+    (n, dim, pca_dims, n_neighbors, min_dist, a fallback's reason)."""
+
+    __tablename__ = "map_infos"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    method: Mapped[str] = mapped_column(String(16))
+    seed: Mapped[int] = mapped_column(Integer)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    n_points: Mapped[int] = mapped_column(Integer)
+    seconds: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class PointingScore(Base):
+    """The pointing game of one map of one image (Zhang et al. 2016): does the map's peak fall inside the
+    object's box? Written by the trust job for the correctly classified images that have a box.
+
+    ``method`` is the map scored: a CAM method or a baseline (``core.cammaps`` names); ``box_share`` the
+    share of the image the box covers, the hit rate a uniformly random point would reach.
+    """
+
+    __tablename__ = "pointing_scores"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    method: Mapped[str] = mapped_column(String(16), primary_key=True)
+    hit: Mapped[bool] = mapped_column(Boolean)
+    box_share: Mapped[float] = mapped_column(Float)

@@ -25,6 +25,7 @@ from db.models import (
     EpochRow,
     EvalRow,
     ImageRow,
+    PointingScore,
     Prediction,
     Run,
     RunClass,
@@ -90,6 +91,8 @@ def make_engine(url: Optional[str] = None, create: bool = True, readonly: bool =
         db = u.database
         if db and db != ":memory:":
             path = Path(db)
+            from db.storecheck import check_readable, check_writable
+
             if create:
                 check_writable(url)
             else:
@@ -133,6 +136,8 @@ def _check_or_create_schema(conn: Connection, create: bool, add_tables: bool) ->
         if tables & {"runs", "images", "predictions"}:
             raise StoreError(f"store {where} has tables but no schema version; it was not written by this tool")
         if not create:
+            from db.storecheck import db_arg
+
             raise StoreError(f"store {where} is empty; run 'python -m jobs.train {db_arg(where)}' to create a run")
         Base.metadata.create_all(conn)
         conn.execute(insert(SchemaInfo).values(key="version", value=str(SCHEMA_VERSION)))
@@ -146,6 +151,9 @@ def _check_or_create_schema(conn: Connection, create: bool, add_tables: bool) ->
         raise StoreError(f"store {shown} has schema version {found}, this tool expects {SCHEMA_VERSION}; {advice}")
     if add_tables:
         Base.metadata.create_all(conn)  # adds tables that a newer minor feature brought; no-op otherwise
+        from db.indexes import add_missing_indexes  # create_all leaves existing tables' indexes alone
+
+        add_missing_indexes(conn)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
@@ -192,9 +200,11 @@ def resolve_run(session: Session, ref: str | int) -> Run:
     ref_s = str(ref).strip()
     run: Optional[Run]
     if ref_s == "latest":
+        from db.storecheck import LATEST, no_latest
+
         run = session.scalars(select(Run).where(*LATEST).order_by(Run.id.desc()).limit(1)).first()
         if run is None:
-            raise StoreError(_no_latest(session))
+            raise StoreError(no_latest(session))
     elif ref_s.isdigit():
         run = session.get(Run, int(ref_s))
     else:
@@ -376,108 +386,39 @@ def replace_sanity_check(session: Session, run_id: int, **fields: Any) -> None:
     session.add(SanityCheck(run_id=run_id, created_at=utcnow(), **fields))
 
 
-# --------------------------------------------------------------------------- checks before a job starts
+# --------------------------------------------------------------------------- calibration
 
-SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+def replace_calibration(session: Session, run_id: int, *, temperature: float, bins: int,
+                        report: dict[str, Any]) -> None:
+    """Keep one calibration per run: the latest. ``report`` is ``core.calibration.calibration_report``."""
+    from db.models import CalibrationRow
 
-
-class StoreUnreadable(StoreError):
-    """The store's location exists but cannot be read as a store: a folder, another kind of file, no access."""
-
-
-def sqlite_path(url: Optional[str] = None) -> Optional[Path]:
-    """The file of a SQLite store (``--db`` resolved as every job does); ``None`` for another backend or memory."""
-    u = make_url(resolve_url(url))
-    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
-        return None
-    return Path(u.database)
+    session.execute(delete(CalibrationRow).where(CalibrationRow.run_id == run_id))
+    session.add(CalibrationRow(run_id=run_id, created_at=utcnow(), temperature=float(temperature), bins=int(bins),
+                               report=report))
 
 
-def db_arg(url: Optional[str] = None) -> str:
-    """``--db X`` as a user types it to reach this store again: a SQLite store's file, else the URL (any
-    password hidden), quoted for a shell."""
-    import shlex
-
-    path = sqlite_path(url)
-    shown = str(path) if path is not None else make_url(resolve_url(url)).render_as_string(hide_password=True)
-    return f"--db {shlex.quote(shown)}"
+def set_logits(session: Session, logits: dict[int, bytes]) -> None:
+    """Record the stored logit vector (``core.metrics.encode_logits``) of predictions, by image id."""
+    rows = [{"image_id": int(i), "logits": data} for i, data in logits.items()]
+    if rows:
+        session.execute(update(Prediction), rows)  # ORM bulk update by primary key
 
 
-def _file_in_the_way(path: Path) -> Optional[Path]:
-    """The nearest existing ancestor of ``path`` when it is not a folder (a file where a folder must be)."""
-    for parent in path.parents:
-        if parent.exists():
-            return None if parent.is_dir() else parent
-    return None
+# --------------------------------------------------------------------------- feature vectors and the 2-D map
+
+from db.store_vectors import put_vectors, replace_map  # noqa: E402,F401  (written there, used as store.*)
 
 
-def check_writable(url: Optional[str] = None) -> None:
-    """Fail at once, naming the path and the reason, when a job could not create or write the SQLite store
-    (checked by doing it: creating the folder, a scratch file in it, opening the file for writing, since
-    permission bits do not tell a root user about a read-only mount). Other backends are checked on connect."""
-    path = sqlite_path(url)
-    if path is None:
-        return
-    blocker = _file_in_the_way(path)
-    if blocker is not None:
-        raise StoreError(f"cannot create the store {path}: {blocker} is a file, not a folder; "
-                         "give --db a path in a folder")
-    if path.is_dir():
-        raise StoreError(f"cannot use the store {path}: it is a folder, not a SQLite file; give --db a file path")
-    folder = path.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        # SQLite writes its journal files beside the store, so the folder itself must take new files.
-        import tempfile
+# --------------------------------------------------------------------------- methods side by side
 
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise StoreError(f"cannot write the store {path}: the folder {folder} does not take new files "
-                         f"({exc.strerror or exc}); give --db a path in a folder you can write") from None
-    if path.exists():
-        try:
-            with open(path, "r+b"):
-                pass
-        except OSError as exc:
-            raise StoreError(f"cannot write the store {path} ({exc.strerror or exc})") from None
-        _check_sqlite_header(path)
-
-
-def check_readable(path: Path) -> None:
-    """Say what is wrong with a SQLite store's file that should exist: missing (and why), a folder, no
-    access, not a SQLite file. An empty file passes (it is an empty store)."""
-    if not path.exists():
-        blocker = _file_in_the_way(path)
-        if blocker is not None:
-            raise StoreUnreadable(f"store {path} cannot exist: {blocker} is a file, not a folder")
-        raise StoreError(f"store {path} does not exist; run 'python -m jobs.train {db_arg(str(path))}' to create it")
-    if path.is_dir():
-        raise StoreUnreadable(f"store {path} is a folder, not a SQLite file")
-    _check_sqlite_header(path)
-
-
-def _check_sqlite_header(path: Path) -> None:
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(len(SQLITE_HEADER))
-    except OSError as exc:
-        raise StoreUnreadable(f"cannot read the store {path} ({exc.strerror or exc})") from None
-    if head and head != SQLITE_HEADER:
-        raise StoreUnreadable(f"{path} is not a SQLite file (it does not start with SQLite's header); "
-                              "check the --db path")
-
-
-# --------------------------------------------------------------------------- what 'latest' means
-
-# ``latest`` everywhere (the jobs' --run, the dashboard's first run): complete, and a run of its own rather
-# than a snapshot of one (a snapshot has a stage such as "phase1").
-LATEST = (Run.status == "complete", Run.stage.is_(None))
-
-
-def _no_latest(session: Session) -> str:
-    newest = session.scalars(select(Run).where(Run.stage.is_(None)).order_by(Run.id.desc()).limit(1)).first()
-    if newest is None:
-        return "no run in the store for 'latest'; create one with 'python -m jobs.train'"
-    return (f"no complete run in the store for 'latest' (the newest, #{newest.id} {newest.name}, is {newest.status}); "
-            f"give --run {newest.id} to use it anyway")
+def replace_pointing_scores(session: Session, run_id: int, image_ids: Iterable[int],
+                            rows: list[dict[str, Any]]) -> None:
+    """Drop the run's earlier pointing-game rows of ``image_ids`` and insert ``rows`` (dicts of
+    ``PointingScore`` columns without ``run_id``)."""
+    ids = [int(i) for i in image_ids]
+    for lo in range(0, len(ids), 500):
+        session.execute(delete(PointingScore).where(PointingScore.run_id == run_id,
+                                                    PointingScore.image_id.in_(ids[lo : lo + 500])))
+    if rows:
+        session.execute(PointingScore.__table__.insert(), [{**r, "run_id": run_id} for r in rows])

@@ -40,7 +40,8 @@ from sqlalchemy import (
     text,
 )
 
-from db.models import SCHEMA_VERSION
+from db.indexes import add_missing_indexes
+from db.models import SCHEMA_VERSION, Base
 from db.store import StoreError, make_engine
 
 Step = Callable[[Connection], None]
@@ -253,6 +254,11 @@ def upgrade(url: Optional[str] = None, dry_run: bool = False, say: Callable[[str
                 conn.execute(text("UPDATE schema_info SET value = :v WHERE key = 'version'"), {"v": str(version)})
             report.applied.append(s.__name__)
             say(f"applied {s.__name__}: store now at schema version {version}")
+        with engine.begin() as conn:  # tables of features added since the last step, as a fresh store has
+            Base.metadata.create_all(conn)
+            made = add_missing_indexes(conn)  # and indexes added to the models since then
+        if made:
+            say(f"added indexes: {', '.join(made)}")
         return report
     finally:
         engine.dispose()

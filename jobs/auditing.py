@@ -19,7 +19,8 @@ from core.audit import MIN_SCORE, ImageRef, accuracy_without_leakage, audit
 from core.dupcalibrate import Thresholds
 from core.metrics import top5_to_probs
 from core.splits import EVAL_SPLITS, TRAIN
-from db import queries, store
+from db import queries, store, storecheck
+from jobs.vectors import neighbour_findings
 
 
 def audit_run(session, run_ref, *, workers: int = 1, min_score: Optional[float] = None) -> tuple[int, dict, list]:
@@ -49,6 +50,7 @@ def audit_run(session, run_ref, *, workers: int = 1, min_score: Optional[float] 
     acc_rows = json.loads(acc.to_json(orient="records")) if len(acc) else []
     data = report.to_dict()
     data["class_names"] = list(run.classes)
+    data.update(neighbour_findings(session, run.id))  # suspects by their neighbours' labels, given vectors
     store.replace_audit(session, run.id, seconds=time.perf_counter() - t0, report=data, leakage_accuracy=acc_rows)
     return run.id, data, acc_rows
 
@@ -75,6 +77,8 @@ def format_summary(run_id: int, report: dict, acc: list[dict], db: str | None = 
         f"leaked images (valid/test also in an earlier split): {len(report['leakage'])}",
         f"label conflicts: {len(report['conflicts'])}",
         f"suspect labels: {len(report['suspects'])}",
+        f"suspect labels by their nearest neighbours: {len(report.get('neighbour_suspects', []))}"
+        + ("" if report.get("neighbour_audit") else f" (no feature vectors: python -m jobs.embed --run {run_id})"),
     ]
     names = report.get("class_names", [])
     for g in report["groups"][:20]:
@@ -85,7 +89,7 @@ def format_summary(run_id: int, report: dict, acc: list[dict], db: str | None = 
     if suspects:
         shown = min(len(suspects), SHOWN_SUSPECTS)
         lines.append(f"suspect labels, the least likely given label first ({shown} of {len(suspects)}; all of them: "
-                     f"python -m jobs.audit --run {run_id} --json {store.db_arg(db)}, or the dashboard's "
+                     f"python -m jobs.audit --run {run_id} --json {storecheck.db_arg(db)}, or the dashboard's "
                      "Data issues page):")
         for sp in suspects[:shown]:
             given, model = (names[sp[k]] if names else sp[k] for k in ("label", "pred_label"))

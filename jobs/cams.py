@@ -1,10 +1,15 @@
 """Recompute the predictions and Grad-CAM maps of an existing run from its checkpoint, without retraining.
 
     python -m jobs.cams --run RUN [--layer PATH] [--split valid,test] [--db URL]
+    python -m jobs.cams --run RUN --methods eigencam,scorecam     # add the maps of more CAM methods
     torchrun --nproc_per_node=N -m jobs.cams --run-id RUN ...   # torchrun claims a bare --run
 
 RUN is a run id, a run name, or ``latest``. The images are those the run recorded; the evaluation of each
 split is replaced as a whole, so running this again (after an interruption, say) leaves no duplicates.
+The maps are those of the methods the run records (``runs.cam_methods``).
+
+With ``--methods`` the predictions stay as they are: only the maps of the methods named are computed, for
+the stored predictions, and (re)written (``jobs.camstore.add_methods``); the run then records them too.
 
 A run whose training finished but whose evaluation was interrupted (its ``last.pt`` counts every epoch,
 its status still reads ``running`` or ``failed``) is marked ``complete`` once every split it evaluates is.
@@ -16,6 +21,9 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from core.cache import ENV_VAR as CACHE_ENV_VAR
+from core.cammaps import DEFAULT_METHOD, parse_methods
+from core.defaults import SCORECAM_COST
 from core.errors import CheckpointError
 from core.splits import EVAL_SPLITS, SPLITS, VALID
 from db import queries, store
@@ -30,6 +38,10 @@ if TYPE_CHECKING:  # torch and the model load when the job runs, not for --help
 
 log = logging.getLogger("jobs.cams")
 
+# Images per batch by device: a GPU keeps busy with large batches (Grad-CAM's backward runs only above the
+# layer, so memory stays modest); on a CPU they would only cost memory.
+BATCH = {"cpu": 32, "cuda": 128}
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.cams", description=__doc__.split("\n\n")[0],
@@ -40,10 +52,17 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "(default: the layer the run used)")
     p.add_argument("--split", default=None, help="comma-separated splits (default: those the run evaluated)")
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default: the run's best checkpoint)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per batch and process")
+    p.add_argument("--batch-size", type=int, default=None, help="images per batch and process (default: "
+                   f"{BATCH['cuda']} on a GPU, {BATCH['cpu']} on the CPU)")
     p.add_argument("--workers", type=int, default=2, help="data-loader worker processes per rank")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where the model runs")
     p.add_argument("--no-cams", action="store_true", help="recompute predictions only")
+    p.add_argument("--cache-dir", default=None, help="folder of the decoded cache, shared with jobs.train "
+                   f"(default: ${CACHE_ENV_VAR}, else ~/.cache/sports-cam/decoded)")
+    p.add_argument("--no-cache", action="store_true", help="read and decode the JPEG files")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated CAM methods to add to the run, keeping its predictions and its other "
+                   f"methods' maps (default: none; recompute everything). {SCORECAM_COST}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -55,6 +74,8 @@ def run_index(s, run: queries.RunInfo, splits: list[str]) -> DatasetIndex:
     by_split: dict[str, list[Sample]] = {}
     for split, rel, label in queries.image_samples(s, run.id, splits):
         by_split.setdefault(split, []).append(Sample(rel, label))
+    for samples in by_split.values():  # the order of core.data.discover, so the decoded cache is training's
+        samples.sort(key=lambda x: x.relpath)
     return DatasetIndex(root=Path(run.data_root), classes=list(run.classes), splits=by_split)
 
 
@@ -121,12 +142,23 @@ def hash_missing_files(Session_, run_id: int, root: Path) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.methods is not None:
+        try:
+            args.methods = parse_methods(args.methods)
+        except ValueError as exc:
+            raise ValueError(f"--methods: {exc}") from None
+        if args.no_cams:
+            raise ValueError("--methods adds maps; it cannot go with --no-cams")
     return run_distributed(args, _main)
 
 
 def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> int:
     from core import dist
+    from core.cache import DecodedCache
+    from core.feed import device_batch_size
+    from core.gradcam import check_methods_for_layer
     from core.model import build_model, load_checkpoint, resolve_module
+    from jobs.camstore import add_methods
     from jobs.evaluation import evaluate_split
 
     engine = store.make_engine(args.db, create=False) if env.is_main else None
@@ -150,8 +182,11 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
             if not ckpt:
                 raise CheckpointError(f"run {run.id} ({run.name}) has no checkpoint yet (status {run.status}; "
                                       f"none in {folder})")
+            if args.methods and args.layer and run.cam_layer and args.layer != run.cam_layer:
+                raise ValueError(f"--layer {args.layer}: the run's maps are of layer {run.cam_layer}; methods added "
+                                 "to it use that layer too, so that its maps stay comparable")
             plan = dict(run_id=run.id, name=run.name, splits=splits, index=index, checkpoint=ckpt,
-                        no_cams=bool(run.config.get("no_cams")))
+                        no_cams=bool(run.config.get("no_cams")), methods=run.cam_methods or (DEFAULT_METHOD,))
         hashed = hash_missing_files(Session_, run.id, index.root)
         if hashed:
             log.info("run %d: recorded the SHA-256 of %d files", run.id, hashed)
@@ -165,10 +200,21 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
     resolve_module(model, layer)
     model.to(device)
     dist.broadcast_module(env, model)
-    log.info("run %d (%s): recomputing %s with layer %s", plan["run_id"], plan["name"], plan["splits"], layer)
+    batch_size = device_batch_size(device, args.batch_size, **BATCH)
+    cache = None if args.no_cache else DecodedCache(args.cache_dir, workers=args.workers)
+    if args.methods:
+        check_methods_for_layer(model, args.methods, layer, meta.image_size)
+        for split in plan["splits"]:
+            add_methods(Session_, plan["run_id"], model, meta, plan["index"], split, args.methods, device=device,
+                        env=env, batch_size=batch_size, workers=args.workers, layer=layer, cache=cache)
+        return 0
+    log.info("run %d (%s): recomputing %s with layer %s, batches of %d", plan["run_id"], plan["name"],
+             plan["splits"], layer, batch_size)
     for split in plan["splits"]:
         evaluate_split(Session_, plan["run_id"], model, meta, plan["index"], split, device=device, env=env,
-                       batch_size=args.batch_size, workers=args.workers, cams=not args.no_cams, layer=layer)
+                       batch_size=batch_size, workers=args.workers, cams=not args.no_cams, layer=layer,
+                       cache=cache, methods=plan["methods"],
+                       vectors=args.checkpoint is None)  # another checkpoint's vectors would not fit the map
     if env.is_main:
         with Session_.begin() as s:
             # Only a pass like the training job's own (its checkpoint, maps unless it went without) completes it.

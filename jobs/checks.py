@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from core.splits import SPLITS
-from db import store
+from db import store, storecheck
 
 REASON_CHARS = 160  # of the first file's reason, quoted in the message
 
@@ -25,5 +25,5 @@ def unusable_split(records: Sequence[store.ImageRecord], run_id: int, db: Option
             if len(first) > REASON_CHARS:
                 first = first[: REASON_CHARS - 3] + "..."
             return (f"split {split!r}: all {len(rows)} images are unreadable (first: {first}); the reason of "
-                    f"each: python -m jobs.runs --skipped {run_id} {store.db_arg(db)}")
+                    f"each: python -m jobs.runs --skipped {run_id} {storecheck.db_arg(db)}")
     return None

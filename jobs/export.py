@@ -5,7 +5,8 @@
 The set holds the confusion matrix (all classes and the most confused ones), per-class precision/recall/F1,
 the training curves, a grid of the most confident mistakes with both Grad-CAM maps, a sheet of errors per
 chosen sport, the tables behind them, for an audited run the leakage table and the duplicate groups and,
-for a run scored by ``jobs.trust``, the per-class faithfulness table and plot and the sanity-check cascade.
+for a run scored by ``jobs.trust``, the per-class faithfulness table and plot and the sanity-check cascade,
+the accuracies with their intervals and, for a run calibrated by ``jobs.calibrate``, its tables and figures.
 ``manifest.json`` lists every file with its caption. Plots need a Chromium (``--browser``); without one
 they are skipped and the rest is written.
 """

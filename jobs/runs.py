@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from db import queries, store
+from db import queries, store, storecheck
 from jobs.common import DefaultsHelpFormatter, add_db_arg, run_cli
 
 
@@ -32,7 +32,7 @@ def _pct(v) -> str:
 
 def format_table(runs: list[dict], db: str | None = None) -> str:
     if not runs:
-        return f"no runs in the store; create one with: python -m jobs.train {store.db_arg(db)}"
+        return f"no runs in the store; create one with: python -m jobs.train {storecheck.db_arg(db)}"
     lines = []
     for r in runs:
         lines.append(f"#{r['id']} {r['name']}  [{r['status']}]  {r['classes']} classes, {r['device']}, "

@@ -17,11 +17,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-from core.defaults import DEFAULT_CAM_LAYER, MIN_IMAGE_SIZE
+from core.cache import ENV_VAR as CACHE_ENV_VAR
+from core.cammaps import GRADIENT_METHODS, parse_methods
+from core.defaults import DEFAULT_CAM_LAYER, MIN_IMAGE_SIZE, PRECISIONS, SCORECAM_COST
 from core.errors import CheckpointError
 from core.splits import EVAL_SPLITS, SPLITS, TEST, VALID
-from db import store
+from db import store, storecheck
 from jobs.common import DefaultsHelpFormatter, add_db_arg, run_cli, run_distributed
+from jobs.corrections import add_correction_args
 from jobs.rundir import DEFAULT_OUT, find_resume_checkpoint, fresh_run_dir
 
 if TYPE_CHECKING:  # torch and the model load when the job runs, not for --help
@@ -29,6 +32,7 @@ if TYPE_CHECKING:  # torch and the model load when the job runs, not for --help
     from torch import nn
 
     from core import dist
+    from core.cache import DecodedCache
     from core.data import DatasetIndex
     from core.model import ModelMeta
     from jobs.training import RunOutput
@@ -81,7 +85,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="label smoothing of the training loss (0: plain cross-entropy)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto takes the GPU when there is one")
-    p.add_argument("--amp", action="store_true", help="mixed precision (float16 autocast + GradScaler) on CUDA")
+    p.add_argument("--amp", action="store_true", help="mixed precision (float16 autocast + GradScaler) on CUDA, "
+                   "as --precision fp16")
+    p.add_argument("--precision", choices=PRECISIONS, default=None, help="arithmetic of the forward pass "
+                   "(default: bf16 on a GPU that has it, else fp16 with a GradScaler; fp32 on the CPU)")
+    p.add_argument("--cache-dir", default=None, help="folder of the decoded cache, written by the first epoch or "
+                   f"ahead by python -m jobs.cache (default: ${CACHE_ENV_VAR}, else ~/.cache/sports-cam/decoded)")
+    p.add_argument("--no-cache", action="store_true", help="read and decode the JPEG files every epoch")
     p.add_argument("--workers", type=int, default=2, help="data-loader worker processes per rank")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and augmentation")
     p.add_argument("--run-name", default=None, help="name of the run in the store (default: data folder + time)")
@@ -91,12 +101,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     per_mode("--cam-layer", str, f"module path of the Grad-CAM target layer ({DEFAULT_CAM_LAYER} is the ReLU "
              "after conv5_4)")
     p.add_argument("--no-cams", action="store_true", help="write predictions without Grad-CAM maps")
+    p.add_argument("--cam-methods", default=",".join(GRADIENT_METHODS),
+                   help="comma-separated CAM methods whose maps the evaluation stores; the gradient methods share "
+                   "one forward and backward (together about the cost of inference), eigencam needs no backward, "
+                   f"scorecam is opt-in: {SCORECAM_COST}")
     p.add_argument("--eval-splits", default=",".join(EVAL_SPLITS),
                    help="splits to predict after training (comma-separated; add train on request)")
     p.add_argument("--audit", action="store_true", help="audit the data (duplicates, leakage, suspect labels) "
                    "when training ends, as python -m jobs.audit does")
     p.add_argument("--demo-root", default=None, help="cache folder of the demo set (default: $SPORTS_CACHE or "
                    "~/.cache/sports-cam)")
+    add_correction_args(p)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -122,6 +137,10 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.run_name is not None and not 0 < len(args.run_name) <= 200:
         raise ValueError(f"--run-name must have 1 to 200 characters, got {len(args.run_name)}")
+    try:
+        parse_methods(args.cam_methods)
+    except ValueError as exc:
+        raise ValueError(f"--cam-methods: {exc}") from None
     bad = [s for s in args.eval_splits.split(",") if s and s not in SPLITS]
     if bad:
         raise ValueError(f"--eval-splits: unknown split(s) {bad}, expected {', '.join(SPLITS)}")
@@ -170,7 +189,7 @@ def image_records(index: DatasetIndex) -> list[store.ImageRecord]:
 
 def main(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
-        store.check_writable(args.db)  # before the data, the model and the epochs: not after them
+        storecheck.check_writable(args.db)  # before the data, the model and the epochs: not after them
     return run_distributed(args, _main)
 
 
@@ -178,9 +197,13 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
     import torch
 
     from core import dist
+    from core.cache import DecodedCache
     from core.data import DatasetError
+    from core.engine import choose_precision
+    from core.gradcam import check_methods_for_layer
     from core.model import ModelMeta, build_model, load_imagenet_base, read_checkpoint, resolve_module
     from jobs.checks import unusable_split
+    from jobs.corrections import apply_reviews
     from jobs.training import RunOutput, TrainSettings, train
 
     resume_state: Optional[dict[str, Any]] = None
@@ -192,20 +215,24 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
         resume_state = dist.broadcast_from_main(env, resume_state)
         saved = resume_state.get("args", {})
         # The run continues with its own configuration; only where-to-run flags may change.
-        keep = {"device", "amp", "workers", "db", "out", "verbose", "resume"}
+        keep = {"device", "amp", "precision", "cache_dir", "no_cache", "workers", "db", "out", "verbose", "resume"}
         for k, v in saved.items():
             if k not in keep and hasattr(args, k):
                 setattr(args, k, v)
     args = resolve_defaults(args)
+    args.precision = choose_precision(device, args.precision, amp=args.amp).name  # the run records its choice
     if args.amp and device.type != "cuda":
         log.warning("--amp has no effect on the CPU; training in float32")
+    cache = None if args.no_cache else DecodedCache(args.cache_dir, workers=args.workers)
+    log.info("precision %s; %s", args.precision,
+             "reading the JPEG files" if cache is None else f"decoded cache in {cache.root}")
     torch.manual_seed(args.seed)
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
     else:
         torch.backends.cudnn.benchmark = True
 
-    index = prepare_dataset(args, env)
+    index = apply_reviews(args, prepare_dataset(args, env), env)
     log.info("dataset %s: %s", index.root, index.summary())
     for split, why in index.absent.items():
         log.warning("split %s is absent (%s): %s", split, why,
@@ -217,6 +244,8 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
                      dropout=args.dropout, extra={"weights": args.weights})
     model = build_model(meta)
     resolve_module(model, args.cam_layer)  # fail early on a wrong --cam-layer
+    if not args.no_cams:  # and on a method the layer cannot take (Score-CAM on thousands of channels)
+        check_methods_for_layer(model, parse_methods(args.cam_methods), args.cam_layer, args.image_size)
     weights_desc = args.weights
     if resume_state is None:
         weights_desc = load_imagenet_base(model, args.weights)
@@ -268,10 +297,11 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
         if unusable:
             raise DatasetError(unusable)
         best = train(model, settings=TrainSettings.from_args(args), index=index, meta=meta, device=device,
-                     env=env, out=out, resume_state=resume_state)
+                     env=env, out=out, resume_state=resume_state, cache=cache)
         finish(model, best, index=index, meta=meta, device=device, env=env, out=out,
                eval_splits=[s for s in args.eval_splits.split(",") if s], batch_size=args.batch_size,
-               workers=args.workers, cams=not args.no_cams, layer=args.cam_layer, audit=args.audit)
+               workers=args.workers, cams=not args.no_cams, layer=args.cam_layer, audit=args.audit, cache=cache,
+               cam_methods=parse_methods(args.cam_methods))
     except BaseException as exc:
         if env.is_main and Session_ is not None and run_id is not None:
             with Session_.begin() as s:
@@ -282,11 +312,13 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
 
 def finish(model: nn.Module, best: dict, *, index: DatasetIndex, meta: ModelMeta, device: torch.device,
            env: dist.DistEnv, out: RunOutput, eval_splits: Sequence[str], batch_size: int, workers: int,
-           cams: bool, layer: str, audit: bool) -> None:
+           cams: bool, layer: str, audit: bool, cache: Optional[DecodedCache] = None,
+           cam_methods: Sequence[str] = GRADIENT_METHODS) -> None:
     """Reload the best weights, evaluate ``eval_splits``, mark the run complete and, with ``audit``, audit it."""
     from core import dist
     from core.model import read_checkpoint
     from jobs.auditing import audit_run, format_summary
+    from jobs.calibrate import calibrate_after_training
     from jobs.evaluation import evaluate_split
 
     best_path = out.run_dir / "best.pt"
@@ -300,7 +332,8 @@ def finish(model: nn.Module, best: dict, *, index: DatasetIndex, meta: ModelMeta
     results = {}
     for split in splits:
         results[split] = evaluate_split(out.Session_, out.run_id, model, meta, index, split, device=device,
-                                        env=env, batch_size=batch_size, workers=workers, cams=cams, layer=layer)
+                                        env=env, batch_size=batch_size, workers=workers, cams=cams, layer=layer,
+                                        cache=cache, methods=cam_methods)
     if env.is_main:
         metrics = {"best_val_acc": best["acc"] if VALID in index.splits else None}
         for split, r in results.items():
@@ -309,6 +342,7 @@ def finish(model: nn.Module, best: dict, *, index: DatasetIndex, meta: ModelMeta
             store.finish_run(s, out.run_id, "complete", best_epoch=best["epoch"], metrics=metrics,
                              checkpoint_path=str(best_path.resolve()))
         log.info("run %d complete: %s", out.run_id, json.dumps(metrics))
+        calibrate_after_training(out.Session_, out.run_id)
         if audit:
             with out.Session_.begin() as s:
                 report = audit_run(s, out.run_id)

@@ -20,8 +20,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from core import dist
-from core.data import DatasetIndex, ImageDataset, collate
-from core.engine import Skipped, evaluate, train_one_epoch
+from core.cache import DecodedCache
+from core.data import DatasetIndex
+from core.engine import Skipped, choose_precision, evaluate, train_one_epoch
+from core.feed import split_feed
 from core.model import ModelMeta, SportsVGG, save_checkpoint
 from core.splits import TRAIN, VALID
 from db import store
@@ -46,6 +48,7 @@ class TrainSettings:
     clip_norm: float
     label_smoothing: float
     amp: bool
+    precision: Optional[str] = None  # core.engine.PRECISIONS; None: the device's default
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "TrainSettings":
@@ -61,23 +64,6 @@ class RunOutput:
     run_id: int
     run_dir: Path
     saved_args: dict[str, Any]
-
-
-def make_train_loader(ds: ImageDataset, settings: TrainSettings, env: dist.DistEnv):
-    sampler = torch.utils.data.DistributedSampler(ds, num_replicas=env.world_size, rank=env.rank,
-                                                  shuffle=True, seed=settings.seed)
-    loader = torch.utils.data.DataLoader(ds, batch_size=settings.batch_size, sampler=sampler,
-                                         num_workers=settings.workers, collate_fn=collate,
-                                         pin_memory=torch.cuda.is_available(), persistent_workers=False,
-                                         drop_last=False)
-    return sampler, loader
-
-
-def make_val_loader(ds: ImageDataset, settings: TrainSettings, env: dist.DistEnv):
-    sub = torch.utils.data.Subset(ds, dist.shard(len(ds), env))
-    return torch.utils.data.DataLoader(sub, batch_size=settings.batch_size, shuffle=False,
-                                       num_workers=settings.workers, collate_fn=collate,
-                                       pin_memory=torch.cuda.is_available())
 
 
 def phase_of(global_epoch: int, e1: int) -> int:
@@ -125,19 +111,20 @@ def wrap(model: nn.Module, env: dist.DistEnv, device: torch.device) -> nn.Module
 
 def train(model: SportsVGG, *, settings: TrainSettings, index: DatasetIndex, meta: ModelMeta,
           device: torch.device, env: dist.DistEnv, out: RunOutput,
-          resume_state: Optional[dict[str, Any]] = None) -> dict:
-    """Both phases; returns {'acc', 'epoch'} of the best validation accuracy."""
+          resume_state: Optional[dict[str, Any]] = None, cache: Optional[DecodedCache] = None) -> dict:
+    """Both phases; returns {'acc', 'epoch'} of the best validation accuracy.
+
+    With ``cache`` the loaders read the decoded cache (the first epoch writes it when absent), else the
+    JPEG files.
+    """
     e1, e2 = settings.epochs_frozen, settings.epochs_finetune
     total = e1 + e2
-    train_ds = ImageDataset(index.root, index.splits[TRAIN], settings.image_size, train=True, seed=settings.seed,
-                            mean=meta.mean, std=meta.std)
-    sampler, train_loader = make_train_loader(train_ds, settings, env)
-    val_loader = None
-    if VALID in index.splits:
-        val_ds = ImageDataset(index.root, index.splits[VALID], settings.image_size, train=False,
-                              mean=meta.mean, std=meta.std)
-        val_loader = make_val_loader(val_ds, settings, env)
-    scaler = torch.amp.GradScaler("cuda") if (settings.amp and device.type == "cuda") else None
+    feed = dict(size=settings.image_size, batch_size=settings.batch_size, env=env, device=device,
+                seed=settings.seed, mean=meta.mean, std=meta.std, workers=settings.workers, cache=cache)
+    train_ds, sampler, train_loader = split_feed(index, TRAIN, train=True, **feed)
+    val_loader = split_feed(index, VALID, train=False, **feed).loader if VALID in index.splits else None
+    precision = choose_precision(device, settings.precision, amp=settings.amp)
+    scaler = precision.make_scaler()
     start, best = 0, {"acc": -1.0, "epoch": None}
     opt = sched = None
     if resume_state is not None:
@@ -165,11 +152,11 @@ def train(model: SportsVGG, *, settings: TrainSettings, index: DatasetIndex, met
         skipped = Skipped()
         epoch_in_phase = g + 1 if phase == 1 else g - e1 + 1
         tr = train_one_epoch(ddp, train_loader, opt, device, frozen_base=phase == 1, scaler=scaler, env=env,
-                             clip_norm=settings.clip_norm, scheduler=sched,
+                             clip_norm=settings.clip_norm, scheduler=sched, precision=precision,
                              label_smoothing=settings.label_smoothing, skipped=skipped,
                              desc=f"phase {phase} epoch {epoch_in_phase}")
         lr = opt.param_groups[0]["lr"]  # the rate the epoch ended with (the schedule steps per batch)
-        va = evaluate(model, val_loader, device, amp=settings.amp, env=env, skipped=Skipped()) \
+        va = evaluate(model, val_loader, device, amp=precision, env=env, skipped=Skipped()) \
             if val_loader is not None else None
         seconds = time.perf_counter() - t0
         skipped_here = dist.gather_to_main(env, skipped.items)  # each rank meets the bad files of its own shard

@@ -1,13 +1,15 @@
-"""Score how faithful a run's Grad-CAM maps are, and run the cascading-randomisation sanity check.
+"""Score how faithful a run's CAM maps are, rank the methods, and run the cascading-randomisation sanity check.
 
-    python -m jobs.trust --run RUN [--split valid] [--sample N] [--steps 16] [--json] [--db URL]
+    python -m jobs.trust --run RUN [--methods all|LIST] [--split valid] [--sample N] [--steps 16] [--json]
     torchrun --nproc_per_node=N -m jobs.trust --run-id RUN ...   # torchrun claims a bare --run
 
-For every chosen image the maps of the predicted class (and of the true class where they differ) are
-recomputed from the run's checkpoint and scored with deletion and insertion curves, next to a random and
-a centre map (see ``core.trust``). The images are sharded over the ranks, gathered on rank 0, and rank 0
-runs the sanity check on a sample and writes both to the store. Running it again replaces the scores of
-the same images and the run's sanity check.
+For every chosen image the maps of each method in ``--methods`` of the predicted class (and of the true class
+where they differ) are recomputed from the run's checkpoint, all from one forward, and scored with deletion
+and insertion curves, next to a random and a centre map (see ``core.trust``). Where the images have object
+boxes (the demo), the correctly classified ones also play the pointing game with every map. The methods are
+then ranked (``core.method_rank``). The images are sharded over the ranks, gathered on rank 0, and rank 0
+runs the sanity check on a sample and writes everything to the store. Running it again replaces the scores
+of the same images (of every method) and the run's sanity check.
 """
 from __future__ import annotations
 
@@ -21,8 +23,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from core.cammaps import TARGET_PRED, TARGET_TRUE
+from core.cache import ENV_VAR as CACHE_ENV_VAR
+from core.cammaps import BASELINES, DEFAULT_METHOD, TARGET_PRED, TARGET_TRUE, TARGETS, parse_methods, peak_location
 from core.defaults import FILLS
+from core.method_rank import rank_methods
 from core.metrics import trust_summary
 from core.splits import VALID
 from db import queries, store
@@ -32,9 +36,12 @@ if TYPE_CHECKING:  # torch and the model load when the job runs, not for --help
     import torch
 
     from core import dist
-    from core.data import ImageDataset
 
 log = logging.getLogger("jobs.trust")
+
+# Per device: images explained together, and perturbed inputs per forward pass of the curves.
+BATCH = {"cpu": 8, "cuda": 32}
+CHUNK = {"cpu": 64, "cuda": 256}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -42,6 +49,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                                 formatter_class=DefaultsHelpFormatter)
     add_run_arg(p)
     add_db_arg(p)
+    p.add_argument("--methods", default="all", help="comma-separated CAM methods to score and rank, or all: "
+                   "those whose maps the run stores. Each method adds 2 x (steps - 1) forwards per map")
     p.add_argument("--split", default=VALID, help="split whose images are scored")
     p.add_argument("--sample", type=int, default=0, help="score a seeded random sample of this many images "
                    "(0: all of the split)")
@@ -56,17 +65,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the sample, the random maps and re-initialisation")
     p.add_argument("--layer", default=None, help="Grad-CAM layer (default: the run's)")
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default: the run's best checkpoint)")
-    p.add_argument("--batch-size", type=int, default=8, help="images explained together per rank")
-    p.add_argument("--chunk", type=int, default=64, help="perturbed inputs per forward pass")
+    p.add_argument("--batch-size", type=int, default=None, help="images explained together per rank "
+                   f"(default: {BATCH['cuda']} on a GPU, {BATCH['cpu']} on the CPU)")
+    p.add_argument("--chunk", type=int, default=None, help="perturbed inputs per forward pass "
+                   f"(default: {CHUNK['cuda']} on a GPU, {CHUNK['cpu']} on the CPU)")
     p.add_argument("--workers", type=int, default=0, help="data-loader worker processes per rank")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where the model runs")
+    p.add_argument("--cache-dir", default=None, help="folder of the decoded cache, shared with jobs.train "
+                   f"(default: ${CACHE_ENV_VAR}, else ~/.cache/sports-cam/decoded)")
+    p.add_argument("--no-cache", action="store_true", help="read and decode the JPEG files")
     p.add_argument("--json", action="store_true", help="print the aggregate scores and the sanity check as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    if args.steps < 2 or args.sample < 0 or args.sanity_sample < 1 or args.batch_size < 1 or args.chunk < 1:
+    batch, chunk = (1 if v is None else v for v in (args.batch_size, args.chunk))  # None: the device's choice
+    if args.steps < 2 or args.sample < 0 or args.sanity_sample < 1 or batch < 1 or chunk < 1:
         raise ValueError(
             "need --steps >= 2, --sample >= 0, --sanity-sample >= 1, --batch-size >= 1, --chunk >= 1; got "
             f"--steps {args.steps}, --sample {args.sample}, --sanity-sample {args.sanity_sample}, "
@@ -90,63 +105,98 @@ def map_seed(seed: int, image_id: int) -> int:
     return (int(seed) * 1_000_003 + int(image_id)) & 0x7FFF_FFFF
 
 
-def score_images(model, dataset: ImageDataset, ids: list[int], positions: list[int], args, layer: str):
-    """Score this rank's images; returns (score rows, skipped image ids, labelled inputs for the cascade)."""
+def split_plan(s, run: queries.RunInfo, split: str, images: list[tuple[int, str, int]]) -> dict:
+    """The whole split, in the order of core.data.discover (so its decoded cache is the one training wrote),
+    and the positions in it of the planned images."""
+    samples = sorted(((rel, label) for _, rel, label in queries.image_samples(s, run.id, [split])),
+                     key=lambda x: x[0])
+    at = {rel: k for k, (rel, _) in enumerate(samples)}
+    return dict(samples=samples, classes=list(run.classes), positions=[at[rel] for _, rel, _ in images])
+
+
+def pointing_rows(image_id: int, cams: dict[str, np.ndarray], box, size: tuple[int, int], input_size: int,
+                  seed: int) -> list[dict]:
+    """The pointing game of one image: for each map (and both baselines) whether its peak falls in the box."""
+    from core import trust
+
+    x0, y0, x1, y1 = box
+    w, h = size
+    base = trust.baseline_maps([seed], next(iter(cams.values())).shape[-2:])
+    cams = {**cams, **{b: base[b][0].numpy() for b in BASELINES}}
+    share = max(0.0, x1 - x0) * max(0.0, y1 - y0) / float(w * h)
+    rows = []
+    for method, cam in cams.items():
+        px, py = peak_location(cam, input_size, (w, h))
+        rows.append(dict(image_id=image_id, method=method, hit=bool(x0 <= px < x1 and y0 <= py < y1),
+                         box_share=share))
+    return rows
+
+
+def score_images(model, loader, ids: dict[int, int], args, layer: str, boxes: dict[int, tuple], input_size: int):
+    """Score this rank's images; returns (score rows, pointing rows, skipped image ids). ``ids`` maps a
+    position in the split to its image id; ``boxes``: {image_id: (bbox, (width, height))} of the images that
+    have an object box."""
     import torch
 
-    from core import trust
-    from core.data import collate
-    from core.gradcam import predict_and_explain
+    from core import cam_methods, trust
+    from core.gradcam import predict_and_explain_many
 
     device = next(model.parameters()).device
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, positions), batch_size=args.batch_size,
-                                         shuffle=False, num_workers=args.workers, collate_fn=collate)
-    rows, bad = [], []
+    rows, points, bad = [], [], []
+    pred_col, true_col = TARGETS.index(TARGET_PRED), TARGETS.index(TARGET_TRUE)
     for x, y, idx, skipped, _ in loader:
         bad += [ids[i] for i, _ in skipped]
         if x is None:
             continue
         x, y = x.to(device), y.to(device)
-        e = predict_and_explain(model, x, y, layer=layer)
-        # One map per image for "pred", plus one for "true" where the prediction is wrong.
+        e = predict_and_explain_many(model, x, y, args.methods, layer=layer,
+                                     scorecam_max_channels=cam_methods.SCORECAM_MAX_CHANNELS)
+        # One map per image and method for "pred", plus one for "true" where the prediction is wrong.
         wrong = (e.pred != y).nonzero()[:, 0]
         which = torch.cat([torch.arange(len(y), device=device), wrong])
-        column = torch.cat([torch.zeros(len(y), dtype=torch.long), torch.ones(len(wrong), dtype=torch.long)])
-        maps = e.maps[which, column.to(device)]
-        classes = torch.where(column.to(device) == 0, e.pred[which], y[which])
+        column = torch.cat([torch.full((len(y),), pred_col), torch.full((len(wrong),), true_col)]).to(device)
+        maps = {m: v[which, column] for m, v in e.maps.items()}
+        classes = torch.where(column == pred_col, e.pred[which], y[which])
         image_ids = [ids[int(i)] for i in idx[which.cpu()]]
-        curves = trust.faithfulness(model, x[which], maps, classes, [map_seed(args.seed, i) for i in image_ids],
-                                    steps=args.steps, fill=args.fill, blur_sigma=args.blur_sigma, chunk=args.chunk)
+        curves = trust.faithfulness_many(model, x[which], maps, classes,
+                                         [map_seed(args.seed, i) for i in image_ids], steps=args.steps,
+                                         fill=args.fill, blur_sigma=args.blur_sigma, chunk=args.chunk)
         for r, image_id in enumerate(image_ids):
             for method, c in curves.items():
                 rows.append(dict(
-                    image_id=image_id, target=TARGET_PRED if column[r] == 0 else TARGET_TRUE,
+                    image_id=image_id, target=TARGET_PRED if column[r] == pred_col else TARGET_TRUE,
                     class_index=int(classes[r]),
                     method=method, deletion_auc=float(c.deletion_auc[r, 0]),
                     insertion_auc=float(c.insertion_auc[r, 0]),
                     deletion_curve=[round(float(v), 5) for v in c.deletion[r, 0]],
                     insertion_curve=[round(float(v), 5) for v in c.insertion[r, 0]],
                 ))
-    return rows, bad
+        for k in range(len(y)):  # the pointing game: correctly classified images with a box
+            image_id = ids[int(idx[k])]
+            if int(e.pred[k]) == int(y[k]) and image_id in boxes:
+                box, size = boxes[image_id]
+                cams = {m: v[k, pred_col].cpu().numpy() for m, v in e.maps.items()}
+                points += pointing_rows(image_id, cams, box, size, input_size, map_seed(args.seed, image_id))
+    return rows, points, bad
 
 
-def sanity(model, dataset: ImageDataset, args, layer: str) -> tuple[list[dict], int]:
-    """The cascade on the first ``--sanity-sample`` readable images of the plan (rank 0 only)."""
+def sanity(model, loader, args, layer: str) -> tuple[list[dict], int]:
+    """The cascade on the first ``--sanity-sample`` readable images of the plan (rank 0 only, ``loader``
+    reads the whole plan in order)."""
     import torch
 
     from core import trust
 
     device = next(model.parameters()).device
     xs = []
-    for i in range(len(dataset)):
-        x, _, _, reason, _ = dataset[i]
-        if not reason:
-            xs.append(x)
-        if len(xs) == args.sanity_sample:
+    for x, *_ in loader:
+        if x is not None:
+            xs.append(x[: args.sanity_sample - sum(len(t) for t in xs)].to(device))
+        if sum(len(t) for t in xs) == args.sanity_sample:
             break
     if not xs:
         return [], 0
-    x = torch.stack(xs).to(device)
+    x = torch.cat(xs)
     with torch.inference_mode():
         pred = model(x).argmax(1)
     stages = trust.vgg_stages(model, args.sanity_depth)
@@ -156,12 +206,27 @@ def sanity(model, dataset: ImageDataset, args, layer: str) -> tuple[list[dict], 
 
 def main(args: argparse.Namespace) -> int:
     _check_args(args)
+    if args.methods.strip() != "all":
+        try:
+            args.methods = parse_methods(args.methods)
+        except ValueError as exc:
+            raise ValueError(f"--methods: {exc}") from None
     return run_distributed(args, _main)
+
+
+def image_boxes(s, run_id: int, split: str) -> dict[int, tuple]:
+    """{image_id: (bbox, (width, height))} of the split's images with an object box and a known size."""
+    images = queries.images_frame(s, run_id, [split])
+    return {int(r.image_id): (tuple(float(v) for v in r.bbox), (int(r.width), int(r.height)))
+            for r in images.itertuples() if r.bbox is not None and r.width and r.height}
 
 
 def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> int:
     from core import dist, trust
-    from core.data import ImageDataset, Sample
+    from core.cache import DecodedCache
+    from core.data import DatasetIndex, Sample
+    from core.feed import device_batch_size, split_feed
+    from core.gradcam import check_methods_for_layer
     from core.model import load_checkpoint, resolve_module
 
     t0 = time.perf_counter()
@@ -176,39 +241,62 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
             if not ckpt:
                 raise ValueError(f"run {run.id} ({run.name}) has no checkpoint yet (status {run.status})")
             images = plan_images(s, run, args.split, args.sample, args.seed)
-            plan = dict(run_id=run.id, name=run.name, root=run.data_root, checkpoint=ckpt, images=images)
+            methods = args.methods
+            if isinstance(methods, str):  # "all": the methods whose maps the run stores
+                methods = tuple(run.cam_methods) or tuple(queries.stored_methods(s, run.id)) or (DEFAULT_METHOD,)
+            plan = dict(run_id=run.id, name=run.name, root=run.data_root, checkpoint=ckpt, images=images,
+                        methods=methods, names=list(run.classes), boxes=image_boxes(s, run.id, args.split),
+                        **split_plan(s, run, args.split, images))
     plan = dist.broadcast_from_main(env, plan)
+    args.methods = plan["methods"]
     model, meta = load_checkpoint(plan["checkpoint"])
     layer = args.layer or meta.cam_layer
     resolve_module(model, layer)
     model.to(device)
+    check_methods_for_layer(model, args.methods, layer, meta.image_size)
     ids = [i for i, _, _ in plan["images"]]
-    dataset = ImageDataset(Path(plan["root"]), [Sample(rel, lab) for _, rel, lab in plan["images"]],
-                           meta.image_size, train=False, mean=meta.mean, std=meta.std)
-    log.info("run %d (%s): scoring %d %s images, %d steps, layer %s", plan["run_id"], plan["name"], len(ids),
-             args.split, args.steps, layer)
+    index = DatasetIndex(root=Path(plan["root"]), classes=plan["classes"],
+                         splits={args.split: [Sample(rel, lab) for rel, lab in plan["samples"]]})
+    args.batch_size = device_batch_size(device, args.batch_size, **BATCH)
+    args.chunk = device_batch_size(device, args.chunk, **CHUNK)
+    cache = None if args.no_cache else DecodedCache(args.cache_dir, workers=args.workers)
+
+    def feed(env_: dist.DistEnv, batch_size: int):
+        return split_feed(index, args.split, train=False, size=meta.image_size, batch_size=batch_size, env=env_,
+                          device=device, mean=meta.mean, std=meta.std, workers=args.workers, cache=cache,
+                          positions=plan["positions"]).loader
+
+    log.info("run %d (%s): scoring %s on %d %s images, %d steps, layer %s, batches of %d", plan["run_id"],
+             plan["name"], ", ".join(args.methods), len(ids), args.split, args.steps, layer, args.batch_size)
     t1 = time.perf_counter()
-    local = score_images(model, dataset, ids, dist.shard(len(ids), env), args, layer)
+    local = score_images(model, feed(env, args.batch_size), dict(zip(plan["positions"], ids)), args, layer,
+                         plan["boxes"], meta.image_size)
     gathered = dist.gather_to_main(env, local)
     if not env.is_main:
         return 0
-    rows = [r for part, _ in gathered for r in part]
-    bad = [i for _, part in gathered for i in part]
+    rows = [r for part, _, _ in gathered for r in part]
+    points = [r for _, part, _ in gathered for r in part]
+    bad = [i for _, _, part in gathered for i in part]
     seconds_scores = time.perf_counter() - t1
-    stages, n_sanity = sanity(model, dataset, args, layer)
+    stages, n_sanity = sanity(model, feed(dist.DistEnv(), args.sanity_sample), args, layer)
     settings = dict(split=args.split, sample=args.sample, steps=args.steps, fill=args.fill,
                     blur_sigma=args.blur_sigma or trust.default_blur_sigma(meta.image_size, meta.image_size),
                     seed=args.seed, image_size=meta.image_size, images=len(ids) - len(bad), skipped=len(bad),
+                    methods=list(args.methods),
                     seconds_scores=round(seconds_scores, 2), seconds=round(time.perf_counter() - t0, 2))
     with Session_.begin() as s:
         store.replace_trust_scores(s, plan["run_id"], ids, [{**r, "run_id": plan["run_id"]} for r in rows])
+        store.replace_pointing_scores(s, plan["run_id"], ids, points)
         store.replace_sanity_check(s, plan["run_id"], layer=layer, n_images=n_sanity, stages=stages,
                                    settings=settings)
     with Session_() as s:
         frame = queries.trust_frame(s, plan["run_id"], curves=False)
+        pointing = queries.pointing_frame(s, plan["run_id"])
     frame = frame[frame["image_id"].isin(ids)]
+    ranking = rank_methods(frame, plan["names"], pointing[pointing["image_id"].isin(ids)])
     report = dict(run_id=plan["run_id"], layer=layer, settings=settings,
-                  scores={t: trust_summary(frame, t) for t in (TARGET_PRED, TARGET_TRUE)}, sanity=stages)
+                  scores={t: trust_summary(frame, t) for t in (TARGET_PRED, TARGET_TRUE)}, sanity=stages,
+                  ranking=ranking_report(ranking))
     if args.json:
         json.dump(report, sys.stdout, indent=1)
         sys.stdout.write("\n")
@@ -216,6 +304,17 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
         print(format_summary(report))
     engine.dispose()
     return 0
+
+
+def ranking_report(ranking) -> dict:
+    """The ranking as plain JSON: the sentence, the winner's margin, the table and the per-class table."""
+    if ranking is None:
+        return {}
+    table = ranking.table.astype(object).where(ranking.table.notna(), None)
+    per_class = ranking.per_class.astype(object).where(ranking.per_class.notna(), None)
+    return dict(sentence=ranking.sentence, winner=ranking.winner, runner_up=ranking.runner_up,
+                confidence=ranking.confidence.as_dict(), table=table.to_dict(orient="records"),
+                per_class=per_class.to_dict(orient="records"))
 
 
 def format_summary(report: dict) -> str:
@@ -230,6 +329,13 @@ def format_summary(report: dict) -> str:
     for base, share in summary["gradcam_beats"].items():
         lines.append(f"  Grad-CAM beats {base} on {share['deletion']:.0%} of images (deletion), "
                      f"{share['insertion']:.0%} (insertion)")
+    ranking = report.get("ranking")
+    if ranking:
+        lines.append("methods by score (insertion AUC - deletion AUC of the predicted-class maps, higher is better):")
+        for r in ranking["table"]:
+            point = (f"  pointing {r['pointing']:.0%} of {r['pointing_n']}" if r.get("pointing") is not None else "")
+            lines.append(f"  {r['rank'] or '-':>2} {r['name']:<12} {r['score']:+.3f}{point}")
+        lines.append(ranking["sentence"])
     if report["sanity"]:
         lines.append("sanity check (similarity of trained and randomised maps, Spearman / SSIM):")
         for r in report["sanity"]:

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import csv
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterable
 
@@ -9,8 +12,29 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.cache import ENV_VAR as DECODED_CACHE_VAR
+
 # The PostgreSQL server fixture (pg_url), shared by every module that needs it: one server per session.
 pytest_plugins = ["tests.pg"]
+
+_saved_cache_var: list = []
+
+
+def pytest_configure(config) -> None:
+    """Every decoded cache the tests write (training's default included, in this process and in the jobs
+    they start as subprocesses, which inherit the environment) goes to a folder of this session, never to
+    the user's ~/.cache."""
+    _saved_cache_var.append(os.environ.get(DECODED_CACHE_VAR))
+    os.environ[DECODED_CACHE_VAR] = tempfile.mkdtemp(prefix="sports-decoded-test-")
+
+
+def pytest_unconfigure(config) -> None:
+    shutil.rmtree(os.environ[DECODED_CACHE_VAR], ignore_errors=True)
+    before = _saved_cache_var.pop() if _saved_cache_var else None
+    if before is None:
+        os.environ.pop(DECODED_CACHE_VAR, None)
+    else:
+        os.environ[DECODED_CACHE_VAR] = before
 
 
 def write_image(path: Path, rng: np.random.Generator, size: int = 32, colour: int = 0) -> None:

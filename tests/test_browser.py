@@ -16,6 +16,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from db.builder import add_hashes
+from db.builder_embed import add_embedding
+from db.builder_calibration import add_calibration, add_logits
 from tests.storefactory import build_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,6 +33,9 @@ PAGES = [
     ("data_issues", "Data issues", "data_issues"),
     ("export", "Export", "export"),
     ("trust", "Can the maps be trusted?", "trust"),
+    ("calibration", "Calibration", "calibration"),
+    ("review_queue", "Review queue", "review_queue"),
+    ("map", "Map", "map"),
 ]
 
 pytestmark = pytest.mark.browser
@@ -70,8 +76,12 @@ def server(tmp_path_factory):
     except ImportError:
         _need(False, "the playwright package is not installed")
     _need(CHROMIUM.exists(), f"{CHROMIUM} not found (install Debian's chromium)")
-    url, _, _ = build_store(tmp_path_factory.mktemp("browser"), n_classes=100, n_per_class=3, image_size=96, seed=3,
-                             audit=True, trust=True)
+    url, run_id, _ = build_store(tmp_path_factory.mktemp("browser"), n_classes=100, n_per_class=3, image_size=96,
+                                 seed=3, audit=True, trust=True)
+    add_logits(url, run_id)  # logits and a temperature for the Calibration page and its switch
+    add_calibration(url, run_id)
+    add_hashes(url, run_id)  # file hashes, so that the Review queue can take verdicts
+    add_embedding(url, run_id)  # feature vectors and a map, for the Map page and "It looks like these"
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     log = tmp_path_factory.mktemp("log") / "streamlit.log"

@@ -213,9 +213,14 @@ def test_figures_build_with_the_expected_traces():
     scaled = cal.reliability_bins(conf2, pred2 == y[400:]).records()
     fig = figs.reliability_diagram(report["test"]["bins"], calibrated=scaled, title="test")
     names = [t.name for t in fig.data]
-    assert names == ["perfect calibration", "accuracy", "mean confidence", "after temperature scaling",
-                     "images per bin"]
+    assert names == ["perfect calibration", "accuracy (95% interval)", "mean confidence",
+                     "after temperature scaling", "images per bin"]
     filled = [b for b in report["test"]["bins"] if b["count"]]
+    from core.intervals import wilson_interval
+    acc = np.array([b["accuracy"] for b in filled])
+    lo, hi = wilson_interval(np.rint(acc * [b["count"] for b in filled]).astype(int), [b["count"] for b in filled])
+    np.testing.assert_allclose(acc + np.asarray(fig.data[1].error_y.array), hi)  # each bin's Wilson interval
+    np.testing.assert_allclose(acc - np.asarray(fig.data[1].error_y.arrayminus), lo)
     assert list(fig.data[-1].y) == [b["count"] for b in filled] == [int(t) for t in fig.data[-1].text]
     hist = figs.confidence_split_histogram(conf, pred == y[400:])
     right = int((pred == y[400:]).sum())

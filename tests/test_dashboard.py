@@ -267,7 +267,9 @@ def test_compare_walks_the_gallery(normal, monkeypatch):
     assert not at.exception
     assert param(at, "image") == [str(first)]
     assert not at.info  # a misclassified image of this store has both maps stored
-    assert len(pictures(at)) == 3  # the input, the predicted class's map, the true class's map
+    # the input, the predicted and the true class's map; below, the row of every stored method (Grad-CAM
+    # alone here) for each target the store holds (no contrast in this store); colour bars not counted
+    assert len(pictures(at)) == 3 + 2
 
 
 def test_compare_from_link_on_a_correct_image(normal, monkeypatch):
@@ -281,7 +283,7 @@ def test_compare_from_link_on_a_correct_image(normal, monkeypatch):
     (line,) = [m.value for m in at.markdown if m.value.startswith("**") and " · true **" in m.value]
     assert line.endswith(" · correct") or " · correct · loss " in line, line
     assert [i.value for i in at.info] == ["Prediction is correct: the true class's map is the one to its left."]
-    assert len(pictures(at)) == 2  # the input and the predicted class's map
+    assert len(pictures(at)) == 2 + 1  # the input and the predicted class's map; its method row
 
 
 # --------------------------------------------------------------------------- queries

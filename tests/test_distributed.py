@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from core.cammaps import DEFAULT_METHOD
 from db import store
 from db.models import CamMap, EpochRow, EvalRow, ImageRow, Prediction, Run
 from tests.conftest import make_dataset
@@ -88,8 +89,8 @@ def test_one_complete_run_with_each_image_once(ddp_run):
             assert len(ids) == n
             preds = s.scalars(select(Prediction.image_id).join(ImageRow).where(ImageRow.split == split)).all()
             assert sorted(preds) == sorted(ids), f"{split}: not every image predicted exactly once"
-            cams = s.scalars(select(CamMap.image_id).join(ImageRow).where(ImageRow.split == split,
-                                                                          CamMap.target == "pred")).all()
+            cams = s.scalars(select(CamMap.image_id).join(ImageRow).where(
+                ImageRow.split == split, CamMap.target == "pred", CamMap.method == DEFAULT_METHOD)).all()
             assert sorted(cams) == sorted(ids)
             ev = s.get(EvalRow, (run.id, split))
             assert ev.status == "complete" and ev.n_images == n
@@ -117,7 +118,8 @@ def test_cams_under_torchrun_predicts_each_image_once(ddp_run):
     assert_same_predictions(before, after)
     S = store.make_sessionmaker(store.make_engine(db, create=False))
     with S() as s:
-        assert s.scalar(select(func.count()).select_from(CamMap).where(CamMap.target == "pred")) == 18
+        assert s.scalar(select(func.count()).select_from(CamMap).where(CamMap.target == "pred",
+                                                                       CamMap.method == DEFAULT_METHOD)) == 18
         assert {e.status for e in s.scalars(select(EvalRow))} == {"complete"}
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from db import queries, store
+from db import queries, store, storecheck
 from db.builder import build_empty_store, build_store
 from db.models import Run
 from jobs import audit as audit_job
@@ -253,7 +253,7 @@ def test_dashboard_hints_name_the_store(tmp_path, monkeypatch):
                in i.value for i in at.info), [i.value for i in at.info]
     empty = build_empty_store(tmp_path / "e")
     at = app(empty, monkeypatch)
-    path = store.sqlite_path(empty)
+    path = storecheck.sqlite_path(empty)
     assert any(f"python -m jobs.train --db {path}" in i.value for i in at.info), [i.value for i in at.info]
 
 
@@ -271,7 +271,7 @@ def test_a_failed_run_is_told_how_to_resume_not_to_train_the_demo(tmp_path, monk
                                device="cpu", weights="none", image_size=32, cam_layer="features.35",
                                class_names=["a", "b"], absent_splits={})
         store.finish_run(s, run.id, "failed", error="KeyboardInterrupt: ")
-    path = store.sqlite_path(url)
+    path = storecheck.sqlite_path(url)
     for page in ("views/overview.py", "views/gallery.py"):
         at = app(url, monkeypatch, page)
         assert not at.exception, [e.value for e in at.exception]
@@ -282,7 +282,7 @@ def test_a_failed_run_is_told_how_to_resume_not_to_train_the_demo(tmp_path, monk
 
 def test_audit_and_trust_hints_carry_the_store(tmp_path, monkeypatch):
     url, run_id, _ = build_store(tmp_path, n_classes=3, n_per_class=2, splits=("valid",))
-    path = store.sqlite_path(url)
+    path = storecheck.sqlite_path(url)
     at = app(url, monkeypatch, "views/data_issues.py")
     assert any(f"`python -m jobs.audit --run {run_id} --db {path}`" in i.value for i in at.info)
     at = app(url, monkeypatch, "views/trust.py")

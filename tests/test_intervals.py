@@ -95,6 +95,17 @@ def test_bootstrap_macro_ignores_classes_absent_from_the_split():
         iv.bootstrap_f1(y, p, 1)
 
 
+def test_macro_interval_holds_its_value_with_many_small_classes():
+    # 100 classes of 3 images: a resample leaves about 5 % of them out; they must not count as zeros
+    y = np.repeat(np.arange(100), 3)
+    p = np.where(np.random.default_rng(4).random(300) < 0.7, y, (y + 1) % 100)
+    r = iv.bootstrap_f1(y, p, 100, resamples=500, seed=2, chunk_elements=10**9)
+    assert r.macro_lo < r.macro < r.macro_hi
+    idx = np.random.default_rng(2).integers(0, 300, size=(500, 300), dtype=np.int32)
+    macro = [f1_score(y[i], p[i], labels=np.unique(y[i]), average="macro", zero_division=0) for i in idx]
+    assert (r.macro_lo, r.macro_hi) == pytest.approx(tuple(np.quantile(macro, [0.025, 0.975])))
+
+
 # --------------------------------------------------------------------------- per-class table and order
 
 def test_per_class_table_matches_scikit_learn_and_flags_few_images():

@@ -12,6 +12,8 @@ import pytest
 import torch
 from sqlalchemy import func, select
 
+from core.cache import default_cache_root, split_folder, split_key
+from core.data import discover
 from db import store
 from db.models import EpochRow, Prediction, Run
 from tests.conftest import make_dataset
@@ -73,6 +75,11 @@ def test_kill_then_resume_matches_uninterrupted(tmp_path, data, plan):
     assert r.returncode == 0, r.stderr[-2000:]
     final = torch.load(work / "ck" / "faulty" / "last.pt", weights_only=True)
     assert final["epochs_done"] == e1 + e2
+    # Both runs read the decoded cache (the tests' own folder, see conftest.py), not the JPEG files.
+    train = discover(data).splits["train"]
+    folder = split_folder(default_cache_root(), data, "train", 32, split_key(data, train, "train", 32))
+    assert (folder / "index.json").is_file(), "training did not go through the decoded cache"
+    assert final["args"]["no_cache"] is False
     for k, v in reference["model"].items():
         assert torch.equal(v, final["model"][k]), f"{k} differs from the uninterrupted run"
     with S() as s:

@@ -3,13 +3,18 @@
 These are problems of the data, not of the model; the page reads what ``jobs.audit`` stored and draws it.
 """
 import math
+from typing import Optional
 
 import pandas as pd
 import streamlit as st
 
+from core.cammaps import method_label
+from core.intervals import suspects_warning
 from core.splits import SPLITS
-from dashboard import loaders, state
+from dashboard import calibration_ui, intervals_ui, loaders, reviews_ui, state
 from dashboard.context import job_command, require_run
+from dashboard.lookalikes_ui import neighbour_suspects_tab
+from dashboard.methods_ui import method_param, method_picker
 from dashboard.tiles import TILES_PER_ROW, map_of_class, picture, show_colorbar, show_picture
 
 KINDS = ["exact", "near"]
@@ -18,6 +23,7 @@ THUMB_PX = 160
 
 st.title("Data issues")
 ctx = require_run()
+reviews_ui.reviewer_sidebar()
 names = list(ctx.names)
 ss = st.session_state
 state.publish(run=ctx.run_id)  # the link names the run even when the page stops early (no audit yet)
@@ -41,7 +47,10 @@ st.caption(
     f"{stats.get('n_images', '?'):,} images ({report.get('seconds', 0):.1f} s)"
     + (f"; {len(report['skipped'])} could not be read." if report["skipped"] else ".")
 )
-groups, leaks, suspects = report["groups"], report["leakage"], report["suspects"]
+groups, leaks = report["groups"], report["leakage"]
+# Suspects come from the model's confidences: ranked by the calibrated ones where the switch is on.
+suspects, calibrated_rank = calibration_ui.ranked_suspects(ctx, report["suspects"])
+model_acc = intervals_ui.out_of_sample_accuracy(loaders.load_predictions(ctx.url, ctx.run_id, ctx.stamp))
 conflict_labels = {int(c["group"]): c["labels"] for c in report["conflicts"]}
 m1, m2, m3, m4 = st.columns(4)
 n_exact = sum(g["kind"] == "exact" for g in groups)
@@ -49,6 +58,10 @@ m1.metric("Duplicate groups", f"{len(groups):,}", help=f"{n_exact:,} exact, {len
 m2.metric("Leaked images", f"{len(leaks):,}", help="valid/test images that also appear in an earlier split")
 m3.metric("Label conflicts", f"{len(conflict_labels):,}", help="duplicate groups whose members carry different labels")
 m4.metric("Suspect labels", f"{len(suspects):,}", help="given labels the model's out-of-sample probabilities doubt")
+m4.caption(f"from a model with top-1 {model_acc.value:.1%} ({model_acc.brief()}) on valid/test")
+quality = suspects_warning(model_acc, len(names))
+if quality and suspects:
+    st.warning(quality, icon=":material/warning:")
 
 # ------------------------------------------------------------------------------------------- filters
 with st.container(border=True):
@@ -74,6 +87,7 @@ shown_groups = [g for g in groups if kind_ok(g["kind"]) and sport_ok(*(m["label"
 shown_leaks = [lk for lk in leaks if kind_ok(lk["kind"]) and sport_ok(lk["image"]["label"], lk["duplicate_of"]["label"])]
 shown_conflicts = [g for g in shown_groups if int(g["id"]) in conflict_labels]
 shown_suspects = [sp for sp in suspects if sport_ok(sp["label"], sp["pred_label"])]
+shown_neighbours = [r for r in report.get("neighbour_suspects", []) if sport_ok(r["label"], r["majority_label"])]
 
 # A change of filter goes back to the first page of every list.
 signature = (tuple(kinds), tuple(sports), size)
@@ -98,7 +112,7 @@ def paged(items: list, key: str) -> list:
     return items[start : start + size]
 
 
-def show_group(g: dict) -> None:
+def show_group(g: dict, key: str) -> None:
     members = g["members"]
     labels = sorted({int(m["label"]) for m in members})
     splits = [s for s in SPLITS if s in {m["split"] for m in members}]
@@ -119,6 +133,13 @@ def show_group(g: dict) -> None:
                 with col:
                     show_picture(picture(ctx, m["relpath"], THUMB_PX))
                     st.caption(f"**{m['split']}** · {label_name(int(m['label']))}  \n{m['relpath']}")
+                    review_tile(m, f"{key}_rv_{g['id']}_{m['relpath']}")
+
+
+def review_tile(ref: dict, key: str, suggest: Optional[int] = None) -> None:
+    """The Review popover of an image the audit names (by id, else by split and relpath)."""
+    image = reviews_ui.image_for(ctx, ref.get("image_id"), split=ref["split"], relpath=ref["relpath"])
+    reviews_ui.tile_review(ctx, image, key=key, suggest=label_name(suggest) if suggest is not None else None)
 
 
 def show_groups(items: list, key: str, none: str) -> None:
@@ -126,13 +147,14 @@ def show_groups(items: list, key: str, none: str) -> None:
         st.info(none)
         return
     for g in paged(items, key):
-        show_group(g)
+        show_group(g, key)
 
 
 no_match = "None match the filters." if (kinds or sports) else "None found."
-t_dup, t_leak, t_conf, t_sus = st.tabs([
+t_dup, t_leak, t_conf, t_sus, t_nb = st.tabs([
     f"Duplicates ({len(shown_groups):,})", f"Leakage ({len(shown_leaks):,})",
     f"Label conflicts ({len(shown_conflicts):,})", f"Suspect labels ({len(shown_suspects):,})",
+    f"Neighbour labels ({len(shown_neighbours):,})",
 ])
 
 with t_dup:
@@ -178,15 +200,20 @@ with t_conf:
     show_groups(shown_conflicts, "di_conflicts_page", f"No label conflicts. {no_match}")
 
 with t_sus:
+    pick, _ = st.columns([1, 3])
+    method = method_picker(ctx, "di_method", container=pick)
     st.caption("Images whose given label the model's out-of-sample probabilities doubt (confident learning), "
-               "the least likely given label first. The overlay is the Grad-CAM map of the model's class.")
+               f"the least likely given label first. The overlay is the {method_label(method)} map of the model's "
+               "class.  \n"
+               f"The model behind them: top-1 {model_acc}. Probabilities shown and ranked: "
+               + (f"{calibration_ui.word(ctx)}." if calibrated_rank else "raw (as the audit stored them)."))
     if not shown_suspects:
         st.info(f"No suspect labels. {no_match}")
     else:
         page = paged(shown_suspects, "di_suspects_page")
         rank = {id(sp): i + 1 for i, sp in enumerate(suspects)}
         maps = loaders.load_maps(ctx.url, ctx.run_id, tuple(int(sp["image_id"]) for sp in page if "image_id" in sp),
-                                 ctx.stamp)
+                                 ctx.stamp, method)
         per_row = TILES_PER_ROW
         show_colorbar(note="map of the model's class, each scaled to its own peak")
         for start in range(0, len(page), per_row):
@@ -200,8 +227,15 @@ with t_sus:
                         f"model: {label_name(int(sp['pred_label']))} ({sp['pred_prob']:.0%})"
                         + ("" if cam is not None else "  \nno stored map for the model's class")
                     )
+                    review_tile(sp, f"di_sus_rv_{sp['relpath']}", suggest=int(sp["pred_label"]))
                     if "image_id" in sp and st.button("Compare", key=f"di_sus_{sp['image_id']}", width="stretch"):
                         ss["image"] = int(sp["image_id"])
                         st.switch_page("views/compare.py")
 
-state.publish(run=ctx.run_id, sport=sports, kind=kinds)
+with t_nb:
+    picked = neighbour_suspects_tab(ctx, report, shown_neighbours)
+    if picked is not None:
+        ss["image"] = picked
+        st.switch_page("views/compare.py")
+
+state.publish(run=ctx.run_id, sport=sports, kind=kinds, method=method_param())

@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session
 from core.splits import ordered
 from db.models import CamMap, EpochRow, EvalRow, ImageRow, Prediction, Run, RunClass
 from db.queries.frames import empty
-from db.store import LATEST, resolve_run
+from db.store import resolve_run
+from db.storecheck import LATEST
 
 
 def class_names(session: Session, run_id: int) -> list[str]:
