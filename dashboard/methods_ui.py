@@ -99,6 +99,33 @@ def method_rows(ctx: Ctx, d, *, colormap: str, alpha: float, shared: bool) -> No
 # --------------------------------------------------------------------------- the ranking
 
 
+def _span(lo: pd.Series, hi: pd.Series) -> list[str]:
+    return ["" if pd.isna(a) or pd.isna(b) else f"{a:.0%}-{b:.0%}" for a, b in zip(lo, hi)]
+
+
+def ranking_view(table: pd.DataFrame) -> pd.DataFrame:
+    """The ranking table in words for the page (the export keeps the column names)."""
+    t = table.copy()
+    t["beats random, 95%"] = _span(t["beats_random_lo"], t["beats_random_hi"])
+    t["pointing game, 95%"] = _span(t["pointing_lo"], t["pointing_hi"])
+    words = {"name": "map", "score": "score", "deletion_auc": "deletion AUC", "insertion_auc": "insertion AUC",
+             "beats_random": "beats random", "pointing_n": "images with a box", "pointing": "pointing game",
+             "pointing_random": "random point"}
+    keep = ["rank", "name", "kind", "images", "score", "deletion_auc", "insertion_auc", "beats_random",
+            "beats random, 95%", "pointing_n", "pointing", "pointing game, 95%", "pointing_random"]
+    return t[keep].rename(columns=words)
+
+
+def per_class_ranking_view(per_class: pd.DataFrame) -> pd.DataFrame:
+    t = per_class.copy()
+    t["winner"], t["runner_up"] = t["winner"].map(method_label), t["runner_up"].map(method_label)
+    t["95% interval"] = _span(t["lo"], t["hi"])
+    return t[["class", "images", "winner", "winner_score", "runner_up", "runner_up_score", "beats_runner_up", "n",
+              "95% interval"]].rename(columns={"winner": "best method", "winner_score": "its score",
+                                               "runner_up": "runner-up", "runner_up_score": "runner-up's score",
+                                               "beats_runner_up": "best beats runner-up", "n": "images compared"})
+
+
 def show_ranking(ranking: Optional[MethodRanking], run_id: int, url: Optional[str] = None) -> None:
     """Which method to read: the sentence, the winner's margin with its interval, the table and figure, the
     ranking per class."""
@@ -120,18 +147,23 @@ def show_ranking(ranking: Optional[MethodRanking], run_id: int, url: Optional[st
         chart(method_ranking_figure(ranking.table), key="tr_rank_fig", name="method-ranking")
     share = dict(min_value=0.0, max_value=1.0, format="%.2f")
     st.dataframe(
-        ranking.table, hide_index=True, key="tr_rank_table",
+        ranking_view(ranking.table), hide_index=True, key="tr_rank_table",
         column_config={
             "score": st.column_config.NumberColumn("score", format="%.3f",
                                                    help="insertion AUC - deletion AUC, mean over images"),
-            "beats_random": st.column_config.ProgressColumn("beats random", **share),
-            "pointing": st.column_config.ProgressColumn("pointing game", **share),
+            "deletion AUC": st.column_config.NumberColumn("deletion AUC", format="%.3f", help="lower is better"),
+            "insertion AUC": st.column_config.NumberColumn("insertion AUC", format="%.3f", help="higher is better"),
+            "beats random": st.column_config.ProgressColumn("beats random", **share),
+            "pointing game": st.column_config.ProgressColumn("pointing game", **share),
+            "random point": st.column_config.NumberColumn("random point", format="%.2f",
+                                                          help="a random point's pointing-game rate"),
         },
     )
     if not ranking.per_class.empty:
         with st.expander(f"Per class ({len(ranking.per_class)} classes)"):
-            st.dataframe(ranking.per_class, hide_index=True, key="tr_rank_class",
-                         column_config={"beats_runner_up": st.column_config.ProgressColumn("beats runner-up", **share)})
+            st.dataframe(per_class_ranking_view(ranking.per_class), hide_index=True, key="tr_rank_class",
+                         column_config={"best beats runner-up": st.column_config.ProgressColumn(
+                             "best beats runner-up", **share)})
 
 
 def scored_for(frame: pd.DataFrame, method: str, baselines: Sequence[str]) -> pd.DataFrame:

@@ -47,9 +47,10 @@ def add_run_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def say_run(ref: str, run) -> None:
-    """Log which run a ``--run`` value picked (``run``: a ``db.queries.RunInfo``), so ``latest`` is never a guess."""
-    why = " (latest: the newest complete run)" if str(ref).strip() == "latest" else ""
-    logging.getLogger("jobs").info("run #%d %s [%s]%s", run.id, run.name, run.status, why)
+    """Log which run ``--run latest`` picked (``run``: a ``db.queries.RunInfo``), so it is never a guess."""
+    if str(ref).strip() == "latest":
+        logging.getLogger("jobs").info("run #%d %s [%s] (latest: the newest complete run)", run.id, run.name,
+                                       run.status)
 
 
 def setup_logging(verbose: bool = False, rank: int = 0) -> None:

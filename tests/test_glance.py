@@ -152,8 +152,8 @@ def test_most_confused_pairs_table_fits_half_a_1400_px_page(scored, monkeypatch)
     table = next(df for df in at.dataframe if "predicted" in df.value.columns)
     cols = json.loads(table.proto.columns)
     widths = [cols[c]["width"] for c in table.value.columns]
-    # At 1400 px the main area is about 900 px; the table's column takes 1.1/2.1 of it.
-    assert sum(widths) <= 0.52 * 900, widths
+    # At 1400 px the main area is about 920 px (measured in Chromium); the table's column takes 1.4/2.4 of it.
+    assert sum(widths) <= 1.4 / 2.4 * 900, widths
     assert cols["count"]["label"] == "images"
 
 
