@@ -103,17 +103,26 @@ def _span(lo: pd.Series, hi: pd.Series) -> list[str]:
     return ["" if pd.isna(a) or pd.isna(b) else f"{a:.0%}-{b:.0%}" for a, b in zip(lo, hi)]
 
 
+def _rate(v, lo, hi, n=None) -> str:
+    if pd.isna(v) or (n is not None and (pd.isna(n) or not n)):
+        return ""
+    return f"{v:.0%} ({lo:.0%}-{hi:.0%})" + (f" of {int(n)}" if n is not None else "")
+
+
+BEATS, POINTING = "beats random (95% interval)", "pointing game (95% interval)"
+
+
 def ranking_view(table: pd.DataFrame) -> pd.DataFrame:
-    """The ranking table in words for the page (the export keeps the column names)."""
+    """The ranking table in words for the page, best first (the export keeps the column names): each rate
+    with its interval in one column, the pointing game only when the run has object boxes."""
     t = table.copy()
-    t["beats random, 95%"] = _span(t["beats_random_lo"], t["beats_random_hi"])
-    t["pointing game, 95%"] = _span(t["pointing_lo"], t["pointing_hi"])
-    words = {"name": "map", "score": "score", "deletion_auc": "deletion AUC", "insertion_auc": "insertion AUC",
-             "beats_random": "beats random", "pointing_n": "images with a box", "pointing": "pointing game",
-             "pointing_random": "random point"}
-    keep = ["rank", "name", "kind", "images", "score", "deletion_auc", "insertion_auc", "beats_random",
-            "beats random, 95%", "pointing_n", "pointing", "pointing game, 95%", "pointing_random"]
-    return t[keep].rename(columns=words)
+    view = pd.DataFrame({"map": t["name"], "images": t["images"], "score": t["score"],
+                         "deletion AUC": t["deletion_auc"], "insertion AUC": t["insertion_auc"],
+                         BEATS: [_rate(*r) for r in zip(t["beats_random"], t["beats_random_lo"], t["beats_random_hi"])]})
+    if pd.to_numeric(t["pointing_n"], errors="coerce").fillna(0).gt(0).any():
+        view[POINTING] = [_rate(*r) for r in zip(t["pointing"], t["pointing_lo"], t["pointing_hi"], t["pointing_n"])]
+        view["random point"] = t["pointing_random"]
+    return view
 
 
 def per_class_ranking_view(per_class: pd.DataFrame) -> pd.DataFrame:
@@ -149,13 +158,19 @@ def show_ranking(ranking: Optional[MethodRanking], run_id: int, url: Optional[st
     st.dataframe(
         ranking_view(ranking.table), hide_index=True, key="tr_rank_table",
         column_config={
-            "score": st.column_config.NumberColumn("score", format="%.3f",
+            "map": st.column_config.TextColumn("map", width=130),
+            "images": st.column_config.NumberColumn("images", width=64),
+            "score": st.column_config.NumberColumn("score", format="%.3f", width=70,
                                                    help="insertion AUC - deletion AUC, mean over images"),
-            "deletion AUC": st.column_config.NumberColumn("deletion AUC", format="%.3f", help="lower is better"),
-            "insertion AUC": st.column_config.NumberColumn("insertion AUC", format="%.3f", help="higher is better"),
-            "beats random": st.column_config.ProgressColumn("beats random", **share),
-            "pointing game": st.column_config.ProgressColumn("pointing game", **share),
-            "random point": st.column_config.NumberColumn("random point", format="%.2f",
+            "deletion AUC": st.column_config.NumberColumn("deletion AUC", format="%.3f", width=100,
+                                                          help="lower is better"),
+            "insertion AUC": st.column_config.NumberColumn("insertion AUC", format="%.3f", width=100,
+                                                           help="higher is better"),
+            BEATS: st.column_config.TextColumn(BEATS, width=170, help="share of images where the map scores "
+                                               "higher than the random map's, with its 95% Wilson interval"),
+            POINTING: st.column_config.TextColumn(POINTING, width=180, help="share of the correctly classified "
+                                                  "images with a box whose map peaks in the box, of n"),
+            "random point": st.column_config.NumberColumn("random point", format="%.2f", width=96,
                                                           help="a random point's pointing-game rate"),
         },
     )
