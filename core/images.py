@@ -105,7 +105,10 @@ def open_upload(data: bytes, name: str, max_bytes: int, *, max_pixels: int = UPL
         raise BadImage(f"{name}: empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # ``max_pixels`` decides, from the header: PIL's own warning (above 89 MP) would refuse a
+            # 10,000 x 10,000 px photo that the reduced-scale decoding below handles. PIL still raises
+            # DecompressionBombError by itself above twice its limit.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:
                 w, h = im.size
                 if w * h > max_pixels:
@@ -121,9 +124,10 @@ def open_upload(data: bytes, name: str, max_bytes: int, *, max_pixels: int = UPL
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadImage(f"{name}: image too large to decode safely ({exc})") from None
+    except Image.UnidentifiedImageError:  # its message names only an in-memory buffer
+        raise BadImage(f"{name}: not an image PIL can read (no JPEG, PNG, WebP or other known header)") from None
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError... for broken files
-        kind = "not an image PIL can read" if isinstance(exc, Image.UnidentifiedImageError) else "cannot decode image"
-        raise BadImage(f"{name}: {kind} ({type(exc).__name__}: {exc})") from None
+        raise BadImage(f"{name}: cannot decode image ({type(exc).__name__}: {exc})") from None
 
 
 def read_image_header(path: Path) -> tuple[Optional[tuple[int, int]], Optional[str]]:

@@ -1,7 +1,7 @@
 """An interval on every rate: Wilson intervals for proportions, bootstrap intervals for F1 and macro-F1.
 
 A test split with 5 images per class makes "80 %" mean "4 of 5", whose 95 % interval runs from about 38 %
-to 96 %. These functions put that next to the number. Pure numpy/scipy, no store, no drawing.
+to 96 %. These functions put that next to the number. Pure numpy, no store, no drawing.
 
 - Proportions (accuracy, top-5, per-class precision and recall): the Wilson score interval (Wilson 1927;
   Agresti and Coull 1998 recommend it over the normal approximation for small n). ``0 of 0`` gives [0, 1]:
@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
-from scipy.stats import norm
 
 LEVEL = 0.95
-Z95 = float(norm.ppf(0.975))  # 1.959963984540054
+Z95 = NormalDist().inv_cdf(0.975)  # 1.95996... (the standard library's: scipy.stats takes a second to import)
 FEW_IMAGES = 10  # a class with fewer images than this is marked "few images"
 RESAMPLES = 2000
 SORT_KEYS = ("f1", "precision", "recall")
@@ -34,7 +34,7 @@ def z_for(level: float = LEVEL) -> float:
     """The two-sided normal quantile of a confidence level, e.g. 1.96 for 0.95."""
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must lie strictly between 0 and 1, got {level!r}")
-    return float(norm.ppf(0.5 + level / 2.0))
+    return NormalDist().inv_cdf(0.5 + level / 2.0)
 
 
 # --------------------------------------------------------------------------- proportions

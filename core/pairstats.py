@@ -1,10 +1,12 @@
-"""Statistics of two classifiers scored on the same images (numpy, scipy).
+"""Statistics of two classifiers scored on the same images (numpy and the standard library).
 
 - ``wilson``: the Wilson score interval of a rate (written here rather than imported, so that the comparison
   stands alone; it agrees with any other Wilson interval to rounding).
 - ``mcnemar_exact``: McNemar's exact test. Of the images that only one of two classifiers gets right, under
   "equally accurate" each is as likely to favour one as the other, so ``b`` (right in A only) is
-  Binomial(b + c, 1/2). Two-sided p-value: twice the smaller tail, at most 1; 1 when b + c = 0.
+  Binomial(b + c, 1/2). Two-sided p-value: twice the smaller tail, at most 1; 1 when b + c = 0. The tail is
+  summed exactly in integers (``math.comb``) and divided once, so it is exact to the last bit of a float
+  and needs no scipy (whose import would cost ``jobs.compare`` a second).
 - ``paired_bootstrap``: a percentile bootstrap interval of the change of accuracy per class. Each resample
   draws, within every class, as many images as the class has, with replacement, and scores both
   classifiers on the same draws (paired). Resampling within the class keeps each class's size fixed, as a
@@ -15,21 +17,22 @@
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 
 import numpy as np
-from scipy.stats import binom, norm
 
 
 def wilson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     """Wilson score interval of k successes in n trials (NaN, NaN for n = 0)."""
     if n == 0:
         return math.nan, math.nan
-    z = float(norm.ppf(0.5 + level / 2))
+    z = NormalDist().inv_cdf(0.5 + level / 2)
     p = k / n
     den = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / den
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # The ends that the formula only rounds to are exact: 0 of n starts at 0, n of n ends at 1.
+    return (0.0 if k == 0 else max(0.0, centre - half)), (1.0 if k == n else min(1.0, centre + half))
 
 
 def mcnemar_exact(b: int, c: int) -> float:
@@ -37,7 +40,13 @@ def mcnemar_exact(b: int, c: int) -> float:
     if b < 0 or c < 0:
         raise ValueError(f"discordant counts must be >= 0, got b={b}, c={c}")
     n = b + c
-    return 1.0 if n == 0 else float(min(1.0, 2.0 * binom.cdf(min(b, c), n, 0.5)))
+    if n == 0:
+        return 1.0
+    term = tail = 1  # C(n, 0); then C(n, i + 1) = C(n, i) * (n - i) / (i + 1), exact in integers
+    for i in range(min(b, c)):
+        term = term * (n - i) // (i + 1)
+        tail += term
+    return min(1.0, 2 * tail / 2 ** n)  # P(X <= min(b, c)) doubled; int / int is rounded once
 
 
 def paired_bootstrap(classes: np.ndarray, right_a: np.ndarray, right_b: np.ndarray, *, resamples: int = 2000,

@@ -55,7 +55,8 @@ from core.sheets import Tile, draw_sheet, panel_side
 __all__ = [
     "CSS_DPI", "FORMATS", "Artifact", "CamLoader", "ExportOptions", "ImageLoader", "Manifest", "Plot", "RunData",
     "Sheet", "Table", "slug", "SECTIONS", "chosen_sports", "error_tiles", "Tile", "draw_sheet", "panel_side",
-    "DEFAULT_BROWSER", "png_with_dpi", "find_browser", "render_plots", "write_figure_set", "zip_folder",
+    "DEFAULT_BROWSER", "png_with_dpi", "find_browser", "render_plots", "write_artifacts", "write_figure_set",
+    "zip_folder",
 ]
 
 log = logging.getLogger("core.report")
@@ -175,8 +176,6 @@ def write_figure_set(data: RunData, out: str | os.PathLike, options: ExportOptio
     """Write the figure set of ``data`` into the folder ``out`` (created; files of the same names replaced)
     and return its manifest, also written as ``out/manifest.json``."""
     t0 = time.perf_counter()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     sports = chosen_sports(data, options)
     manifest = Manifest(
         run={"id": int(data.run_id), "name": data.run_name},
@@ -188,6 +187,17 @@ def write_figure_set(data: RunData, out: str | os.PathLike, options: ExportOptio
         exported_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     artifacts = [a for section in SECTIONS for a in section(data, options)]
+    return write_artifacts(artifacts, out, options, manifest, started=t0)
+
+
+def write_artifacts(artifacts: Sequence[Artifact], out: str | os.PathLike, options: ExportOptions,
+                    manifest: Manifest, started: Optional[float] = None) -> Manifest:
+    """Write ``artifacts`` into the folder ``out`` (created): tables as CSV, sheets and plots in every format
+    of ``options``; record each file in ``manifest`` and write it as ``out/manifest.json``. Any figure set
+    (a run's, a comparison's) is written by this."""
+    t0 = time.perf_counter() if started is None else started
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     stems = [a.stem for a in artifacts]
     # A table (.csv) may share its stem with the plot drawn from it; two of one kind would overwrite each other.
     keys = [(a.stem, isinstance(a, Table)) for a in artifacts]

@@ -24,6 +24,8 @@ page = st.navigation(
         st.Page("views/calibration.py", title="Calibration", icon=":material/speed:"),
         st.Page("views/review_queue.py", title="Review queue", icon=":material/fact_check:"),
         st.Page("views/map.py", title="Map", icon=":material/scatter_plot:"),
+        st.Page("views/try_image.py", title="Try an image", icon=":material/add_photo_alternate:"),
+        st.Page("views/compare_runs.py", title="Compare runs", icon=":material/difference:"),
     ]
 )
 context.sidebar()  # the page itself explains a missing, empty or old store

@@ -20,7 +20,7 @@ from core.figures_map import embedding_scatter
 from core.intervals import rate
 from core.neighbours import NeighbourIndex
 from core.splits import SPLITS
-from dashboard import loaders
+from dashboard import loaders, reviews_ui
 from dashboard.context import Ctx, shown_url
 from dashboard.tiles import map_of_class, picture, show_picture
 from db.queries import embed as embed_queries
@@ -145,8 +145,8 @@ def selection_summary(rows: pd.DataFrame, names: list[str]) -> list[str]:
 
 
 def show_selection(ctx: Ctx, points: pd.DataFrame, ids: list[int], *, key: str) -> Optional[int]:
-    """The gallery of a map selection: a summary, then the images with the map of their predicted class,
-    a page at a time. Returns the image id whose *Compare* button was pressed."""
+    """The gallery of a map selection: a summary, then the images with the map of their predicted class and
+    a *Review* popover each, a page at a time. Returns the image id whose *Compare* button was pressed."""
     names = list(ctx.names)
     if not ids:
         st.info("Click a point, or draw a box or a lasso on the map (tools at its top right), to see those "
@@ -168,14 +168,15 @@ def show_selection(ctx: Ctx, points: pd.DataFrame, ids: list[int], *, key: str) 
         c2.caption(f"Mistakes first. Showing {(page - 1) * SELECTION_PAGE + 1}–"
                    f"{min(page * SELECTION_PAGE, len(rows))} of {len(rows):,}.")
     shown = rows.iloc[(page - 1) * SELECTION_PAGE: page * SELECTION_PAGE]
-    return image_grid(ctx, shown, key=key)
+    return image_grid(ctx, shown, key=key, review=True)
 
 
 def image_grid(ctx: Ctx, rows: pd.DataFrame, *, key: str, per_row: int = SELECTION_PER_ROW,
-               extra: Optional[dict[int, str]] = None) -> Optional[int]:
+               extra: Optional[dict[int, str]] = None, review: bool = False) -> Optional[int]:
     """Tiles of images that may or may not have a prediction (training images have none): the map of the
-    predicted class where one is stored. ``extra``: a caption line per image id. Returns the image id
-    whose *Compare* button was pressed (predicted images only)."""
+    predicted class where one is stored. ``extra``: a caption line per image id; ``review``: a *Review*
+    popover under each tile (``dashboard.reviews_ui``). Returns the image id whose *Compare* button was
+    pressed (predicted images only)."""
     names = list(ctx.names)
     maps = loaders.load_maps(ctx.url, ctx.run_id, tuple(int(i) for i in rows["image_id"]), ctx.stamp)
     chosen = None
@@ -195,4 +196,7 @@ def image_grid(ctx: Ctx, rows: pd.DataFrame, *, key: str, per_row: int = SELECTI
                 st.caption("  \n".join(lines))
                 if has and st.button("Compare", key=f"{key}_cmp_{image_id}", width="stretch"):
                     chosen = image_id
+                if review:
+                    reviews_ui.tile_review(ctx, reviews_ui.image_for(ctx, image_id), key=f"{key}_rv_{image_id}",
+                                           suggest=names[int(r.pred)] if has else None)
     return chosen

@@ -23,6 +23,8 @@ SHARED: dict[str, Callable[[list[str]], Any]] = {
     "page": lambda v: max(1, int(v[-1])),
     "calibrated": lambda v: v[-1].lower() not in ("0", "false", "off", "no"),
     "method": lambda v: v[-1],  # the CAM method whose maps the pages draw (a core.cammaps name)
+    "a": lambda v: int(v[-1]),  # the two runs of Compare runs
+    "b": lambda v: int(v[-1]),
 }
 FULL_RANGE = (0.0, 1.0)
 

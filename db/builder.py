@@ -5,7 +5,8 @@ complete run over them, written through ``db.store`` the way the training job wr
 phases, images, predictions with top-5, float16 Grad-CAM maps (one row per target), and evaluations.
 Mistakes follow a pattern (class ``i`` is mostly taken for ``i + 1``) so that confused pairs are
 predictable. ``add_audit`` and ``add_trust`` add what ``jobs.audit`` and ``jobs.trust`` would store,
-``add_hashes`` the file hashes that ``jobs.train`` records.
+``add_hashes`` the file hashes that ``jobs.train`` records; ``db.builder_pairs`` adds a second run (or a
+snapshot) over the same images, for comparisons.
 """
 from __future__ import annotations
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 from typing import TYPE_CHECKING, Callable
 
 from core.errors import CheckpointError, WeightsUnavailable
-from db.store import ENV_VAR, StoreError
+from db.store import StoreError
+from jobs import cli
+from jobs.cli import DefaultsHelpFormatter, add_db_arg, add_run_arg  # noqa: F401 (re-exported for the jobs)
 
 if TYPE_CHECKING:  # torch loads in main(), not for --help
     import torch
@@ -18,32 +19,6 @@ if TYPE_CHECKING:  # torch loads in main(), not for --help
 # Errors whose message is the whole story: print it as one line, exit non-zero, no traceback. A
 # core.data.DatasetError is a ValueError.
 USER_ERRORS = (WeightsUnavailable, CheckpointError, StoreError, ValueError, FileNotFoundError)
-
-
-class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Appends "(default: X)" to a flag's help, unless the help already states its default or there is no
-    value to state (a default of None, described in words where it matters)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if "(default" in text or action.default is None:
-            return text
-        return super()._get_help_string(action)
-
-
-def add_db_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--db",
-        default=None,
-        help=f"SQLAlchemy URL or SQLite file of the results store (default: ${ENV_VAR}, else runs/sports.db)",
-    )
-
-
-def add_run_arg(parser: argparse.ArgumentParser) -> None:
-    # torchrun takes any unambiguous prefix of its own flags, even after the module name, and reads
-    # "--run" as its "--run-path"; "--run-id" is the spelling that survives a torchrun launch.
-    parser.add_argument("--run", "--run-id", dest="run", default="latest",
-                        help="run id, run name, or 'latest' (under torchrun spell it --run-id)")
 
 
 def say_run(ref: str, run) -> None:
@@ -89,12 +64,5 @@ def run_distributed(args: argparse.Namespace,
 
 def run_cli(main: Callable[[argparse.Namespace], int | None], parser: argparse.ArgumentParser,
             argv: list[str] | None = None) -> int:
-    args = parser.parse_args(argv)
-    try:
-        return int(main(args) or 0)
-    except USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    """``jobs.cli.run_cli`` with the model's and the data's errors among the one-line ones."""
+    return cli.run_cli(main, parser, argv, USER_ERRORS)

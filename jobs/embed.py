@@ -12,6 +12,9 @@ complete one computes nothing. The images are sharded over the ranks; rank 0 wri
 The map (``core.projection``: UMAP on a PCA of the unit vectors, seeded, reproducible) covers every vector
 of the run. It is redrawn when vectors were added, when it is missing, or when another seed or method is
 asked for; ``--remap`` redraws it regardless, ``--no-map`` leaves it as it is.
+
+The images are read through the decoded cache that training wrote (``core.feed.split_feed``; the same
+tensors as the JPEG files, exactly), built first where it is missing; ``--no-cache`` reads the JPEG files.
 """
 from __future__ import annotations
 
@@ -19,13 +22,14 @@ import argparse
 import logging
 import math
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from core.cache import ENV_VAR as CACHE_ENV_VAR
 from core.errors import CheckpointError
 from core.projection import METHODS, project_2d
 from db import queries, store
 from db.queries import embed as embed_queries
+from jobs.cams import run_index
 from jobs.common import DefaultsHelpFormatter, add_db_arg, add_run_arg, run_cli, run_distributed, say_run
 from jobs.rundir import run_dir_of
 from jobs.vectors import vector_rows
@@ -37,6 +41,10 @@ if TYPE_CHECKING:  # torch and the model load when the job runs, not for --help
 
 log = logging.getLogger("jobs.embed")
 
+# Images per batch by device: a GPU keeps busy with large batches (128 VGG-19 images of 224 px peak at about
+# 3.5 GB in a forward pass, within a small GPU); on a CPU large batches only cost memory.
+BATCH = {"cpu": 32, "cuda": 128}
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.embed", description=__doc__.split("\n\n")[0],
@@ -46,10 +54,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", default=None, help="comma-separated splits to embed (default: every split the "
                    "run has images of)")
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default: the run's best checkpoint)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per batch and process")
+    p.add_argument("--batch-size", type=int, default=None, help="images per batch and process (default: "
+                   f"{BATCH['cuda']} on a GPU, {BATCH['cpu']} on the CPU)")
     p.add_argument("--workers", type=int, default=2, help="data-loader worker processes per rank")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where the model runs")
     p.add_argument("--amp", action="store_true", help="float16 autocast on CUDA")
+    p.add_argument("--cache-dir", default=None, help="folder of the decoded cache, shared with jobs.train "
+                   f"(default: ${CACHE_ENV_VAR}, else ~/.cache/sports-cam/decoded)")
+    p.add_argument("--no-cache", action="store_true", help="read and decode the JPEG files")
     p.add_argument("--seed", type=int, default=0, help="seed of the 2-D map")
     p.add_argument("--method", choices=METHODS, default="auto", help="how the map is drawn: UMAP where the "
                    "vectors allow it (auto), UMAP or PCA")
@@ -81,20 +93,22 @@ def make_plan(s, args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"run {run.id} ({run.name}) has no images in split(s) {', '.join(unknown or splits) or '-'}; "
                          f"it has {', '.join(have) or 'none'}")
     todo = embed_queries.images_without_vectors(s, run.id, splits)
-    return dict(run_id=run.id, name=run.name, root=run.data_root, splits=splits, todo=todo,
+    # The split's images in training's order, so the decoded cache is training's; todo picks positions in it.
+    index = run_index(s, run, sorted({sp for _, sp, _, _ in todo}))
+    return dict(run_id=run.id, name=run.name, root=run.data_root, splits=splits, todo=todo, index=index,
                 checkpoint=checkpoint_of(run, args.checkpoint) if todo else None,
                 before=embed_queries.vector_counts(s, run.id))
 
 
 def embed_missing(plan: dict, args, device: torch.device, env: dist.DistEnv, Session_) -> tuple[int, list]:
-    """Compute and store the vectors of ``plan['todo']``; every rank takes its share, rank 0 commits each
-    batch of all ranks as it comes. Returns (vectors written, unreadable (image_id, reason)) on rank 0."""
-    import torch
-
+    """Compute and store the vectors of ``plan['todo']``, a split at a time; every rank takes its share, rank 0
+    commits each batch of all ranks as it comes. Returns (vectors written, unreadable (image_id, reason)) on
+    rank 0."""
     from core import dist
-    from core.data import ImageDataset, Sample, collate
+    from core.cache import DecodedCache
     from core.embed import embed_batches
     from core.engine import Skipped
+    from core.feed import device_batch_size, split_feed
     from core.model import build_model, load_checkpoint
 
     model, meta = load_checkpoint(plan["checkpoint"]) if env.is_main else (None, None)
@@ -103,29 +117,34 @@ def embed_missing(plan: dict, args, device: torch.device, env: dist.DistEnv, Ses
         model = build_model(meta).eval()
     model.to(device)
     dist.broadcast_module(env, model)
-    todo = plan["todo"]
-    ds = ImageDataset(Path(plan["root"]), [Sample(rel, lab) for _, _, rel, lab in todo], meta.image_size,
-                      train=False, mean=meta.mean, std=meta.std)
-    positions = dist.shard(len(todo), env)
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, positions), batch_size=args.batch_size,
-                                         shuffle=False, num_workers=args.workers, collate_fn=collate,
-                                         pin_memory=device.type == "cuda")
-    # Every rank steps through the same number of batches (the largest shard's), so the gathers pair up.
-    steps = math.ceil(math.ceil(len(todo) / env.world_size) / args.batch_size)
-    skipped = Skipped()
-    batches = embed_batches(model, loader, device, env=env, skipped=skipped, amp=args.amp, desc="embed")
-    written = 0
-    for _ in range(steps):
-        b = next(batches, None)
-        rows = [] if b is None else vector_rows(b.vectors, [todo[int(i)][0] for i in b.index])
-        parts = dist.gather_to_main(env, rows)
-        if env.is_main:
-            rows = [r for part in parts for r in part]
-            with Session_.begin() as s:
-                written += store.put_vectors(s, plan["run_id"], rows)
-    batches.close()
-    bad = dist.gather_to_main(env, [(todo[i][0], why) for i, why in skipped.items.items()])
-    return written, ([x for part in bad for x in part] if env.is_main else [])
+    batch_size = device_batch_size(device, args.batch_size, **BATCH)
+    cache = None if args.no_cache else DecodedCache(args.cache_dir, workers=args.workers)
+    index = plan["index"]
+    written, bad = 0, []
+    for split in sorted({sp for _, sp, _, _ in plan["todo"]}):
+        where = {s.relpath: k for k, s in enumerate(index.splits[split])}
+        ids = {where[rel]: image_id for image_id, sp, rel, _ in plan["todo"] if sp == split}
+        positions = sorted(ids)
+        feed = split_feed(index, split, train=False, size=meta.image_size, batch_size=batch_size, env=env,
+                          device=device, mean=meta.mean, std=meta.std, workers=args.workers, cache=cache,
+                          positions=positions)
+        # Every rank steps through the same number of batches (the largest shard's), so the gathers pair up.
+        steps = math.ceil(math.ceil(len(positions) / env.world_size) / batch_size)
+        skipped = Skipped()
+        batches = embed_batches(model, feed.loader, device, env=env, skipped=skipped, amp=args.amp,
+                                desc=f"embed {split}")
+        for _ in range(steps):
+            b = next(batches, None)
+            rows = [] if b is None else vector_rows(b.vectors, [ids[int(i)] for i in b.index])
+            parts = dist.gather_to_main(env, rows)
+            if env.is_main:
+                rows = [r for part in parts for r in part]
+                with Session_.begin() as s:
+                    written += store.put_vectors(s, plan["run_id"], rows)
+        batches.close()
+        parts = dist.gather_to_main(env, [(ids[i], why) for i, why in skipped.items.items()])
+        bad += [x for part in parts for x in part] if env.is_main else []
+    return written, bad
 
 
 def draw_map(Session_, run_id: int, args: argparse.Namespace, added: int) -> Optional[dict]:
@@ -154,7 +173,7 @@ def draw_map(Session_, run_id: int, args: argparse.Namespace, added: int) -> Opt
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.batch_size < 1 or args.workers < 0 or args.seed < 0:
+    if (args.batch_size is not None and args.batch_size < 1) or args.workers < 0 or args.seed < 0:
         raise ValueError(f"need --batch-size >= 1, --workers >= 0 and --seed >= 0; got {args.batch_size}, "
                          f"{args.workers}, {args.seed}")
     return run_distributed(args, _main)

@@ -1,6 +1,7 @@
 """Export a run's figure set for a report: plots, image sheets, CSV tables and a manifest.
 
     python -m jobs.export --run RUN --out DIR [--db URL] [--sports NAME ...] [--format png,svg,pdf]
+    python -m jobs.export --compare A B --out DIR [--compare-split test]   # two runs, or RUN:phase1 and RUN
 
 The set holds the confusion matrix (all classes and the most confused ones), per-class precision/recall/F1,
 the training curves, a grid of the most confident mistakes with both Grad-CAM maps, a sheet of errors per
@@ -8,7 +9,8 @@ chosen sport, the tables behind them, for an audited run the leakage table and t
 for a run scored by ``jobs.trust``, the per-class faithfulness table and plot and the sanity-check cascade,
 the accuracies with their intervals and, for a run calibrated by ``jobs.calibrate``, its tables and figures.
 ``manifest.json`` lists every file with its caption. Plots need a Chromium (``--browser``); without one
-they are skipped and the rest is written.
+they are skipped and the rest is written. ``--compare A B`` writes the comparison of run B with run A instead
+(``core.compare_report``): the per-class change, the confusion change, the flips and the summary JSON.
 """
 from __future__ import annotations
 
@@ -47,6 +49,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=float, default=7.0, help="width of a figure in inches")
     p.add_argument("--browser", default="auto",
                    help="Chromium executable for the plots; 'auto': $BROWSER_PATH, /usr/bin/chromium, PATH")
+    p.add_argument("--compare", nargs=2, default=None, metavar=("A", "B"),
+                   help="write the comparison of run B with run A instead (RUN or RUN:phase1 each, as for "
+                        "python -m jobs.compare); --worst images per flips sheet, --top-confused sports plotted")
+    p.add_argument("--compare-split", default="test", help="with --compare: split to compare on, or 'all'")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -62,6 +68,8 @@ def main(args: argparse.Namespace) -> int:
         browser=args.browser,
     )
     engine = store.make_engine(args.db, readonly=True)
+    if args.compare:
+        return export_comparison(args, engine, options)
     try:
         with store.make_sessionmaker(engine)() as s:
             run = queries.find_run(s, args.run)
@@ -72,6 +80,24 @@ def main(args: argparse.Namespace) -> int:
     finally:
         engine.dispose()
     log.info("run #%d %s: %d files in %s (%.1f s), %d skipped; see %s", manifest.run["id"], manifest.run["name"],
+             len(manifest.files), out, manifest.seconds, len(manifest.skipped), out / "manifest.json")
+    return 0
+
+
+def export_comparison(args: argparse.Namespace, engine, options: ExportOptions) -> int:
+    """``--compare A B``: the comparison's figure set (``core.compare_report``) instead of a run's."""
+    from core.compare_report import write_comparison_set
+
+    a_ref, b_ref = args.compare
+    try:
+        with store.make_sessionmaker(engine)() as s:
+            split = None if args.compare_split == "all" else args.compare_split
+            data = queries.comparison_data(s, a_ref, b_ref, split=split)
+            out = Path(args.out) if args.out else Path("runs") / f"compare-{data.a['id']}-{data.b['id']}"
+            manifest = write_comparison_set(data, out, options)
+    finally:
+        engine.dispose()
+    log.info("comparison of #%d with #%d: %d files in %s (%.1f s), %d skipped; see %s", data.b["id"], data.a["id"],
              len(manifest.files), out, manifest.seconds, len(manifest.skipped), out / "manifest.json")
     return 0
 

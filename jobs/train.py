@@ -105,6 +105,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="comma-separated CAM methods whose maps the evaluation stores; the gradient methods share "
                    "one forward and backward (together about the cost of inference), eigencam needs no backward, "
                    f"scorecam is opt-in: {SCORECAM_COST}")
+    p.add_argument("--no-phase1-snapshot", action="store_true",
+                   help="do not evaluate and keep the model at the end of phase 1 as a snapshot of the run "
+                   "(run '<name>:phase1', which python -m jobs.compare compares with the final model)")
     p.add_argument("--eval-splits", default=",".join(EVAL_SPLITS),
                    help="splits to predict after training (comma-separated; add train on request)")
     p.add_argument("--audit", action="store_true", help="audit the data (duplicates, leakage, suspect labels) "
@@ -204,6 +207,7 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
     from core.model import ModelMeta, build_model, load_imagenet_base, read_checkpoint, resolve_module
     from jobs.checks import unusable_split
     from jobs.corrections import apply_reviews
+    from jobs.snapshot import Phase1Snapshot
     from jobs.training import RunOutput, TrainSettings, train
 
     resume_state: Optional[dict[str, Any]] = None
@@ -292,14 +296,20 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
             log.info("run %d %r started; checkpoints in %s", run_id, name, run_dir)
         run_id = dist.broadcast_from_main(env, run_id)
     out = RunOutput(Session_=Session_, run_id=run_id, run_dir=run_dir, saved_args=dict(vars(args)))
+    eval_splits = [s for s in args.eval_splits.split(",") if s]
+    snapshot = None if args.no_phase1_snapshot else Phase1Snapshot(
+        index=index, meta=meta, device=device, env=env, out=out, epochs_frozen=args.epochs_frozen,
+        epochs_finetune=args.epochs_finetune, eval_splits=eval_splits, batch_size=args.batch_size,
+        workers=args.workers, cams=not args.no_cams, layer=args.cam_layer, cache=cache,
+        methods=parse_methods(args.cam_methods))
     try:
         unusable = dist.broadcast_from_main(env, unusable)
         if unusable:
             raise DatasetError(unusable)
         best = train(model, settings=TrainSettings.from_args(args), index=index, meta=meta, device=device,
-                     env=env, out=out, resume_state=resume_state, cache=cache)
+                     env=env, out=out, resume_state=resume_state, cache=cache, phase1_hook=snapshot)
         finish(model, best, index=index, meta=meta, device=device, env=env, out=out,
-               eval_splits=[s for s in args.eval_splits.split(",") if s], batch_size=args.batch_size,
+               eval_splits=eval_splits, batch_size=args.batch_size,
                workers=args.workers, cams=not args.no_cams, layer=args.cam_layer, audit=args.audit, cache=cache,
                cam_methods=parse_methods(args.cam_methods))
     except BaseException as exc:

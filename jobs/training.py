@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from sqlalchemy.orm import Session, sessionmaker
@@ -111,11 +111,13 @@ def wrap(model: nn.Module, env: dist.DistEnv, device: torch.device) -> nn.Module
 
 def train(model: SportsVGG, *, settings: TrainSettings, index: DatasetIndex, meta: ModelMeta,
           device: torch.device, env: dist.DistEnv, out: RunOutput,
-          resume_state: Optional[dict[str, Any]] = None, cache: Optional[DecodedCache] = None) -> dict:
+          resume_state: Optional[dict[str, Any]] = None, cache: Optional[DecodedCache] = None,
+          phase1_hook: Optional[Callable[[nn.Module, int, dict], None]] = None) -> dict:
     """Both phases; returns {'acc', 'epoch'} of the best validation accuracy.
 
     With ``cache`` the loaders read the decoded cache (the first epoch writes it when absent), else the
-    JPEG files.
+    JPEG files. ``phase1_hook(model, epochs_done, best)`` (``jobs.snapshot``) runs on every rank when phase 1
+    ends and, for a resumed run, before training goes on.
     """
     e1, e2 = settings.epochs_frozen, settings.epochs_finetune
     total = e1 + e2
@@ -138,6 +140,8 @@ def train(model: SportsVGG, *, settings: TrainSettings, index: DatasetIndex, met
                 sched.load_state_dict(resume_state["scheduler"])
                 if scaler is not None and resume_state.get("scaler"):
                     scaler.load_state_dict(resume_state["scaler"])
+        if phase1_hook is not None:
+            phase1_hook(model, start, best)
     ddp = None
     for g in range(start, total):
         phase = phase_of(g, e1)
@@ -187,6 +191,8 @@ def train(model: SportsVGG, *, settings: TrainSettings, index: DatasetIndex, met
                 save_checkpoint(out.run_dir / "best.pt", state)
             save_checkpoint(out.run_dir / "last.pt", state)
         dist.barrier(env)
+        if phase1_hook is not None and g + 1 == e1:
+            phase1_hook(model, g + 1, best)
     if total == 0 and env.is_main:
         state = checkpoint_state(model, meta, out, epochs_done=0, phase=1, best=best)
         save_checkpoint(out.run_dir / "last.pt", state)

@@ -19,6 +19,7 @@ from PIL import Image
 from db.builder import add_hashes
 from db.builder_embed import add_embedding
 from db.builder_calibration import add_calibration, add_logits
+from db.builder_pairs import add_compared_run
 from tests.storefactory import build_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,6 +37,8 @@ PAGES = [
     ("calibration", "Calibration", "calibration"),
     ("review_queue", "Review queue", "review_queue"),
     ("map", "Map", "map"),
+    ("try_image", "Try an image", "try_image"),
+    ("compare_runs", "Compare runs", "compare_runs"),
 ]
 
 pytestmark = pytest.mark.browser
@@ -82,6 +85,7 @@ def server(tmp_path_factory):
     add_calibration(url, run_id)
     add_hashes(url, run_id)  # file hashes, so that the Review queue can take verdicts
     add_embedding(url, run_id)  # feature vectors and a map, for the Map page and "It looks like these"
+    add_compared_run(url, run_id, stage="phase1", lose=0.3, gain=0.1, moved=0.2)  # a snapshot for Compare runs
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     log = tmp_path_factory.mktemp("log") / "streamlit.log"

@@ -52,13 +52,15 @@ def test_demo_run_is_complete_with_both_maps(demo_run):
         run = s.get(Run, demo_run["run_id"])
         assert run.status == "complete" and run.cam_layer == "features.26"
         assert run.metrics["test"]["top1"] >= 0.6, run.metrics  # it learned (the full demo reaches > 0.9)
-        n_eval = s.scalar(select(func.count()).select_from(ImageRow).where(ImageRow.split.in_(["valid", "test"])))
-        assert s.scalar(select(func.count()).select_from(Prediction)) == n_eval == 300
+        n_eval = s.scalar(select(func.count()).select_from(ImageRow).where(ImageRow.split.in_(["valid", "test"]),
+                                                                            ImageRow.run_id == run.id))
+        assert s.scalar(select(func.count()).select_from(Prediction).where(Prediction.run_id == run.id)) \
+            == n_eval == 300
         rows = s.execute(select(Prediction.image_id, Prediction.pred, ImageRow.label, CamMap.target,
                                 CamMap.class_index, CamMap.h, CamMap.w, CamMap.data)
                          .join(ImageRow, ImageRow.id == Prediction.image_id)
                          .join(CamMap, CamMap.image_id == Prediction.image_id)
-                         .where(CamMap.method == DEFAULT_METHOD)).all()
+                         .where(CamMap.method == DEFAULT_METHOD, Prediction.run_id == run.id)).all()
         targets: dict[int, dict[str, int]] = {}
         for image_id, pred, label, target, cls, h, w, data in rows:
             targets.setdefault(image_id, {})[target] = cls

@@ -80,21 +80,29 @@ def test_one_complete_run_with_each_image_once(ddp_run):
     tmp, db = ddp_run
     S = store.make_sessionmaker(store.make_engine(db, create=False))
     with S() as s:
-        (run,) = s.scalars(select(Run)).all()
+        (run,) = s.scalars(select(Run).where(Run.stage.is_(None))).all()
         assert run.status == "complete" and run.config["world_size"] == 2 and run.device.endswith("x2")
-        epochs = s.scalars(select(EpochRow).order_by(EpochRow.global_epoch)).all()
+        epochs = s.scalars(select(EpochRow).where(EpochRow.run_id == run.id).order_by(EpochRow.global_epoch)).all()
         assert [(e.phase, e.epoch, e.global_epoch) for e in epochs] == [(1, 1, 1), (2, 1, 2)]
-        for split, n in (("valid", 9), ("test", 9)):
-            ids = s.scalars(select(ImageRow.id).where(ImageRow.split == split, ImageRow.skipped.is_(False))).all()
-            assert len(ids) == n
-            preds = s.scalars(select(Prediction.image_id).join(ImageRow).where(ImageRow.split == split)).all()
-            assert sorted(preds) == sorted(ids), f"{split}: not every image predicted exactly once"
-            cams = s.scalars(select(CamMap.image_id).join(ImageRow).where(
-                ImageRow.split == split, CamMap.target == "pred", CamMap.method == DEFAULT_METHOD)).all()
-            assert sorted(cams) == sorted(ids)
-            ev = s.get(EvalRow, (run.id, split))
-            assert ev.status == "complete" and ev.n_images == n
-        skipped = set(s.scalars(select(ImageRow.relpath).where(ImageRow.skipped.is_(True))))
+        # the phase-1 snapshot is evaluated over both ranks too, each image once
+        (snap,) = s.scalars(select(Run).where(Run.parent_id == run.id)).all()
+        assert snap.stage == "phase1" and snap.status == "complete"
+        for rid in (run.id, snap.id):
+            for split, n in (("valid", 9), ("test", 9)):
+                ids = s.scalars(select(ImageRow.id).where(ImageRow.split == split, ImageRow.skipped.is_(False),
+                                                          ImageRow.run_id == rid)).all()
+                assert len(ids) == n
+                preds = s.scalars(select(Prediction.image_id).join(ImageRow).where(ImageRow.split == split,
+                                                                                   ImageRow.run_id == rid)).all()
+                assert sorted(preds) == sorted(ids), f"{split}: not every image predicted exactly once"
+                cams = s.scalars(select(CamMap.image_id).join(ImageRow).where(ImageRow.split == split,
+                                                                              ImageRow.run_id == rid,
+                                                                              CamMap.target == "pred",
+                                                                              CamMap.method == DEFAULT_METHOD)).all()
+                assert sorted(cams) == sorted(ids)
+                ev = s.get(EvalRow, (rid, split))
+                assert ev.status == "complete" and ev.n_images == n
+        skipped = set(s.scalars(select(ImageRow.relpath).where(ImageRow.skipped.is_(True), ImageRow.run_id == run.id)))
         assert skipped == set(UNREADABLE + TRUNCATED), "files skipped on rank 1 must reach the store too"
 
 
@@ -119,6 +127,7 @@ def test_cams_under_torchrun_predicts_each_image_once(ddp_run):
     S = store.make_sessionmaker(store.make_engine(db, create=False))
     with S() as s:
         assert s.scalar(select(func.count()).select_from(CamMap).where(CamMap.target == "pred",
+                                                                       CamMap.run_id == 1,
                                                                        CamMap.method == DEFAULT_METHOD)) == 18
         assert {e.status for e in s.scalars(select(EvalRow))} == {"complete"}
 
@@ -132,6 +141,7 @@ def test_resume_under_torchrun(ddp_run):
     assert_same_predictions(before, predictions(db, 1))
     S = store.make_sessionmaker(store.make_engine(db, create=False))
     with S() as s:
-        (run,) = s.scalars(select(Run)).all()
+        (run,) = s.scalars(select(Run).where(Run.stage.is_(None))).all()
         assert run.status == "complete"
-        assert s.scalar(select(func.count()).select_from(EpochRow)) == 2
+        assert s.scalar(select(func.count()).select_from(EpochRow).where(EpochRow.run_id == run.id)) == 2
+        assert s.scalar(select(func.count()).select_from(Run).where(Run.parent_id == run.id)) == 1

@@ -143,6 +143,40 @@ def test_embed_commits_each_batch_and_resumes_where_it_stopped(run, monkeypatch,
         assert embed_queries.vector_counts(s, run_id)["train"] == 13
 
 
+def test_embed_through_the_decoded_cache_stores_the_vectors_of_the_jpeg_files(run, tmp_path, capsys):
+    """The cache path reads exactly the tensors of the JPEG files, for a whole split and for a few images of one."""
+    _, _, db, run_id = run
+    embed(db, "--splits", "train", "--no-map")
+    S = sessions(db)
+    with S() as s:
+        rows = s.execute(select(ImageRow.id, ImageRow.split).where(ImageRow.run_id == run_id)
+                         .order_by(ImageRow.id)).all()
+        trained = dict(s.execute(select(FeatureVector.image_id, FeatureVector.data)).all())
+    valid = [i for i, sp in rows if sp == "valid"]
+    redo = [i for i, sp in rows if sp == "train"] + valid[1::4]  # all of train, two images of valid
+
+    def recompute(*flags):
+        with S.begin() as s:
+            s.execute(delete(FeatureVector).where(FeatureVector.image_id.in_(redo)))
+        assert embed(db, "--no-map", *flags) == 0
+        assert f"{len(redo)} vectors computed" in capsys.readouterr().out
+        with S() as s:
+            return dict(s.execute(select(FeatureVector.image_id, FeatureVector.data)
+                                  .where(FeatureVector.image_id.in_(redo))).all())
+
+    jpeg = recompute("--no-cache", "--cache-dir", str(tmp_path / "unused"))
+    cached = recompute("--cache-dir", str(tmp_path / "cache"))
+    assert len(redo) == 13 + 2 and set(cached) == set(redo)
+    assert cached == jpeg  # the same float16 bytes
+    assert not (tmp_path / "unused").exists()
+    written = sorted(p.parent.name.split("-")[1] for p in (tmp_path / "cache").glob("*/index.json"))
+    assert written == ["train", "valid"]
+    # and the valid images' vectors are those training stored from its own evaluation pass
+    again = np.stack([np.frombuffer(cached[i], "<f2") for i in valid[1::4]]).astype(np.float32)
+    before = np.stack([np.frombuffer(trained[i], "<f2") for i in valid[1::4]]).astype(np.float32)
+    np.testing.assert_allclose(again, before, rtol=2e-3, atol=2e-3)
+
+
 def test_similar_finds_the_planted_copy_at_similarity_one(run, capsys):
     _, _, db, _ = run
     embed(db, "--splits", "train")

@@ -6,12 +6,16 @@ import json
 import shutil
 
 import pytest
+from sqlalchemy import delete, select
 from streamlit.testing.v1 import AppTest
+
+from core import reviews as rv
 
 from dashboard.embedding import selected_ids, selection_rows, selection_summary
 from db import queries
-from db.builder import build_store
+from db.builder import add_hashes, build_store
 from db.builder_embed import add_embedding
+from db.models import ImageRow, Prediction
 from db.queries import embed as embed_queries
 from db.store import make_engine, make_sessionmaker
 from jobs.auditing import audit_run
@@ -218,6 +222,53 @@ def test_a_selection_opens_its_gallery(mapped, how_many):
     assert buttons  # every image of the builder's store has a prediction
     buttons[0].click().run()
     assert any(m.value == f"picked: {buttons[0].key.rsplit('_', 1)[1]}" for m in at.markdown)
+
+
+@pytest.fixture
+def reviewable(tmp_path):
+    """A small store with vectors, a map and file hashes (so its images can be reviewed), no verdicts, and a
+    training image without a prediction (as in a real run)."""
+    url, run_id, _ = build_store(tmp_path, n_classes=3, n_per_class={"train": 2, "valid": 2}, splits=("train", "valid"))
+    add_embedding(url, run_id, plant=False)
+    add_hashes(url, run_id)
+    with sessions(url).begin() as s:
+        unpredicted = s.scalars(select(ImageRow.id).where(ImageRow.run_id == run_id, ImageRow.split == "train")
+                                .order_by(ImageRow.id)).first()
+        s.execute(delete(Prediction).where(Prediction.image_id == unpredicted))
+    return url, run_id, unpredicted
+
+
+def test_each_tile_of_a_selection_has_a_review_popover_that_saves(reviewable, monkeypatch):
+    url, run_id, unpredicted = reviewable
+    at = app(url, monkeypatch, MAP)
+    ok(at)
+    assert at.sidebar.text_input(key="sb_reviewer").value == rv.default_reviewer()
+    with sessions(url)() as s:
+        points = embed_queries.map_points(s, run_id)
+        sha = queries.images_frame(s, run_id).set_index("image_id")["sha256"]
+    ids = [unpredicted] + points.loc[points["split"] == "valid", "image_id"].tolist()[:3]
+    at = AppTest.from_function(_gallery_script, args=(url, run_id, ids), default_timeout=60)
+    at.run()
+    ok(at)
+    assert len(at.get("image")) == 4 and len([b for b in at.button if b.key.startswith("sel_cmp_")]) == 3
+    assert [p.proto.popover.label for p in at.get("popover")] == ["Review"] * 4
+    key = f"sel_rv_{unpredicted}"  # the training image: a verdict needs no prediction
+    at.radio(key=f"{key}_v").set_value(rv.AMBIGUOUS)
+    at.text_area(key=f"{key}_n").set_value("two sports in one frame")
+    at.button(key=f"FormSubmitter:{key}-Save verdict").click().run()
+    ok(at)
+    assert any(s.value.startswith("Saved: ambiguous") for s in at.success)
+    with sessions(url)() as s:
+        rows = queries.review_history(s)
+    assert list(rows["verdict"]) == [rv.AMBIGUOUS] and list(rows["sha256"]) == [sha[unpredicted]]
+    assert rows["note"].iat[0] == "two sports in one frame"
+    at.run()  # the verdict reads back: the tile's popover says so, and shows it
+    copies = [i for i in ids if sha[i] == sha[unpredicted]]
+    labels = [p.proto.popover.label for p in at.get("popover")]
+    tiles = [int(r.key.split("_")[2]) for r in at.radio if r.key and r.key.startswith("sel_rv_")]  # shown order
+    assert sorted(tiles) == sorted(ids)
+    assert sorted(i for i, lab in zip(tiles, labels) if lab == "Reviewed: ambiguous") == sorted(copies)
+    assert "Current verdict: ambiguous (by " in " ".join(x.value for x in at.text)
 
 
 # --------------------------------------------------------------------------- "It looks like these" and the audit tab

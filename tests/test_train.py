@@ -48,29 +48,33 @@ def test_store_is_complete(tiny_run):
         assert run.absent_splits.keys() == {"test"}
         assert Path(run.checkpoint_path).is_file()
         assert run.config["epochs_frozen"] == 1 and run.config["image_size"] == 32
-        epochs = s.scalars(select(EpochRow).order_by(EpochRow.global_epoch)).all()
+        epochs = s.scalars(select(EpochRow).where(EpochRow.run_id == run_id).order_by(EpochRow.global_epoch)).all()
         assert [(e.phase, e.epoch) for e in epochs] == [(1, 1), (2, 1)]
         assert all(e.val_acc is not None and e.seconds > 0 for e in epochs)
-        n_valid = s.scalar(select(func.count()).select_from(ImageRow).where(ImageRow.split == "valid"))
+        n_valid = s.scalar(select(func.count()).select_from(ImageRow).where(ImageRow.split == "valid",
+                                                                             ImageRow.run_id == run_id))
         assert n_valid == 10
-        broken = s.scalars(select(ImageRow).where(ImageRow.relpath.like("%broken.jpg"))).one()
+        broken = s.scalars(select(ImageRow).where(ImageRow.relpath.like("%broken.jpg"),
+                                                  ImageRow.run_id == run_id)).one()
         assert broken.skipped and "cannot" in broken.skip_reason
-        n_pred = s.scalar(select(func.count()).select_from(Prediction))
-        n_pred_maps = s.scalar(select(func.count()).select_from(CamMap).where(CamMap.target == "pred"))
+        n_pred = s.scalar(select(func.count()).select_from(Prediction).where(Prediction.run_id == run_id))
+        n_pred_maps = s.scalar(select(func.count()).select_from(CamMap).where(CamMap.target == "pred",
+                                                                               CamMap.run_id == run_id))
         n_wrong = s.scalar(select(func.count()).select_from(Prediction).join(ImageRow)
-                           .where(Prediction.pred != ImageRow.label))
-        n_true_maps = s.scalar(select(func.count()).select_from(CamMap).where(CamMap.target == "true"))
+                           .where(Prediction.pred != ImageRow.label, Prediction.run_id == run_id))
+        n_true_maps = s.scalar(select(func.count()).select_from(CamMap).where(CamMap.target == "true",
+                                                                               CamMap.run_id == run_id))
         k = len(GRADIENT_METHODS)  # every gradient method by default
         assert n_pred == 9 and n_pred_maps == 9 * k and n_true_maps == n_wrong * k
         ev = s.get(EvalRow, (run_id, "valid"))
         assert ev.status == "complete" and ev.n_images == 9 and 0 <= ev.top1 <= ev.top5 <= 1
-        p = s.scalars(select(Prediction)).first()
+        p = s.scalars(select(Prediction).where(Prediction.run_id == run_id)).first()
         assert len(p.top5_idx) == 3 and abs(sum(p.top5_prob) - 1) < 1e-4
-        cam = s.scalars(select(CamMap).where(CamMap.method == DEFAULT_METHOD)).first()
+        cam = s.scalars(select(CamMap).where(CamMap.method == DEFAULT_METHOD, CamMap.run_id == run_id)).first()
         assert len(cam.data) == 2 * cam.h * cam.w
         assert run.cam_layer == "features.35" and run.cam_methods == list(GRADIENT_METHODS)
         assert len(p.logits) == 2 * 3  # float16 logits of the three classes
-        hashes = s.scalars(select(ImageRow.sha256).where(ImageRow.skipped.is_(False))).all()
+        hashes = s.scalars(select(ImageRow.sha256).where(ImageRow.skipped.is_(False), ImageRow.run_id == run_id)).all()
         assert all(h is not None and len(h) == 64 for h in hashes)
 
 
@@ -83,6 +87,9 @@ def test_runs_json_reports_the_run(tiny_run, capsys):
     v = r["splits"]["valid"]
     assert (v["images"], v["predictions"], v["skipped"], v["maps"]) == (10, 9, 1, 9)
     assert v["top1"] is not None and r["absent_splits"]["test"]
+    (snap,) = r["snapshots"]  # the phase-1 snapshot is listed under its run, not as a run
+    assert snap["stage"] == "phase1" and snap["parent_id"] == run_id and snap["status"] == "complete"
+    assert snap["splits"]["valid"]["predictions"] == 9
 
 
 def test_runs_cli_as_a_subprocess(tiny_run):
@@ -90,6 +97,55 @@ def test_runs_cli_as_a_subprocess(tiny_run):
     out = subprocess.run([sys.executable, "-m", "jobs.runs", "--db", db], capture_output=True, text=True,
                          check=True).stdout
     assert "tiny run" in out and "[complete]" in out and "test  absent" in out
+    snap_line = next(line for line in out.splitlines() if "tiny run:phase1" in line)
+    assert snap_line.startswith("    #") and "snapshot phase1 of #1" in snap_line
+
+
+def test_phase1_snapshot_is_a_run_of_its_own(tiny_run):
+    """The model at the end of phase 1, evaluated like the final one and stored as run '<name>:phase1'."""
+    tmp, data, db, run_id = tiny_run
+    S = store.make_sessionmaker(store.make_engine(db, create=False))
+    with S() as s:
+        (snap,) = s.scalars(select(Run).where(Run.parent_id == run_id)).all()
+        assert (snap.stage, snap.name, snap.status, snap.best_epoch) == ("phase1", "tiny run:phase1", "complete", 1)
+        assert Path(snap.checkpoint_path).name == "phase1.pt" and Path(snap.checkpoint_path).is_file()
+        assert queries.class_names(s, snap.id) == queries.class_names(s, run_id)
+        assert [(e.phase, e.epoch) for e in s.scalars(select(EpochRow).where(EpochRow.run_id == snap.id))] == [(1, 1)]
+
+        def images(rid):
+            return sorted(s.execute(select(ImageRow.split, ImageRow.relpath, ImageRow.sha256, ImageRow.skipped)
+                                    .where(ImageRow.run_id == rid)).all())
+        assert images(snap.id) == images(run_id)
+        ev = s.get(EvalRow, (snap.id, "valid"))
+        assert ev.status == "complete" and ev.n_images == 9 and snap.metrics["valid"]["images"] == 9
+        preds = s.scalars(select(Prediction).where(Prediction.run_id == snap.id)).all()
+        assert len(preds) == 9 and all(p.logits is not None and len(p.logits) == 6 for p in preds)
+        maps = s.scalar(select(func.count()).select_from(CamMap).where(CamMap.run_id == snap.id,
+                                                                        CamMap.target == "pred"))
+        assert maps == 9 * len(GRADIENT_METHODS) and snap.cam_methods == list(GRADIENT_METHODS)  # as the run's
+        # 'latest' and the dashboard's default are the run, never its snapshot (whose id is higher)
+        assert snap.id > run_id and store.resolve_run(s, "latest").id == run_id
+        assert queries.default_run_id(s) == run_id
+        before = {p.image_id: (p.pred, round(p.confidence, 5)) for p in preds}
+        final = {p.image_id: p.pred for p in s.scalars(select(Prediction).where(Prediction.run_id == run_id))}
+    # Every job works on it: jobs.cams recomputes its predictions from phase1.pt and finds the same ones.
+    from jobs import cams as cams_job
+    assert cams_job.main(cams_job.get_args_parser().parse_args(
+        ["--db", db, "--run", "tiny run:phase1", "--workers", "0", "--device", "cpu"])) == 0
+    with S() as s:
+        after = {p.image_id: (p.pred, round(p.confidence, 5))
+                 for p in s.scalars(select(Prediction).where(Prediction.run_id == snap.id))}
+        assert after == before
+        assert {p.image_id: p.pred for p in s.scalars(select(Prediction).where(Prediction.run_id == run_id))} == final
+
+
+def test_no_phase1_snapshot_flag(tmp_path):
+    data = make_dataset(tmp_path / "d", per_split={"train": 2, "valid": 1})
+    db, _ = run_train(tmp_path, data, "--no-phase1-snapshot")
+    S = store.make_sessionmaker(store.make_engine(db, readonly=True))
+    with S() as s:
+        assert [(r.stage, r.status) for r in s.scalars(select(Run))] == [(None, "complete")]
+    assert list((tmp_path / "ck").glob("*/phase1.pt")) == []
 
 
 def flag_help(parser) -> dict[str, tuple[argparse.Action, str]]:

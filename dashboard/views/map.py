@@ -5,7 +5,7 @@ import streamlit as st
 
 from core.figures_map import COLOR_BY, COLOR_BY_LABELS
 from core.splits import SPLITS
-from dashboard import calibration_ui, embedding, loaders, state
+from dashboard import calibration_ui, embedding, loaders, reviews_ui, state
 from dashboard.charts import chart
 from dashboard.context import require_run, shown_url
 
@@ -13,6 +13,7 @@ NO_SPORT = "(none)"
 
 st.title("Map")
 ctx = require_run()
+reviews_ui.reviewer_sidebar()
 names = list(ctx.names)
 ss = st.session_state
 

@@ -6,10 +6,22 @@ none of them writes or commits. Class indices stay integers; callers map them to
 
 By concern: ``runs`` (runs, epochs, evaluations, summaries), ``images`` (images, predictions, logits, one
 image), ``maps`` (stored CAM maps), ``audit`` (the data audit), ``trust`` (faithfulness scores),
-``methods`` (the CAM methods side by side: pointing game, ranking), ``report`` (a run's figure-set tables) and
-``reviews`` (verdicts on images). Every name is also importable from ``db.queries`` itself.
+``methods`` (the CAM methods side by side: pointing game, ranking), ``report`` (a run's figure-set tables),
+``reviews`` (verdicts on images) and ``compare`` (two runs or a run's snapshot, side by side). Every name is
+also importable from ``db.queries`` itself.
 """
 from db.queries.audit import LEAKAGE_COLUMNS, audit_for, audit_report, audit_stamp, flagged_images
+from db.queries.compare import (
+    COMPARE_COLUMNS,
+    compare_frame,
+    compare_stored,
+    comparison_data,
+    find_compared,
+    refuse_unfinished,
+    run_input,
+    snapshot_id,
+    snapshots_of,
+)
 from db.queries.images import (
     IMAGE_COLUMNS,
     PREDICTION_COLUMNS,
@@ -57,6 +69,8 @@ from db.queries.reviews import (
 from db.queries.trust import TRUST_COLUMNS, TrustTables, sanity_check, trust_for, trust_frame, trust_version
 
 __all__ = [
+    "COMPARE_COLUMNS", "compare_frame", "compare_stored", "comparison_data", "find_compared", "refuse_unfinished",
+    "run_input", "snapshot_id", "snapshots_of",
     "IMAGE_COLUMNS", "LEAKAGE_COLUMNS", "POINTING_COLUMNS", "PREDICTION_COLUMNS", "SCORED_COLUMNS", "TRUST_COLUMNS",
     "ImageDetail", "RunInfo", "StoredLogits", "TrustTables",
     "audit_for", "audit_report", "audit_stamp", "cams_for", "class_names", "confusion_matrix",

@@ -23,20 +23,23 @@ def class_names(session: Session, run_id: int) -> list[str]:
 
 
 def list_runs(session: Session) -> pd.DataFrame:
-    """One row per run, newest first: id, name, status, created_at, finished_at, classes."""
+    """One row per run, newest first: id, name, status, created_at, finished_at, classes, parent_id, stage
+    (a snapshot of a run names the run in ``parent_id`` and what it is in ``stage``; both None for a run)."""
     n_classes = (
         select(RunClass.run_id, func.count().label("classes")).group_by(RunClass.run_id).subquery()
     )
     stmt = (
-        select(Run.id, Run.name, Run.status, Run.created_at, Run.finished_at, n_classes.c.classes)
+        select(Run.id, Run.name, Run.status, Run.created_at, Run.finished_at, n_classes.c.classes, Run.parent_id,
+               Run.stage)
         .outerjoin(n_classes, n_classes.c.run_id == Run.id)
         .order_by(Run.id.desc())
     )
-    cols = ["id", "name", "status", "created_at", "finished_at", "classes"]
+    cols = ["id", "name", "status", "created_at", "finished_at", "classes", "parent_id", "stage"]
     df = pd.DataFrame(session.execute(stmt).all(), columns=cols)
     if df.empty:
         return empty(cols)
     df["classes"] = df["classes"].fillna(0).astype(int)
+    df["parent_id"] = df["parent_id"].astype("Int64")
     return df
 
 
@@ -138,7 +141,8 @@ def evaluation_rows(session: Session, run_id: int) -> dict[str, dict[str, Any]]:
 
 
 def run_summaries(session: Session) -> list[dict[str, Any]]:
-    """Per run: id, name, status, classes, and per split images/predictions/skipped/maps/top-1/top-5."""
+    """Per run (snapshots too, with ``parent_id`` and ``stage``): id, name, status, classes, and per split
+    images/predictions/skipped/maps/top-1/top-5."""
     runs = list(session.scalars(select(Run).order_by(Run.id)))
     n_classes = dict(
         session.execute(select(RunClass.run_id, func.count()).group_by(RunClass.run_id)).all()
@@ -184,6 +188,8 @@ def run_summaries(session: Session) -> list[dict[str, Any]]:
                 "id": run.id,
                 "name": run.name,
                 "status": run.status,
+                "parent_id": run.parent_id,
+                "stage": run.stage,
                 "classes": n_classes.get(run.id, 0),
                 "device": run.device,
                 "weights": run.weights,
