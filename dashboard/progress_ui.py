@@ -16,6 +16,7 @@ import streamlit as st
 
 from core.figures import training_curves
 from core.runprogress import Progress, training_progress
+from core.stages import PHASE1
 from dashboard import loaders
 from dashboard.charts import chart
 from dashboard.context import Ctx
@@ -37,10 +38,20 @@ def elapsed_since(created_at: Optional[str], now: Optional[datetime] = None) -> 
     return max(0.0, (now - datetime.fromisoformat(created_at)).total_seconds())
 
 
-def live_state(url: str, run_id: int) -> tuple[Optional[queries.RunInfo], pd.DataFrame]:
-    """The run and its epochs as the store holds them now (not cached: this is the live view)."""
+def live_state(url: str, run_id: int) -> tuple[Optional[queries.RunInfo], pd.DataFrame, Optional[queries.RunInfo]]:
+    """The run, its epochs and its complete phase-1 snapshot (None before phase 1 has been evaluated), as the
+    store holds them now (not cached: this is the live view)."""
     with loaders.session(url) as s:
-        return queries.run_info(s, run_id), queries.epochs_frame(s, run_id)
+        sid = queries.snapshot_id(s, run_id, PHASE1)
+        snap = queries.run_info(s, sid) if sid is not None else None
+        return queries.run_info(s, run_id), queries.epochs_frame(s, run_id), (
+            snap if snap is not None and snap.status == "complete" else None)
+
+
+def _open_run(run_id: int) -> None:
+    loaders.load_runs.clear()  # the run list is cached for a few seconds; the snapshot may be newer than it
+    st.session_state["run"] = run_id
+    st.session_state["sb_run"] = run_id  # the sidebar's run picker
 
 
 def run_progress(info: queries.RunInfo, epochs: pd.DataFrame) -> Progress:
@@ -59,11 +70,18 @@ def training_section(ctx: Ctx, *, static) -> None:
 
 
 def _live(ctx: Ctx) -> None:
-    info, epochs = live_state(ctx.url, ctx.run_id)
+    info, epochs, snapshot = live_state(ctx.url, ctx.run_id)
     if info is None or info.status != "running":
         st.rerun()  # finished (or gone): the whole page redraws its final view, without a timer
     progress = run_progress(info, epochs)
     st.progress(progress.fraction, text=progress.line())
+    if snapshot is not None:
+        c1, c2 = st.columns([3, 1], vertical_alignment="center")
+        c1.info(f"Phase 1 has been evaluated: run #{snapshot.id} ({snapshot.name}) holds the predictions and maps "
+                "of the model at the end of phase 1, on every page, while fine-tuning goes on.")
+        if c2.button(f"Open run #{snapshot.id}", key="ov_open_phase1", on_click=_open_run, args=(snapshot.id,),
+                     width="stretch"):
+            st.rerun()  # the whole page, so the sidebar's picker shows the snapshot too
     if epochs.empty:
         st.caption(f"The first epoch's curves appear here when it ends (this refreshes every {LIVE_SECONDS} s).")
         return

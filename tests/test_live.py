@@ -98,6 +98,23 @@ def test_overview_of_a_running_run_shows_progress_and_live_curves(training, monk
     at.run()
     assert progress_texts(at)[0].startswith("phase 2 (fine-tuning), epoch 3 of 12 · 3 of 13 epochs done")
 
+    # Phase 1 has been evaluated: the page offers the snapshot, every page of it, while fine-tuning goes on.
+    with S.begin() as s:
+        snap = store.create_run(s, name="demo-now:phase1", config={}, data_root="/x", device="cpu", weights="none",
+                                image_size=48, cam_layer="features.26", class_names=["a", "b"], absent_splits={})
+        snap.parent_id, snap.stage = run_id, "phase1"
+        store.finish_run(s, snap.id, "complete")
+        snap_id = snap.id
+    at.run()
+    assert any(f"run #{snap_id} (demo-now:phase1)" in i.value for i in at.info), [i.value for i in at.info]
+    at.button(key="ov_open_phase1").click().run()
+    assert not at.exception and at.session_state["run"] == snap_id
+    assert not progress_texts(at), "the snapshot is complete: its Overview is the final kind"
+    at.session_state["run"] = run_id
+    at.session_state["sb_run"] = run_id
+    at.run()
+    assert progress_texts(at)
+
     # The run completes: the page draws the finished curves, with no progress bar and no timer.
     with S.begin() as s:
         store.finish_run(s, run_id, "complete", best_epoch=3)
