@@ -12,7 +12,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from core.cammaps import BASELINE_CENTRE, BASELINE_RANDOM, METHOD_NAMES
+from core.cammaps import BASELINE_CENTRE, BASELINE_RANDOM, METHOD_NAMES, method_label
 
 CORRECT_COLOR = "#2a9d8f"
 WRONG_COLOR = "#e76f51"
@@ -135,7 +135,9 @@ def confusion_heatmap(
     fig.update_layout(
         height=n * cell + 220,
         margin=dict(l=10, r=10, t=30, b=10),
-        xaxis=dict(title="predicted", tickangle=-90 if n > 30 else -45 if n > 8 else 0, tickfont=dict(size=font),
+        # Upright column labels from 13 classes on: slanted ones overlap their neighbours once a cell is
+        # narrower than about two lines of text (the 20 classes of an exported "most confused" matrix).
+        xaxis=dict(title="predicted", tickangle=-90 if n > 12 else -45 if n > 8 else 0, tickfont=dict(size=font),
                    dtick=1, side="bottom", automargin=True, showgrid=False, range=[-0.5, n - 0.5]),
         # Explicit ranges: autorange would pad the category axes for the click markers.
         yaxis=dict(title="true", range=[n - 0.5, -0.5], tickfont=dict(size=font), dtick=1, automargin=True,
@@ -303,6 +305,11 @@ METHOD_COLORS = dict(zip(METHOD_NAMES, ("#e63946", "#f4a261", "#2a9d8f", "#9b5de
 METHOD_COLORS.update({BASELINE_RANDOM: "#8d99ae", BASELINE_CENTRE: "#457b9d"})
 
 
+def map_name(method: str) -> str:
+    """A scored map's name for a reader: "Grad-CAM", "random map", "centred map"."""
+    return method_label(method)
+
+
 def trust_distribution(frame: pd.DataFrame, names: Sequence[str], *, metric: str = "deletion_auc") -> go.Figure:
     """Box plot per true class of one AUC (``metric``), one box per method side by side.
 
@@ -316,13 +323,13 @@ def trust_distribution(frame: pd.DataFrame, names: Sequence[str], *, metric: str
         f = frame[frame["method"] == method]
         fig.add_trace(go.Box(
             x=[_short(names[int(c)] if 0 <= int(c) < len(names) else str(c), 20) for c in f["label"]],
-            y=f[metric], name=method, marker_color=METHOD_COLORS[method], boxmean=True,
+            y=f[metric], name=map_name(method), marker_color=METHOD_COLORS[method], boxmean=True,
             boxpoints="all" if len(f) <= 400 else False, jitter=0.3, pointpos=0, marker=dict(size=3),
         ))
     better = "lower" if metric.startswith("deletion") else "higher"
     fig.update_layout(
         boxmode="group", height=380, margin=dict(l=10, r=10, t=30, b=10),
-        yaxis=dict(title=f"{metric.replace('_', ' ')} ({better} is better)", range=[0, 1.02]),
+        yaxis=dict(title=f"{metric.split('_')[0]} AUC ({better} is better)", range=[0, 1.02]),
         xaxis=dict(tickfont=dict(size=_tick_font(len(classes))), categoryorder="category ascending"),
         legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0),
     )
@@ -331,23 +338,36 @@ def trust_distribution(frame: pd.DataFrame, names: Sequence[str], *, metric: str
 
 def trust_curves(fractions: Sequence[float], curves: dict[str, tuple[Sequence[float], Sequence[float]]],
                  *, height: int = 300, legend: bool = True) -> go.Figure:
-    """Deletion and insertion curves side by side; ``curves`` maps method -> (deletion, insertion)."""
+    """Deletion and insertion curves side by side; ``curves`` maps method -> (deletion, insertion).
+
+    The legend sits in the top margin, clear of the subplot titles and the axis labels, so the small
+    copies on the trust page (``height`` about 240) keep it too; x ticks at 0, 50 and 100 % only, so the
+    two panels' labels never run into each other."""
     if not curves:
         return _empty_figure("no curves")
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("deletion", "insertion"), horizontal_spacing=0.1)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("deletion: pixels removed", "insertion: pixels revealed"),
+                        horizontal_spacing=0.16)
     for method, (deletion, insertion) in curves.items():
         color = METHOD_COLORS.get(method, "#333333")
+        name = map_name(method)
         for col, y in ((1, deletion), (2, insertion)):
             auc = float(np.sum((np.asarray(y[1:]) + np.asarray(y[:-1])) * np.diff(fractions)) / 2)
             fig.add_trace(go.Scatter(
-                x=list(fractions), y=list(y), mode="lines+markers", name=method, legendgroup=method,
+                x=list(fractions), y=list(y), mode="lines+markers", name=name, legendgroup=method,
+                legendrank=list(METHOD_COLORS).index(method) + 1 if method in METHOD_COLORS else 100,
                 showlegend=legend and col == 1, line=dict(color=color), marker=dict(size=4),
-                hovertemplate=f"{method}: " "%{y:.3f} at %{x:.0%}" f" (AUC {auc:.3f})<extra></extra>",
+                hovertemplate=f"{name}: " "%{y:.3f} at %{x:.0%}" f" (AUC {auc:.3f})<extra></extra>",
             ), row=1, col=col)
-    fig.update_xaxes(title_text="fraction of pixels", range=[0, 1], tickformat=".0%")
-    fig.update_yaxes(range=[0, 1.02], title_text="probability", col=1)
-    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10),
-                      legend=dict(orientation="h", y=-0.3, x=0))
+    fig.update_xaxes(range=[0, 1], tickformat=".0%", tickvals=[0, 0.5, 1], title_text="share of pixels",
+                     title_standoff=2)
+    fig.update_yaxes(range=[0, 1.02], tickvals=[0, 0.5, 1], col=1, title_text="probability", title_standoff=2)
+    fig.update_yaxes(range=[0, 1.02], tickvals=[0, 0.5, 1], col=2)
+    fig.update_annotations(font_size=12, yshift=4)  # the subplot titles
+    top = 72 if legend else 34  # room for a legend that wraps to two lines in a narrow column
+    fig.update_layout(height=height + (top - 34), margin=dict(l=10, r=10, t=top, b=10),
+                      legend=dict(orientation="h", x=0, xanchor="left", y=0.995, yanchor="top", yref="container",
+                                  font=dict(size=11), entrywidth=0, itemwidth=30),
+                      font=dict(size=11))
     return fig
 
 

@@ -91,10 +91,14 @@ def make_engine(url: Optional[str] = None, create: bool = True, readonly: bool =
         db = u.database
         if db and db != ":memory:":
             path = Path(db)
+            from db.storecheck import check_readable, check_writable
+
             if create:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            elif not path.exists():
-                raise StoreError(f"store {path} does not exist; run 'python -m jobs.train' to create it")
+                check_writable(url)
+            else:
+                check_readable(path)
+                if not readonly:
+                    check_writable(url)
         kwargs["connect_args"] = {"timeout": 30}
     else:
         kwargs["pool_pre_ping"] = True
@@ -132,7 +136,9 @@ def _check_or_create_schema(conn: Connection, create: bool, add_tables: bool) ->
         if tables & {"runs", "images", "predictions"}:
             raise StoreError(f"store {where} has tables but no schema version; it was not written by this tool")
         if not create:
-            raise StoreError(f"store {where} is empty; run 'python -m jobs.train' to create a run")
+            from db.storecheck import db_arg
+
+            raise StoreError(f"store {where} is empty; run 'python -m jobs.train {db_arg(where)}' to create a run")
         Base.metadata.create_all(conn)
         conn.execute(insert(SchemaInfo).values(key="version", value=str(SCHEMA_VERSION)))
         return
@@ -189,11 +195,16 @@ def create_run(
 
 
 def resolve_run(session: Session, ref: str | int) -> Run:
-    """A run by id, by name (the newest of that name), or ``latest`` (the newest run that is not a snapshot)."""
+    """A run by id, by name (the newest of that name), or ``latest``: the newest complete run that is not a
+    snapshot of another (the same run the dashboard opens on)."""
     ref_s = str(ref).strip()
     run: Optional[Run]
-    if ref_s == "latest":  # the newest run, never a snapshot of one
-        run = session.scalars(select(Run).where(Run.stage.is_(None)).order_by(Run.id.desc()).limit(1)).first()
+    if ref_s == "latest":
+        from db.storecheck import LATEST, no_latest
+
+        run = session.scalars(select(Run).where(*LATEST).order_by(Run.id.desc()).limit(1)).first()
+        if run is None:
+            raise StoreError(no_latest(session))
     elif ref_s.isdigit():
         run = session.get(Run, int(ref_s))
     else:
