@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 from core.audit import ImageRef, audit, hash_images, find_pairs
+from core.dupcalibrate import Thresholds
 from core.splits import SPLITS
 
 log = logging.getLogger(__name__)
@@ -239,10 +240,11 @@ def images_from_folder(root: Path) -> tuple[list[ImageRef], list[str]]:
 def run_real(root: Path, workers: int) -> None:
     refs, names = images_from_folder(root)
     t0 = time.perf_counter()
-    report = audit(root, refs, workers=workers)
+    report = audit(root, refs, workers=workers, calibrate=True)
     dt = time.perf_counter() - t0
     frames = report.to_frames()
     print(f"real data: {root}  images={len(refs)} classes={len(names)}  audit {dt:.1f} s")
+    print(Thresholds.from_dict(report.stats["thresholds"]).describe())
     print(f"hashing: {report.stats['hash_seconds']:.1f} s ({report.stats['images_per_second']:.0f} img/s), "
           f"search: {report.stats['search_seconds']:.2f} s ({report.stats['n_candidates']} candidates), "
           f"skipped: {len(report.skipped)}")

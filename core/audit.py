@@ -145,6 +145,7 @@ def audit(
     min_embedding_cos: float = 0.8,
     workers: int = 1,
     hashes: Optional[ImageHashes] = None,
+    calibrate: bool = False,
 ) -> AuditReport:
     """Duplicates, leakage, label conflicts and (given ``pred_probs``) suspect labels of ``images``.
 
@@ -152,6 +153,8 @@ def audit(
     those are out of sample (see the module docstring); other rows may hold anything (NaN included).
     ``embeddings``: optional (N, D) features that can veto near pairs (cosine below ``min_embedding_cos``).
     ``hashes``: a previous :func:`hash_images` result for the same list, to skip re-hashing.
+    ``calibrate``: measure the near-duplicate score threshold on this data set (:mod:`core.dupcalibrate`),
+    ``min_score`` being the lowest it may be; what it chose is in ``stats["thresholds"]``.
     """
     images = list(images)
     if pred_probs is not None:
@@ -163,9 +166,26 @@ def audit(
     elif len(hashes.ok) != len(images):
         raise ValueError(f"hashes are for {len(hashes.ok)} images, the list has {len(images)}")
     t0 = time.perf_counter()
-    pairs = find_pairs(
-        hashes, min_score=min_score, min_detail=min_detail, embeddings=embeddings, min_embedding_cos=min_embedding_cos
-    )
+    thresholds = None
+    if calibrate:
+        from core.dupcalibrate import BAND
+        from core.dupcalibrate import calibrate as measure
+
+        # Every candidate from BAND under the threshold, whatever its detail: the score continuum is measured
+        # on all of them; the detail test applies to the pairs kept.
+        wide = find_pairs(hashes, min_score=min_score - BAND, min_detail=-1.0, embeddings=embeddings,
+                          min_embedding_cos=min_embedding_cos)
+        near = wide["kind"] == "near"
+        thresholds = measure(data_root, images, hashes, wide.loc[near, "score"].to_numpy(),
+                             floor=(min_score, min_detail))
+        keep = ~near | ((wide["score"] >= thresholds.min_score) & (wide["detail"] >= min_detail))
+        pairs = wide[keep].reset_index(drop=True)
+        pairs.attrs.update(wide.attrs)
+    else:
+        pairs = find_pairs(
+            hashes, min_score=min_score, min_detail=min_detail, embeddings=embeddings,
+            min_embedding_cos=min_embedding_cos,
+        )
     t_search = time.perf_counter() - t0
     groups = group_pairs(pairs, len(images))
     suspects = pd.DataFrame(columns=SUSPECT_COLUMNS)
@@ -185,6 +205,8 @@ def audit(
         "verify_seconds": pairs.attrs.get("verify_seconds", 0.0),
         "n_pairs": len(pairs),
         "n_groups": len(groups),
+        "thresholds": thresholds.to_dict() if thresholds is not None else
+        {"min_score": min_score, "min_detail": min_detail, "calibrated": False},
     }
     return AuditReport(
         images=images,

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.defaults import SCORECAM_COST  # noqa: F401  (defined there for the --help of the jobs)
+
 # What a method's function takes.
 GRADIENTS = "gradients"  # fn(A, g)
 ACTIVATIONS = "activations"  # fn(A)
@@ -38,10 +40,6 @@ GRADCAMPP_EPS = 1e-6
 # Score-CAM runs the whole network once per channel of the CAM layer and image.
 SCORECAM_MAX_CHANNELS = 1024
 SCORECAM_BATCH = 32
-SCORECAM_COST = (
-    "Score-CAM runs one forward pass of the whole network per channel of the CAM layer and per image "
-    "(512 at VGG-19's features.35: about 500 times the cost of inference); it is never run by default"
-)
 
 
 def scorecam_forwards(channels: int, images: int) -> int:

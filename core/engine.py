@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.data import DatasetError
+from core.defaults import PRECISIONS  # defined there for the --help of the jobs
 from core.dist import DistEnv, all_reduce_sum
 from core.progress import progress
 
@@ -31,9 +33,6 @@ class Skipped:
             if i not in self.items:
                 log.warning("skipped image #%d: %s", i, reason)
             self.items[i] = reason
-
-
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -182,7 +181,9 @@ def train_one_epoch(
         seen += n
     loss_sum, correct, seen = all_reduce_sum(env, [loss_sum.item(), float(correct.item()), seen], device)
     if not seen:
-        raise RuntimeError("no usable training image in this epoch: every file was skipped")
+        first = next(iter(skipped.items.values()), "no file met")
+        raise DatasetError(f"split 'train': none of its images could be decoded in this epoch ({len(skipped.items)} "
+                           f"skipped on this process; first: {first}); the log above names each file")
     return {"loss": loss_sum / seen, "acc": correct / seen, "images": int(seen)}
 
 

@@ -37,9 +37,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.cammaps import BASELINE_CENTRE, BASELINE_RANDOM, BASELINES, DEFAULT_METHOD, METHOD_NAMES, check_method
+from core.defaults import FILLS
 from core.model import eval_mode
 
-FILLS = ("mean", "blur")
 METHODS = METHOD_NAMES + BASELINES  # the CAM methods, then the two baselines
 TIE_RESOLUTION = 2.0**-20  # relative to a map's peak
 

@@ -12,20 +12,13 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from core.cammaps import BASELINE_CENTRE, BASELINE_RANDOM, METHOD_NAMES
+from core.figures_base import _empty_figure, _short, _tick_font  # noqa: F401 (also used by other builders)
+
 
 CORRECT_COLOR = "#2a9d8f"
 WRONG_COLOR = "#e76f51"
 TRAIN_COLOR = "#264653"
 VAL_COLOR = "#e9c46a"
-
-
-def _tick_font(n: int) -> int:
-    return 12 if n <= 20 else 10 if n <= 50 else 8
-
-
-def _short(name: str, width: int = 22) -> str:
-    return name if len(name) <= width else name[: width - 1] + "…"
 
 
 # --------------------------------------------------------------------------- confusion matrix
@@ -135,7 +128,9 @@ def confusion_heatmap(
     fig.update_layout(
         height=n * cell + 220,
         margin=dict(l=10, r=10, t=30, b=10),
-        xaxis=dict(title="predicted", tickangle=-90 if n > 30 else -45 if n > 8 else 0, tickfont=dict(size=font),
+        # Upright column labels from 13 classes on: slanted ones overlap their neighbours once a cell is
+        # narrower than about two lines of text (the 20 classes of an exported "most confused" matrix).
+        xaxis=dict(title="predicted", tickangle=-90 if n > 12 else -45 if n > 8 else 0, tickfont=dict(size=font),
                    dtick=1, side="bottom", automargin=True, showgrid=False, range=[-0.5, n - 0.5]),
         # Explicit ranges: autorange would pad the category axes for the click markers.
         yaxis=dict(title="true", range=[n - 0.5, -0.5], tickfont=dict(size=font), dtick=1, automargin=True,
@@ -289,93 +284,7 @@ def top5_bars(names: Sequence[str], probs: Sequence[float], *, label: Optional[i
     return fig
 
 
-def _empty_figure(text: str) -> go.Figure:
-    fig = go.Figure()
-    fig.add_annotation(text=text, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper", font=dict(size=14))
-    fig.update_layout(height=200, xaxis=dict(visible=False), yaxis=dict(visible=False))
-    return fig
-
-
-# --------------------------------------------------------------------------- trust (faithfulness, sanity)
-
-# One colour per CAM method (core.cammaps.METHOD_NAMES order), greys and blue for the baselines.
-METHOD_COLORS = dict(zip(METHOD_NAMES, ("#e63946", "#f4a261", "#2a9d8f", "#9b5de5", "#e9c46a", "#00b4d8", "#6d597a")))
-METHOD_COLORS.update({BASELINE_RANDOM: "#8d99ae", BASELINE_CENTRE: "#457b9d"})
-
-
-def trust_distribution(frame: pd.DataFrame, names: Sequence[str], *, metric: str = "deletion_auc") -> go.Figure:
-    """Box plot per true class of one AUC (``metric``), one box per method side by side.
-
-    ``frame`` holds rows of ``db.queries.trust_frame`` (label, method and the metric column).
-    """
-    if frame.empty:
-        return _empty_figure("no scores")
-    classes = sorted(frame["label"].unique())
-    fig = go.Figure()
-    for method in [m for m in METHOD_COLORS if m in set(frame["method"])]:
-        f = frame[frame["method"] == method]
-        fig.add_trace(go.Box(
-            x=[_short(names[int(c)] if 0 <= int(c) < len(names) else str(c), 20) for c in f["label"]],
-            y=f[metric], name=method, marker_color=METHOD_COLORS[method], boxmean=True,
-            boxpoints="all" if len(f) <= 400 else False, jitter=0.3, pointpos=0, marker=dict(size=3),
-        ))
-    better = "lower" if metric.startswith("deletion") else "higher"
-    fig.update_layout(
-        boxmode="group", height=380, margin=dict(l=10, r=10, t=30, b=10),
-        yaxis=dict(title=f"{metric.replace('_', ' ')} ({better} is better)", range=[0, 1.02]),
-        xaxis=dict(tickfont=dict(size=_tick_font(len(classes))), categoryorder="category ascending"),
-        legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0),
-    )
-    return fig
-
-
-def trust_curves(fractions: Sequence[float], curves: dict[str, tuple[Sequence[float], Sequence[float]]],
-                 *, height: int = 300, legend: bool = True) -> go.Figure:
-    """Deletion and insertion curves side by side; ``curves`` maps method -> (deletion, insertion)."""
-    if not curves:
-        return _empty_figure("no curves")
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("deletion", "insertion"), horizontal_spacing=0.1)
-    for method, (deletion, insertion) in curves.items():
-        color = METHOD_COLORS.get(method, "#333333")
-        for col, y in ((1, deletion), (2, insertion)):
-            auc = float(np.sum((np.asarray(y[1:]) + np.asarray(y[:-1])) * np.diff(fractions)) / 2)
-            fig.add_trace(go.Scatter(
-                x=list(fractions), y=list(y), mode="lines+markers", name=method, legendgroup=method,
-                showlegend=legend and col == 1, line=dict(color=color), marker=dict(size=4),
-                hovertemplate=f"{method}: " "%{y:.3f} at %{x:.0%}" f" (AUC {auc:.3f})<extra></extra>",
-            ), row=1, col=col)
-    fig.update_xaxes(title_text="fraction of pixels", range=[0, 1], tickformat=".0%")
-    fig.update_yaxes(range=[0, 1.02], title_text="probability", col=1)
-    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10),
-                      legend=dict(orientation="h", y=-0.3, x=0))
-    return fig
-
-
-def sanity_cascade(stages: Sequence[dict]) -> go.Figure:
-    """Similarity of the trained maps with the randomised ones, stage by stage from the top layer down.
-
-    ``stages``: rows {stage, kind ("reference" | "randomised"), spearman_mean/std, ssim_mean/std}. The
-    references (the trained model against itself, and with input noise) are drawn on the left.
-    """
-    if not stages:
-        return _empty_figure("no sanity check")
-    x = [s["stage"] if s["kind"] == "randomised" else f"trained ({s['stage']})" for s in stages]
-    fig = go.Figure()
-    for key, name, color, dash in (("spearman", "Spearman rank correlation", "#e63946", "solid"),
-                                   ("ssim", "SSIM", "#457b9d", "dash")):
-        fig.add_trace(go.Scatter(
-            x=x, y=[s[f"{key}_mean"] for s in stages], name=name, mode="lines+markers",
-            line=dict(color=color, dash=dash),
-            error_y=dict(type="data", array=[s[f"{key}_std"] for s in stages], visible=True, thickness=1),
-        ))
-    n_ref = sum(s["kind"] == "reference" for s in stages)
-    if 0 < n_ref < len(stages):
-        fig.add_vline(x=n_ref - 0.5, line=dict(color="grey", dash="dot"))
-    fig.add_hline(y=0, line=dict(color="lightgrey"))
-    fig.update_layout(
-        height=360, margin=dict(l=10, r=10, t=30, b=10),
-        xaxis=dict(title="re-initialised from the top down to (cumulative)", type="category"),
-        yaxis=dict(title="similarity to the trained maps", range=[-1.02, 1.05]),
-        legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0),
-    )
-    return fig
+# Trust figures live in core.figures_trust; their names stay importable from here.
+from core.figures_trust import (  # noqa: E402,F401
+    METHOD_COLORS, map_name, sanity_cascade, trust_curves, trust_distribution,
+)

@@ -16,17 +16,13 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from core.defaults import DEFAULT_CAM_LAYER, MIN_IMAGE_SIZE  # noqa: F401  (the names this module always had)
+from core.errors import CheckpointError, WeightsUnavailable  # noqa: F401
+
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# ReLU after conv5_4, the last activation before VGG-19's final max-pool: 14x14 at 224 px.
-DEFAULT_CAM_LAYER = "features.35"
-MIN_IMAGE_SIZE = 32
-
-
-class WeightsUnavailable(RuntimeError):
-    """The ImageNet weights are neither cached nor downloadable."""
 
 
 class SportsVGG(nn.Module):
@@ -205,10 +201,6 @@ class ModelMeta:
 
 def build_model(meta: ModelMeta) -> SportsVGG:
     return SportsVGG(len(meta.class_names), hidden=meta.hidden, dropout=meta.dropout)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, damaged or not one of ours."""
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:

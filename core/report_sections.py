@@ -14,7 +14,15 @@ import pandas as pd
 from PIL import Image
 
 from core import figures
-from core.cammaps import DEFAULT_METHOD, METHOD_LABELS, TARGET_PRED, TARGET_TRUE, overlay
+from core.cammaps import (
+    DEFAULT_COLORMAP,
+    DEFAULT_METHOD,
+    METHOD_LABELS,
+    TARGET_PRED,
+    TARGET_TRUE,
+    colorbar_strip,
+    overlay,
+)
 from core.figures_methods import method_ranking_figure
 from core.report_calibration import accuracy_section, calibration_section, suspects_section
 from core.report_parts import CSS_DPI, Artifact, ExportOptions, Plot, RunData, Sheet, Table, slug
@@ -49,10 +57,14 @@ def error_tiles(data: RunData, rows: pd.DataFrame, side: int, dpi: int) -> list[
             if rgb is None or cam is None:
                 panels.append((placeholder(side, why or "no map stored", small), f"{method}: {what}"))
             else:
-                panels.append((overlay(rgb, cam, alpha=0.5), f"{method}: {what}"))
+                panels.append((overlay(rgb, cam), f"{method}: {what}"))
         tiles.append(Tile(header=[f"true: {names[int(r.label)]}",
                                   f"pred: {names[int(r.pred)]} ({float(r.confidence):.0%})"], panels=panels))
     return tiles
+
+
+# Every map on a sheet is scaled to its own peak (as on the dashboard's tiles), so the bar is relative.
+MAP_LEGEND = (colorbar_strip(DEFAULT_COLORMAP), "map: low", "its peak")
 
 
 def _sheet_px(options: ExportOptions) -> int:
@@ -63,7 +75,7 @@ def _error_sheet(data: RunData, title: str, rows: pd.DataFrame, options: ExportO
     width, per_row, per_tile = _sheet_px(options), 2, 3
     side = panel_side(width, per_row, per_tile, options.dpi)
     return draw_sheet(title, error_tiles(data, rows, side, options.dpi), width_px=width, per_row=per_row,
-                      panels_per_tile=per_tile, dpi=options.dpi)
+                      panels_per_tile=per_tile, dpi=options.dpi, legend=MAP_LEGEND)
 
 
 # --------------------------------------------------------------------------- sections

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -37,6 +37,25 @@ def placeholder(side: int, text: str, font) -> np.ndarray:
     return np.asarray(im)
 
 
+def colour_legend(strip: np.ndarray, low: str, high: str, *, font_px: int, bar_px: int) -> np.ndarray:
+    """A colour bar with its end labels, ``low`` left of it and ``high`` right of it, on white: uint8 RGB.
+
+    ``strip`` is the bar itself (h, w, 3, low values left), drawn ``bar_px`` wide at the text's height."""
+    f = font(font_px)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    pad = max(2, font_px // 3)
+    w_low, w_high = (round(probe.textlength(t, font=f)) for t in (low, high))
+    h = round(font_px * 1.4)
+    im = Image.new("RGB", (w_low + bar_px + w_high + 4 * pad, h), "white")
+    bar = Image.fromarray(np.asarray(strip, dtype=np.uint8)).resize((bar_px, max(1, round(font_px * 0.9))),
+                                                                    Image.Resampling.BILINEAR)
+    im.paste(bar, (w_low + 2 * pad, (h - bar.height) // 2))
+    d = ImageDraw.Draw(im)
+    d.text((pad, h // 2), low, fill=(60, 60, 60), font=f, anchor="lm")
+    d.text((w_low + bar_px + 3 * pad, h // 2), high, fill=(60, 60, 60), font=f, anchor="lm")
+    return np.asarray(im)
+
+
 def _spacing(dpi: int) -> tuple[int, int, int]:
     """Page margin, gap between panels of a tile and gap between tiles, in px."""
     return round(0.1 * dpi), round(0.03 * dpi), round(0.15 * dpi)
@@ -58,8 +77,10 @@ class Tile:
 
 
 def draw_sheet(title: str, tiles: Sequence[Tile], *, width_px: int, per_row: int, panels_per_tile: int,
-               dpi: int) -> Image.Image:
-    """Tiles in rows on a white page ``width_px`` wide; text sizes are set in points at ``dpi``."""
+               dpi: int, legend: Optional[tuple[np.ndarray, str, str]] = None) -> Image.Image:
+    """Tiles in rows on a white page ``width_px`` wide; text sizes are set in points at ``dpi``.
+
+    ``legend`` = (colour bar strip, low label, high label) is drawn at the right end of the title line."""
     pt = dpi / 72.0
     f_title, f_head, f_label = font(round(11 * pt)), font(round(7.5 * pt)), font(round(6.5 * pt))
     margin, gap_panel, gap_tile = _spacing(dpi)
@@ -72,7 +93,13 @@ def draw_sheet(title: str, tiles: Sequence[Tile], *, width_px: int, per_row: int
     title_h = round(16 * pt)
     page = Image.new("RGB", (width_px, margin + title_h + rows * row_h + margin), "white")
     d = ImageDraw.Draw(page)
-    d.text((margin, margin), fit_text(d, title, f_title, width_px - 2 * margin), fill="black", font=f_title)
+    title_w = width_px - 2 * margin
+    if legend is not None:
+        key = Image.fromarray(colour_legend(legend[0], legend[1], legend[2], font_px=round(6.5 * pt),
+                                            bar_px=round(1.2 * dpi)))
+        page.paste(key, (width_px - margin - key.width, margin + max(0, (round(11 * pt) - key.height) // 2)))
+        title_w -= key.width + gap_tile
+    d.text((margin, margin), fit_text(d, title, f_title, title_w), fill="black", font=f_title)
     if not tiles:
         d.text((margin, margin + title_h), "nothing to show", fill=(90, 90, 90), font=f_head)
     for k, tile in enumerate(tiles):

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from core.cammaps import METHOD_LABELS, overlay
+from core.cammaps import DEFAULT_ALPHA, DEFAULT_COLORMAP, METHOD_LABELS, colorbar_strip, overlay
 from core.images import MAX_PIXELS, open_upload
 from core.sheets import Tile, draw_sheet
 
@@ -144,8 +144,8 @@ def scale_of(choice: str, cams: Sequence[np.ndarray]) -> Any:
     return "image"
 
 
-def overlays(result: "TryResult", which: str, methods: Sequence[str], *, colormap: str = "jet",
-             alpha: float = 0.5, scale: str = SCALES[0]) -> list[tuple[str, np.ndarray]]:
+def overlays(result: "TryResult", which: str, methods: Sequence[str], *, colormap: str = DEFAULT_COLORMAP,
+             alpha: float = DEFAULT_ALPHA, scale: str = SCALES[0]) -> list[tuple[str, np.ndarray]]:
     """``(method, uint8 image)`` of each method's map of ``which`` (``TOP1`` or ``PICKED``) over the model's
     view; methods without that map are left out. ``scale`` "shared" shares one scale among these maps."""
     cams = [(m, result.maps[m][which]) for m in methods if m in result.maps and which in result.maps[m]]
@@ -153,8 +153,8 @@ def overlays(result: "TryResult", which: str, methods: Sequence[str], *, colorma
     return [(m, overlay(result.pixels, c, colormap=colormap, alpha=alpha, normalize=normalize)) for m, c in cams]
 
 
-def result_sheet(results: Sequence["TryResult"], classes: Sequence[str], *, title: str, colormap: str = "jet",
-                 alpha: float = 0.5, dpi: int = 150) -> Image.Image:
+def result_sheet(results: Sequence["TryResult"], classes: Sequence[str], *, title: str,
+                 colormap: str = DEFAULT_COLORMAP, alpha: float = DEFAULT_ALPHA, dpi: int = 150) -> Image.Image:
     """One row per image: the model's view, then each method's map of the top-1 class and, when a class
     was picked, of that class; the header names the image, its top-1 and the picked class."""
     tiles = []
@@ -171,7 +171,8 @@ def result_sheet(results: Sequence["TryResult"], classes: Sequence[str], *, titl
         tiles.append(Tile(header=header, panels=panels))
     per_tile = max((len(t.panels) for t in tiles), default=1)
     width = max(int(4 * dpi), int(1.25 * dpi) * per_tile)
-    return draw_sheet(title, tiles, width_px=width, per_row=1, panels_per_tile=per_tile, dpi=dpi)
+    return draw_sheet(title, tiles, width_px=width, per_row=1, panels_per_tile=per_tile, dpi=dpi,
+                      legend=(colorbar_strip(colormap), "map: low", "its peak"))
 
 
 def png_bytes(img: Image.Image | np.ndarray) -> bytes:

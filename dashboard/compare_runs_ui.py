@@ -15,7 +15,7 @@ from core.splits import SPLITS
 from core.stages import PHASE1, stage_label
 from dashboard import loaders
 from dashboard.context import Ctx
-from dashboard.tiles import TILE_PX, map_of_class, picture, show_picture
+from dashboard.tiles import TILE_PX, map_of_class, picture, show_colorbar, show_picture
 from db.queries.compare import compare_stored
 
 TARGET_MODES = {"true": "the true class (what the drift measures)", "pred": "each run's own prediction"}
@@ -126,6 +126,7 @@ def show_pairs(ctx_a: Ctx, ctx_b: Ctx, rows: pd.DataFrame, *, mode: str, method:
     maps_a = loaders.load_maps(ctx_a.url, ctx_a.run_id, ids_a, ctx_a.stamp, method)
     maps_b = loaders.load_maps(ctx_b.url, ctx_b.run_id, ids_b, ctx_b.stamp, method)
     records = list(rows.itertuples())
+    show_colorbar(note="A's and B's maps of an image on one scale, the larger peak of the two")
     for start in range(0, len(records), per_row):
         for col, r in zip(st.columns(per_row), records[start:start + per_row]):
             cls_a = int(r.label_index_a if mode == "true" else r.pred_index_a)

@@ -20,7 +20,9 @@ from dashboard import calibration_ui, loaders
 from dashboard.state import gallery_filtered, seed
 from db import queries
 from db.store import StoreError
+from db.storecheck import StoreUnreadable, db_arg
 
+# Kept for pages that have not moved to train_hint(url), which names the store shown.
 TRAIN_HINT = "Run `python -m jobs.train` (it trains the demo and writes the store), then reload this page."
 UPGRADE_COMMAND = "python -m jobs.upgrade"
 
@@ -48,17 +50,50 @@ def upgrade_message(url: str) -> str:
             f"`{UPGRADE_COMMAND} --db {shown_url(url)}` (a SQLite file is backed up first), then reload this page.")
 
 
+def train_hint(url: str) -> str:
+    """The first command for a store without runs, naming this store so that it works when copied."""
+    return f"Run `python -m jobs.train {db_arg(url)}` (it trains the built-in demo into this store), then reload this page."
+
+
+def job_command(job: str, url: str, *flags: str) -> str:
+    """``python -m jobs.<job> FLAGS --db <this store>``: a command for a page to show, complete when copied."""
+    return " ".join(["python -m", f"jobs.{job}", *flags, db_arg(url)])
+
+
+def resume_command(info: queries.RunInfo, url: str) -> str:
+    """The command that continues a stopped run from its last checkpoint."""
+    run_dir = info.config.get("run_dir")
+    where = [f"--resume {run_dir}/last.pt"] if run_dir else ["--resume", f"--run-name {info.name}"]
+    return job_command("train", url, *where)
+
+
+def no_results_message(ctx: "Ctx") -> str:
+    """Why a run has no predictions yet, and the command that gives it some, by the run's status."""
+    info = ctx.info
+    if info.status == "running":
+        return (f"Run #{info.id} is still training: its predictions and maps are written when training ends. "
+                "The Overview shows its progress meanwhile.")
+    if info.status == "failed":
+        return (f"Run #{info.id} stopped before its evaluation was written. Continue it from its last checkpoint "
+                f"with `{resume_command(info, ctx.url)}`, then reload this page.")
+    return (f"Run #{info.id} finished without evaluating a split. Write its predictions with "
+            f"`{job_command('cams', ctx.url, f'--run {info.id}')}`, then reload this page.")
+
+
 def open_store() -> str:
     """The store URL, or an explanation and ``st.stop()`` when there is no usable store."""
     url = None
     try:
         url = loaders.store_url()
         loaders.connect(url)
+    except StoreUnreadable as exc:
+        st.error(f"Cannot read the store: {exc}")
+        st.stop()
     except StoreError as exc:
         if url is not None and UPGRADE_COMMAND in str(exc):
             st.error(upgrade_message(url))
         else:
-            st.info(f"No results to show yet: {exc}.\n\n{TRAIN_HINT}")
+            st.info(f"No results to show yet: {exc}, then reload this page.")
         st.stop()
     except SQLAlchemyError as exc:
         st.error(f"Cannot read the store: {exc.__class__.__name__}: {str(exc).splitlines()[0]}")
@@ -112,7 +147,7 @@ def require_run() -> Ctx:
     url = open_store()
     runs = loaders.load_runs(url)
     if runs.empty:
-        st.info(f"The store at `{shown_url(url)}` holds no runs yet.\n\n{TRAIN_HINT}")
+        st.info(f"The store at `{shown_url(url)}` holds no runs yet.\n\n{train_hint(url)}")
         st.stop()
     run_id = st.session_state.get("run")
     if run_id not in set(int(i) for i in runs["id"]):
@@ -132,7 +167,7 @@ def require_run() -> Ctx:
 def require_predictions(ctx: Ctx) -> pd.DataFrame:
     preds = loaders.load_predictions(ctx.url, ctx.run_id, ctx.stamp)
     if preds.empty:
-        st.info(f"Run #{ctx.run_id} has no predictions yet: its evaluation has not been written. {TRAIN_HINT}")
+        st.info(no_results_message(ctx))
         st.stop()
     return calibration_ui.shown(ctx, preds)  # the confidences the sidebar switch asks for
 

@@ -15,7 +15,7 @@ from core.lookalikes import neighbours_table
 from core.neighbours import describe_neighbour_labels
 from core.splits import TRAIN
 from dashboard import calibration_ui, embedding, loaders
-from dashboard.context import Ctx
+from dashboard.context import Ctx, job_command
 
 LOOKALIKES_K = 10
 
@@ -70,7 +70,7 @@ def neighbour_suspects_tab(ctx: Ctx, report: dict, shown: list[dict], *, key: st
     settings = report.get("neighbour_audit")
     if settings is None:
         st.info(f"This audit had no feature vectors to search. Compute them with {embedding.embed_hint(ctx)}, "
-                f"then audit again with `python -m jobs.audit --run {ctx.run_id}`.")
+                f"then audit again with `{job_command('audit', ctx.url, f'--run {ctx.run_id}')}`.")
         return None
     st.caption(f"Images whose {settings['k']} nearest images (by the model's feature vectors, every split) carry "
                f"another label in at least {settings['min_share']:.0%} of cases, the most convincing first: a "
@@ -96,5 +96,6 @@ def neighbour_suspects_tab(ctx: Ctx, report: dict, shown: list[dict], *, key: st
             picked = embedding.image_grid(ctx, rows, key=f"{key}_{r['image_id']}", extra=extra)
             chosen = chosen or picked
     if len(shown) > 20:
-        st.caption(f"The first 20 of {len(shown):,}; `python -m jobs.audit --json` lists them all.")
+        st.caption(f"The first 20 of {len(shown):,}; "
+                   f"`{job_command('audit', ctx.url, f'--run {ctx.run_id}', '--json')}` lists them all.")
     return chosen

@@ -8,20 +8,19 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-import cv2
 import numpy as np
 import pandas as pd
 import streamlit as st
 
 from core.cammaps import (
-    COLORMAPS, DEFAULT_METHOD, TARGET_CONTRAST, TARGET_LABELS, TARGET_PRED, TARGET_TRUE, TARGETS, method_label,
+    DEFAULT_METHOD, TARGET_CONTRAST, TARGET_LABELS, TARGET_PRED, TARGET_TRUE, TARGETS, method_label,
 )
 from core.figures_methods import method_ranking_figure
 from core.method_rank import MethodRanking
 from dashboard import loaders, state
 from dashboard.charts import chart
-from dashboard.context import Ctx
-from dashboard.tiles import picture, show_picture
+from dashboard.context import Ctx, job_command
+from dashboard.tiles import picture, show_colorbar, show_picture
 
 SHARED_KEY = "method"
 
@@ -41,7 +40,7 @@ def method_picker(ctx: Ctx, key: str, *, container=st, label: str = "CAM method"
         st.session_state[key] = preferred
     method = container.selectbox(label, options, key=key, format_func=method_label,
                                  help="The maps drawn on this page. Only the methods this run holds are offered; "
-                                 "add others with python -m jobs.cams --run RUN --methods NAMES.")
+                                 f"add others with {job_command('cams', ctx.url, f'--run {ctx.run_id}', '--methods NAMES')}.")
     st.session_state[SHARED_KEY] = method
     return method
 
@@ -49,27 +48,6 @@ def method_picker(ctx: Ctx, key: str, *, container=st, label: str = "CAM method"
 def method_param() -> Optional[str]:
     """The shared method for the URL (``state.publish(method=...)``)."""
     return st.session_state.get(SHARED_KEY)
-
-
-# --------------------------------------------------------------------------- a colour bar
-
-
-@st.cache_data(show_spinner=False, max_entries=64)
-def colorbar(colormap: str, width: int = 256, height: int = 14) -> bytes:
-    """PNG of a horizontal colour bar of an OpenCV colormap, low values on the left."""
-    ramp = np.tile(np.linspace(0, 255, width).round().astype(np.uint8), (height, 1))
-    rgb = cv2.cvtColor(cv2.applyColorMap(ramp, COLORMAPS[colormap]), cv2.COLOR_BGR2RGB)
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise ValueError("PNG encoding failed")
-    return buf.tobytes()
-
-
-def show_colorbar(colormap: str, low: str, high: str) -> None:
-    st.image(colorbar(colormap), width="stretch")
-    left, right = st.columns(2)
-    left.caption(low)
-    right.markdown(f"<div style='text-align:right'><small>{high}</small></div>", unsafe_allow_html=True)
 
 
 # --------------------------------------------------------------------------- every method side by side
@@ -111,9 +89,9 @@ def method_rows(ctx: Ctx, d, *, colormap: str, alpha: float, shared: bool) -> No
                                      normalize=normalize))
                 st.caption(f"{method_label(m)} · peak {float(cam.max()):.3g}")
         if shared and vmax > 0:
-            show_colorbar(colormap, "0", f"{vmax:.3g} (raw value, one scale for the row)")
+            show_colorbar(colormap, low="0", high=f"{vmax:.3g}", note="raw map values, one scale for the row")
         else:
-            show_colorbar(colormap, "0", "each map's own peak")
+            show_colorbar(colormap, note="each map scaled to its own peak")
     if missing:
         st.caption(f"The run stores no map of this image for: {', '.join(missing)}.")
 
@@ -121,13 +99,50 @@ def method_rows(ctx: Ctx, d, *, colormap: str, alpha: float, shared: bool) -> No
 # --------------------------------------------------------------------------- the ranking
 
 
-def show_ranking(ranking: Optional[MethodRanking], run_id: int) -> None:
+def _span(lo: pd.Series, hi: pd.Series) -> list[str]:
+    return ["" if pd.isna(a) or pd.isna(b) else f"{a:.0%}-{b:.0%}" for a, b in zip(lo, hi)]
+
+
+def _rate(v, lo, hi, n=None) -> str:
+    if pd.isna(v) or (n is not None and (pd.isna(n) or not n)):
+        return ""
+    return f"{v:.0%} ({lo:.0%}-{hi:.0%})" + (f" of {int(n)}" if n is not None else "")
+
+
+BEATS, POINTING = "beats random (95% interval)", "pointing game (95% interval)"
+
+
+def ranking_view(table: pd.DataFrame) -> pd.DataFrame:
+    """The ranking table in words for the page, best first (the export keeps the column names): each rate
+    with its interval in one column, the pointing game only when the run has object boxes."""
+    t = table.copy()
+    view = pd.DataFrame({"map": t["name"], "images": t["images"], "score": t["score"],
+                         "deletion AUC": t["deletion_auc"], "insertion AUC": t["insertion_auc"],
+                         BEATS: [_rate(*r) for r in zip(t["beats_random"], t["beats_random_lo"], t["beats_random_hi"])]})
+    if pd.to_numeric(t["pointing_n"], errors="coerce").fillna(0).gt(0).any():
+        view[POINTING] = [_rate(*r) for r in zip(t["pointing"], t["pointing_lo"], t["pointing_hi"], t["pointing_n"])]
+        view["random point"] = t["pointing_random"]
+    return view
+
+
+def per_class_ranking_view(per_class: pd.DataFrame) -> pd.DataFrame:
+    t = per_class.copy()
+    t["winner"], t["runner_up"] = t["winner"].map(method_label), t["runner_up"].map(method_label)
+    t["95% interval"] = _span(t["lo"], t["hi"])
+    return t[["class", "images", "winner", "winner_score", "runner_up", "runner_up_score", "beats_runner_up", "n",
+              "95% interval"]].rename(columns={"winner": "best method", "winner_score": "its score",
+                                               "runner_up": "runner-up", "runner_up_score": "runner-up's score",
+                                               "beats_runner_up": "best beats runner-up", "n": "images compared"})
+
+
+def show_ranking(ranking: Optional[MethodRanking], run_id: int, url: Optional[str] = None) -> None:
     """Which method to read: the sentence, the winner's margin with its interval, the table and figure, the
     ranking per class."""
     st.subheader("Which method to read?")
     if ranking is None:
-        st.info(f"No CAM method of run #{run_id} has been scored. Run `python -m jobs.trust --run {run_id} "
-                "--methods all` to score and rank every method it holds.")
+        st.info(f"No CAM method of run #{run_id} has been scored. Run "
+                f"`{job_command('trust', url, f'--run {run_id}', '--methods all')}` to score and rank every method it "
+                "holds.")
         return
     st.markdown(f"**{ranking.sentence}**")
     sure = ranking.confidence
@@ -141,18 +156,29 @@ def show_ranking(ranking: Optional[MethodRanking], run_id: int) -> None:
         chart(method_ranking_figure(ranking.table), key="tr_rank_fig", name="method-ranking")
     share = dict(min_value=0.0, max_value=1.0, format="%.2f")
     st.dataframe(
-        ranking.table, hide_index=True, key="tr_rank_table",
+        ranking_view(ranking.table), hide_index=True, key="tr_rank_table",
         column_config={
-            "score": st.column_config.NumberColumn("score", format="%.3f",
+            "map": st.column_config.TextColumn("map", width=130),
+            "images": st.column_config.NumberColumn("images", width=64),
+            "score": st.column_config.NumberColumn("score", format="%.3f", width=70,
                                                    help="insertion AUC - deletion AUC, mean over images"),
-            "beats_random": st.column_config.ProgressColumn("beats random", **share),
-            "pointing": st.column_config.ProgressColumn("pointing game", **share),
+            "deletion AUC": st.column_config.NumberColumn("deletion AUC", format="%.3f", width=100,
+                                                          help="lower is better"),
+            "insertion AUC": st.column_config.NumberColumn("insertion AUC", format="%.3f", width=100,
+                                                           help="higher is better"),
+            BEATS: st.column_config.TextColumn(BEATS, width=170, help="share of images where the map scores "
+                                               "higher than the random map's, with its 95% Wilson interval"),
+            POINTING: st.column_config.TextColumn(POINTING, width=180, help="share of the correctly classified "
+                                                  "images with a box whose map peaks in the box, of n"),
+            "random point": st.column_config.NumberColumn("random point", format="%.2f", width=96,
+                                                          help="a random point's pointing-game rate"),
         },
     )
     if not ranking.per_class.empty:
         with st.expander(f"Per class ({len(ranking.per_class)} classes)"):
-            st.dataframe(ranking.per_class, hide_index=True, key="tr_rank_class",
-                         column_config={"beats_runner_up": st.column_config.ProgressColumn("beats runner-up", **share)})
+            st.dataframe(per_class_ranking_view(ranking.per_class), hide_index=True, key="tr_rank_class",
+                         column_config={"best beats runner-up": st.column_config.ProgressColumn(
+                             "best beats runner-up", **share)})
 
 
 def scored_for(frame: pd.DataFrame, method: str, baselines: Sequence[str]) -> pd.DataFrame:

@@ -19,7 +19,7 @@ import streamlit as st
 from core import review_queue as rq
 from core import reviews as rv
 from dashboard import loaders
-from dashboard.context import Ctx
+from dashboard.context import Ctx, job_command
 from dashboard.state import seed
 from db import queries
 from db.queries import scale
@@ -225,7 +225,7 @@ def show_history(url: str, image: ReviewImage, *, key: str) -> None:
     """The verdict that counts (as plain text) and, when there are several, the whole history as a table."""
     if not image.sha256:
         st.caption("No file hash recorded for this image: it cannot be reviewed "
-                   "(`python -m jobs.cams --run RUN` records the hashes of an older run).")
+                   f"(`{job_command('cams', url, '--run RUN')}` records the hashes of an older run).")
         return
     hist = history_of(url, image.sha256)
     cur = current(url, image.sha256)

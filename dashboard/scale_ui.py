@@ -100,9 +100,9 @@ def require_counts(ctx) -> pd.DataFrame:
     """The run's prediction counts per split (split, predictions, correct), or a message and ``st.stop()``."""
     sc = load_split_counts(ctx.url, ctx.run_id, ctx.stamp)
     if sc.empty:
-        from dashboard.context import TRAIN_HINT
+        from dashboard.context import no_results_message
 
-        st.info(f"Run #{ctx.run_id} has no predictions yet: its evaluation has not been written. {TRAIN_HINT}")
+        st.info(no_results_message(ctx))
         st.stop()
     return sc
 

@@ -12,14 +12,25 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.cammaps import DEFAULT_METHOD, TARGET_PRED, TARGET_TRUE, StoredMaps, overlay
+from core.cammaps import (
+    DEFAULT_ALPHA,
+    DEFAULT_COLORMAP,
+    DEFAULT_METHOD,
+    TARGET_PRED,
+    TARGET_TRUE,
+    StoredMaps,
+    colorbar_strip,
+    overlay,
+)
 from core.images import load_display_image
+from core.sheets import colour_legend
 from dashboard import loaders, reviews_ui
 from dashboard.context import Ctx
 
 TILES_PER_ROW = 5
 TILE_PX = 224
-TILE_ALPHA = 0.45
+TILE_ALPHA = DEFAULT_ALPHA
+LEGEND_PX = 280  # width of a colour bar with its labels, CSS px
 
 Picture = Union[bytes, str]  # JPEG bytes, or the reason the image cannot be shown
 
@@ -48,8 +59,8 @@ def render_view(
     relpath: str,
     size: int,
     cam: Optional[np.ndarray] = None,
-    colormap: str = "jet",
-    alpha: float = 0.5,
+    colormap: str = DEFAULT_COLORMAP,
+    alpha: float = DEFAULT_ALPHA,
     normalize: Any = "image",
 ) -> bytes:
     """JPEG of the model's view of an image (``size`` px square), with the raw map ``cam`` (h, w) over it."""
@@ -59,7 +70,7 @@ def render_view(
     return _jpeg(rgb)
 
 
-def picture(ctx: Ctx, relpath: str, size: int, cam: Optional[np.ndarray] = None, *, colormap: str = "jet",
+def picture(ctx: Ctx, relpath: str, size: int, cam: Optional[np.ndarray] = None, *, colormap: str = DEFAULT_COLORMAP,
             alpha: float = TILE_ALPHA, normalize: Any = "image") -> Picture:
     """``render_view`` of a run's image, at most the run's input size, or the reason it cannot be shown."""
     try:
@@ -67,6 +78,22 @@ def picture(ctx: Ctx, relpath: str, size: int, cam: Optional[np.ndarray] = None,
                            normalize)
     except (OSError, ValueError) as exc:
         return f"cannot show {relpath}: {exc}"
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def legend_png(colormap: str, low: str, high: str) -> bytes:
+    """PNG of the colour bar of ``colormap`` between its two end labels (drawn at twice the shown size)."""
+    rgb = colour_legend(colorbar_strip(colormap), low, high, font_px=26, bar_px=300)
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def show_colorbar(colormap: str = DEFAULT_COLORMAP, *, low: str = "low", high: str = "high",
+                  note: str = "each map scaled to its own peak", container: Any = st) -> None:
+    """The key to the heatmaps drawn near it: a colour bar from ``low`` to ``high``, and what the scale is."""
+    container.image(legend_png(colormap, low, high), width=LEGEND_PX, caption=f"Heatmap colours: {note}")
 
 
 def show_picture(pic: Picture) -> None:
@@ -94,6 +121,7 @@ def show_tiles(ctx: Ctx, rows: pd.DataFrame, *, per_row: int = 6, key: str, comp
     names = ctx.names
     pics = tile_images(ctx, rows, method=method)
     reviewed = reviews_ui.images_for(ctx, rows["image_id"]) if review else {}  # the shown images' rows only
+    show_colorbar(note="map of the predicted class, each scaled to its own peak")
     chosen = None
     records = list(rows.itertuples())
     for start in range(0, len(records), per_row):

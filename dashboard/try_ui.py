@@ -17,7 +17,7 @@ from typing import Any, Optional, Sequence
 import pandas as pd
 import streamlit as st
 
-from core.cammaps import COLORMAPS, GRADIENT_METHODS, METHOD_LABELS
+from core.cammaps import COLORMAPS, DEFAULT_ALPHA, DEFAULT_COLORMAP, GRADIENT_METHODS, METHOD_LABELS
 from core.images import BadImage, open_rgb, safe_image_path
 from core.tryout import (PICKED, SCALES, TOP1, NoCheckpoint, bundle, checkpoint_stamp, decode_image, find_checkpoint,
                          overlays, result_record, result_sheet, top_table)
@@ -25,6 +25,7 @@ from core.lookalikes import candidates
 from core.splits import TRAIN
 from dashboard import calibration_ui, embedding, loaders
 from dashboard.context import Ctx
+from dashboard.tiles import show_colorbar
 from db import queries
 
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp"]
@@ -182,8 +183,8 @@ def predict(loaded: Loaded, items: Sequence[Item], methods: Sequence[str], picke
 # --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class View:
-    colormap: str = "jet"
-    alpha: float = 0.5
+    colormap: str = DEFAULT_COLORMAP
+    alpha: float = DEFAULT_ALPHA
     scale: str = SCALES[0]
 
 
@@ -195,8 +196,9 @@ def controls(classes: Sequence[str]) -> tuple[list[str], Optional[int], View]:
                                  format_func=lambda m: METHOD_LABELS.get(m, m), key="try_methods")
         choice = c2.selectbox("Also explain the class", [NO_CLASS] + list(classes), key="try_class")
         c3, c4, c5 = st.columns(3)
-        alpha = c3.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="try_alpha")
-        colormap = c4.selectbox("Colormap", list(COLORMAPS), index=list(COLORMAPS).index("jet"), key="try_cmap")
+        alpha = c3.slider("Heatmap opacity", 0.0, 1.0, DEFAULT_ALPHA, 0.05, key="try_alpha")
+        colormap = c4.selectbox("Colormap", list(COLORMAPS), index=list(COLORMAPS).index(DEFAULT_COLORMAP),
+                                key="try_cmap")
         scale = c5.radio("Scale", list(SCALES), key="try_scale", horizontal=True)
     picked = None if choice == NO_CLASS else list(classes).index(choice)
     return methods, picked, View(colormap, alpha, scale)
@@ -255,6 +257,8 @@ def show_result(result, classes: Sequence[str], methods: Sequence[str], view: Vi
         cols = st.columns(max(1, len(views)))
         for col, (m, im) in zip(cols, views):
             col.image(im, caption=f"{METHOD_LABELS.get(m, m)} · {label}", width="stretch")
+    show_colorbar(view.colormap, note="each map scaled to its own peak" if view.scale == SCALES[0] else
+                  f"map values, {view.scale}")
 
 
 def nearest_images(ctx: Ctx, result, *, key: str, k: int = NEIGHBOURS_K) -> None:

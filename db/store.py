@@ -19,19 +19,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.cammaps import TARGETS, check_method
 from db.models import (
     SCHEMA_VERSION,
-    AuditRow,
     Base,
     CamMap,
     EpochRow,
     EvalRow,
     ImageRow,
-    PointingScore,
     Prediction,
     Run,
     RunClass,
-    SanityCheck,
     SchemaInfo,
-    TrustScore,
     utcnow,
 )
 
@@ -91,10 +87,14 @@ def make_engine(url: Optional[str] = None, create: bool = True, readonly: bool =
         db = u.database
         if db and db != ":memory:":
             path = Path(db)
+            from db.storecheck import check_readable, check_writable
+
             if create:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            elif not path.exists():
-                raise StoreError(f"store {path} does not exist; run 'python -m jobs.train' to create it")
+                check_writable(url)
+            else:
+                check_readable(path)
+                if not readonly:
+                    check_writable(url)
         kwargs["connect_args"] = {"timeout": 30}
     else:
         kwargs["pool_pre_ping"] = True
@@ -132,7 +132,9 @@ def _check_or_create_schema(conn: Connection, create: bool, add_tables: bool) ->
         if tables & {"runs", "images", "predictions"}:
             raise StoreError(f"store {where} has tables but no schema version; it was not written by this tool")
         if not create:
-            raise StoreError(f"store {where} is empty; run 'python -m jobs.train' to create a run")
+            from db.storecheck import db_arg
+
+            raise StoreError(f"store {where} is empty; run 'python -m jobs.train {db_arg(where)}' to create a run")
         Base.metadata.create_all(conn)
         conn.execute(insert(SchemaInfo).values(key="version", value=str(SCHEMA_VERSION)))
         return
@@ -189,11 +191,16 @@ def create_run(
 
 
 def resolve_run(session: Session, ref: str | int) -> Run:
-    """A run by id, by name (the newest of that name), or ``latest`` (the newest run that is not a snapshot)."""
+    """A run by id, by name (the newest of that name), or ``latest``: the newest complete run that is not a
+    snapshot of another (the same run the dashboard opens on)."""
     ref_s = str(ref).strip()
     run: Optional[Run]
-    if ref_s == "latest":  # the newest run, never a snapshot of one
-        run = session.scalars(select(Run).where(Run.stage.is_(None)).order_by(Run.id.desc()).limit(1)).first()
+    if ref_s == "latest":
+        from db.storecheck import LATEST, no_latest
+
+        run = session.scalars(select(Run).where(*LATEST).order_by(Run.id.desc()).limit(1)).first()
+        if run is None:
+            raise StoreError(no_latest(session))
     elif ref_s.isdigit():
         run = session.get(Run, int(ref_s))
     else:
@@ -348,66 +355,9 @@ def finish_run(session: Session, run_id: int, status: str, **fields: Any) -> Non
         setattr(run, k, v)
 
 
-# --------------------------------------------------------------------------- audit and trust
-
-def replace_audit(session: Session, run_id: int, *, seconds: float, report: dict[str, Any],
-                  leakage_accuracy: list[dict[str, Any]]) -> None:
-    """Keep one data audit per run: the latest. ``report`` is ``AuditReport.to_dict()`` (with class_names)."""
-    session.execute(delete(AuditRow).where(AuditRow.run_id == run_id))
-    session.add(AuditRow(run_id=run_id, created_at=utcnow(), seconds=float(seconds), report=report,
-                         leakage_accuracy=list(leakage_accuracy)))
-
-
-def replace_trust_scores(session: Session, run_id: int, image_ids: Iterable[int], rows: list[dict[str, Any]]) -> None:
-    """Drop the run's earlier scores of ``image_ids`` and insert ``rows`` (dicts of ``TrustScore`` columns)."""
-    ids = [int(i) for i in image_ids]
-    for lo in range(0, len(ids), 500):
-        session.execute(
-            delete(TrustScore).where(TrustScore.run_id == run_id, TrustScore.image_id.in_(ids[lo : lo + 500]))
-        )
-    if rows:
-        session.execute(TrustScore.__table__.insert(), rows)
-
-
-def replace_sanity_check(session: Session, run_id: int, **fields: Any) -> None:
-    """Keep one sanity check per run: the latest."""
-    session.execute(delete(SanityCheck).where(SanityCheck.run_id == run_id))
-    session.add(SanityCheck(run_id=run_id, created_at=utcnow(), **fields))
-
-
-# --------------------------------------------------------------------------- calibration
-
-def replace_calibration(session: Session, run_id: int, *, temperature: float, bins: int,
-                        report: dict[str, Any]) -> None:
-    """Keep one calibration per run: the latest. ``report`` is ``core.calibration.calibration_report``."""
-    from db.models import CalibrationRow
-
-    session.execute(delete(CalibrationRow).where(CalibrationRow.run_id == run_id))
-    session.add(CalibrationRow(run_id=run_id, created_at=utcnow(), temperature=float(temperature), bins=int(bins),
-                               report=report))
-
-
-def set_logits(session: Session, logits: dict[int, bytes]) -> None:
-    """Record the stored logit vector (``core.metrics.encode_logits``) of predictions, by image id."""
-    rows = [{"image_id": int(i), "logits": data} for i, data in logits.items()]
-    if rows:
-        session.execute(update(Prediction), rows)  # ORM bulk update by primary key
-
-
-# --------------------------------------------------------------------------- feature vectors and the 2-D map
-
+# --------------------------------------------------------------------------- results written after training
+from db.store_results import (  # noqa: E402,F401  (written there, used as store.*)
+    replace_audit, replace_calibration, replace_pointing_scores, replace_sanity_check, replace_trust_scores,
+    set_logits,
+)
 from db.store_vectors import put_vectors, replace_map  # noqa: E402,F401  (written there, used as store.*)
-
-
-# --------------------------------------------------------------------------- methods side by side
-
-def replace_pointing_scores(session: Session, run_id: int, image_ids: Iterable[int],
-                            rows: list[dict[str, Any]]) -> None:
-    """Drop the run's earlier pointing-game rows of ``image_ids`` and insert ``rows`` (dicts of
-    ``PointingScore`` columns without ``run_id``)."""
-    ids = [int(i) for i in image_ids]
-    for lo in range(0, len(ids), 500):
-        session.execute(delete(PointingScore).where(PointingScore.run_id == run_id,
-                                                    PointingScore.image_id.in_(ids[lo : lo + 500])))
-    if rows:
-        session.execute(PointingScore.__table__.insert(), [{**r, "run_id": run_id} for r in rows])

@@ -16,9 +16,8 @@ import logging
 import os
 import sys
 
-from db import store
-from jobs.auditing import audit_run, format_summary
-from jobs.common import DefaultsHelpFormatter, add_db_arg, add_run_arg, run_cli, setup_logging
+from db import queries, store
+from jobs.common import DefaultsHelpFormatter, add_db_arg, add_run_arg, run_cli, say_run, setup_logging
 
 log = logging.getLogger("jobs.audit")
 
@@ -30,8 +29,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_db_arg(p)
     p.add_argument("--json", action="store_true", help="print the findings as JSON")
     p.add_argument("--workers", type=int, default=1, help="threads that decode and hash images")
-    p.add_argument("--min-score", type=float, default=0.90, help="similarity from which two images are near "
-                   "duplicates (0-1)")
+    p.add_argument("--min-score", type=float, default=None, help="similarity from which two images are near "
+                   "duplicates (0-1) (default: measured on the data set, 0.90 at least; see core/dupcalibrate.py)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -39,15 +38,19 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun the audit (no model, no collectives) runs once, on rank 0
+    from jobs.auditing import audit_run, format_summary
+
     setup_logging(args.verbose)
     engine = store.make_engine(args.db, create=False)
     with store.make_sessionmaker(engine).begin() as s:
-        run_id, report, acc = audit_run(s, args.run, workers=args.workers, min_score=args.min_score)
+        run = queries.find_run(s, args.run)
+        say_run(args.run, run)
+        run_id, report, acc = audit_run(s, run.id, workers=args.workers, min_score=args.min_score)
     if args.json:
         json.dump({"run_id": run_id, **report, "leakage_accuracy": acc}, sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
-        print(format_summary(run_id, report, acc))
+        print(format_summary(run_id, report, acc, args.db))
     return 0
 
 

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 from core.cache import CacheUnavailable, build_split, cache_bytes, default_cache_root, ENV_VAR
-from core.data import SPLITS, discover
-from core.model import MIN_IMAGE_SIZE
-from jobs.common import run_cli, setup_logging
+from core.defaults import MIN_IMAGE_SIZE
+from core.splits import SPLITS
+from jobs.common import DefaultsHelpFormatter, run_cli, setup_logging
 
 log = logging.getLogger("jobs.cache")
 
@@ -26,7 +26,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         prog="python -m jobs.cache",
         description="Decode and resize every image of a data set once into the decoded cache that training "
         "and evaluation read.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--data", required=True, help="dataset folder (train/ valid/ test/ and/or sports.csv)")
     p.add_argument("--image-size", type=int, default=224, help="side in pixels of the stored images: the "
@@ -40,6 +40,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
+    from core.data import discover  # torch loads here, not for --help
+
     setup_logging(args.verbose)
     if args.image_size < MIN_IMAGE_SIZE:
         raise ValueError(f"--image-size {args.image_size}: must be at least {MIN_IMAGE_SIZE}")

@@ -27,7 +27,7 @@ from core.calibration_views import FIGURES, split_figures
 from core.splits import TEST, VALID
 from db import queries, store
 from db.queries.calibration import logits_coverage
-from jobs.common import DefaultsHelpFormatter, add_db_arg, add_run_arg, run_cli, setup_logging
+from jobs.common import DefaultsHelpFormatter, add_db_arg, add_run_arg, run_cli, say_run, setup_logging
 from jobs.rundir import run_dir_of
 
 log = logging.getLogger("jobs.calibrate")
@@ -145,6 +145,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         with store.make_sessionmaker(engine).begin() as s:
             run, report = calibrate_run(s, args.run, bins=args.bins, url=args.db)
+            say_run(args.run, run)
     finally:
         engine.dispose()
     if args.json:

@@ -19,24 +19,22 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-import torch
-
-from core import dist
-from core.cache import ENV_VAR as CACHE_ENV_VAR, DecodedCache
-from core.cam_methods import SCORECAM_COST
+from core.cache import ENV_VAR as CACHE_ENV_VAR
 from core.cammaps import DEFAULT_METHOD, parse_methods
-from core.data import DatasetIndex, Sample, file_sha256
-from core.feed import device_batch_size
-from core.gradcam import check_methods_for_layer
-from core.model import CheckpointError, build_model, load_checkpoint, read_checkpoint, resolve_module
+from core.defaults import SCORECAM_COST
+from core.errors import CheckpointError
 from core.splits import EVAL_SPLITS, SPLITS, VALID
 from db import queries, store
-from jobs.common import DefaultsHelpFormatter, add_db_arg, add_run_arg, run_cli, run_distributed
-from jobs.camstore import add_methods
-from jobs.evaluation import evaluate_split
+from jobs.common import DefaultsHelpFormatter, add_db_arg, add_run_arg, run_cli, run_distributed, say_run
 from jobs.rundir import run_dir_of
+
+if TYPE_CHECKING:  # torch and the model load when the job runs, not for --help
+    import torch
+
+    from core import dist
+    from core.data import DatasetIndex
 
 log = logging.getLogger("jobs.cams")
 
@@ -71,6 +69,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def run_index(s, run: queries.RunInfo, splits: list[str]) -> DatasetIndex:
     """The run's own images (not a fresh scan of the folder), so a recomputation covers the same files."""
+    from core.data import DatasetIndex, Sample
+
     by_split: dict[str, list[Sample]] = {}
     for split, rel, label in queries.image_samples(s, run.id, splits):
         by_split.setdefault(split, []).append(Sample(rel, label))
@@ -89,6 +89,8 @@ def run_splits(s, run: queries.RunInfo) -> list[str]:
 
 def finished_training(run: queries.RunInfo) -> Optional[dict[str, Any]]:
     """The ``last.pt`` state when it counts every epoch of the run, else None (training not over)."""
+    from core.model import read_checkpoint
+
     path = run_dir_of(run.config, run.name) / "last.pt"
     if not path.is_file():
         return None
@@ -128,6 +130,8 @@ def complete_if_done(s, run_id: int) -> bool:
 def hash_missing_files(Session_, run_id: int, root: Path) -> int:
     """Record the SHA-256 of the run's files that have none yet (a run from a schema-1 store); returns how
     many were hashed."""
+    from core.data import file_sha256
+
     with Session_() as s:
         missing = queries.images_without_sha256(s, run_id)
     hashes = {i: h for i, rel in missing if (h := file_sha256(root / rel)) is not None}
@@ -149,12 +153,21 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> int:
+    from core import dist
+    from core.cache import DecodedCache
+    from core.feed import device_batch_size
+    from core.gradcam import check_methods_for_layer
+    from core.model import build_model, load_checkpoint, resolve_module
+    from jobs.camstore import add_methods
+    from jobs.evaluation import evaluate_split
+
     engine = store.make_engine(args.db, create=False) if env.is_main else None
     Session_ = store.make_sessionmaker(engine) if engine is not None else None
     plan = None
     if env.is_main:
         with Session_() as s:
             run = queries.find_run(s, args.run)
+            say_run(args.run, run)
             # By default every split the run evaluates: a kill may have struck before some were begun.
             splits = args.split.split(",") if args.split else run_splits(s, run)
             index = run_index(s, run, splits)

@@ -15,14 +15,16 @@ import argparse
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from sqlalchemy.engine import make_url
 
-from core import dist
-from core.data import DatasetIndex, file_sha256
 from core.reviews import apply_corrections, latest, read_csv
 from db import queries, store
+
+if TYPE_CHECKING:  # torch loads when a run applies reviews, not for jobs.train --help
+    from core import dist
+    from core.data import DatasetIndex
 
 log = logging.getLogger("jobs.train")
 
@@ -45,6 +47,8 @@ def add_correction_args(p: argparse.ArgumentParser) -> None:
 
 def dataset_hashes(index: DatasetIndex) -> dict[tuple[str, str], str]:
     """(split, relpath) -> sha256 of every readable file of the dataset."""
+    from core.data import file_sha256
+
     out = {}
     for split, samples in index.splits.items():
         for s in samples:
@@ -115,6 +119,8 @@ def apply_reviews(args: argparse.Namespace, index: DatasetIndex, env: dist.DistE
     """``index`` corrected as ``--apply-reviews`` / ``--corrections`` say (rank 0 decides, every rank applies
     the same list); sets ``args.reviews_applied``, which the run's configuration records. Unchanged without
     those flags."""
+    from core import dist
+
     if args.reviews_applied is None:
         if not (args.apply_reviews or args.corrections):
             return index

@@ -22,23 +22,22 @@ import argparse
 import logging
 import math
 import time
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-import torch
-
-from core import dist
-from core.cache import ENV_VAR as CACHE_ENV_VAR, DecodedCache
-from core.embed import embed_batches
-from core.engine import Skipped
-from core.feed import device_batch_size, split_feed
-from core.model import CheckpointError, build_model, load_checkpoint
+from core.cache import ENV_VAR as CACHE_ENV_VAR
+from core.errors import CheckpointError
 from core.projection import METHODS, project_2d
 from db import queries, store
 from db.queries import embed as embed_queries
 from jobs.cams import run_index
-from jobs.common import DefaultsHelpFormatter, add_db_arg, add_run_arg, run_cli, run_distributed
+from jobs.common import DefaultsHelpFormatter, add_db_arg, add_run_arg, run_cli, run_distributed, say_run
 from jobs.rundir import run_dir_of
 from jobs.vectors import vector_rows
+
+if TYPE_CHECKING:  # torch and the model load when the job runs, not for --help
+    import torch
+
+    from core import dist
 
 log = logging.getLogger("jobs.embed")
 
@@ -86,6 +85,7 @@ def checkpoint_of(run: queries.RunInfo, override: Optional[str]) -> str:
 def make_plan(s, args: argparse.Namespace) -> dict[str, Any]:
     """Rank 0's view of the work: the run, its splits and the images without a vector."""
     run = queries.find_run(s, args.run)
+    say_run(args.run, run)
     have = queries.image_splits(s, run.id)
     splits = [x for x in args.splits.split(",") if x] if args.splits else have
     unknown = [x for x in splits if x not in have]
@@ -104,6 +104,13 @@ def embed_missing(plan: dict, args, device: torch.device, env: dist.DistEnv, Ses
     """Compute and store the vectors of ``plan['todo']``, a split at a time; every rank takes its share, rank 0
     commits each batch of all ranks as it comes. Returns (vectors written, unreadable (image_id, reason)) on
     rank 0."""
+    from core import dist
+    from core.cache import DecodedCache
+    from core.embed import embed_batches
+    from core.engine import Skipped
+    from core.feed import device_batch_size, split_feed
+    from core.model import build_model, load_checkpoint
+
     model, meta = load_checkpoint(plan["checkpoint"]) if env.is_main else (None, None)
     meta = dist.broadcast_from_main(env, meta)
     if model is None:
@@ -173,6 +180,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> int:
+    from core import dist
+
     t0 = time.perf_counter()
     engine = store.make_engine(args.db, create=False) if env.is_main else None
     Session_ = store.make_sessionmaker(engine) if engine is not None else None

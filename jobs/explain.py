@@ -17,13 +17,13 @@ import sys
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
-from core.cammaps import COLORMAPS, GRADIENT_METHODS, check_method
+from core.cammaps import COLORMAPS, DEFAULT_ALPHA, DEFAULT_COLORMAP, GRADIENT_METHODS, check_method
 from core.images import BadImage
 from core.report_parts import slug
 from core.tryout import PICKED, TOP1, NoCheckpoint, decode_image, find_checkpoint, overlays, png_bytes, result_record
 from db import queries, store
 from db.queries.calibration import calibration_for
-from jobs.common import DefaultsHelpFormatter, add_db_arg, add_run_arg, pick_device, run_cli, setup_logging
+from jobs.common import DefaultsHelpFormatter, add_db_arg, add_run_arg, pick_device, run_cli, say_run, setup_logging
 
 log = logging.getLogger("jobs.explain")
 
@@ -44,9 +44,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="also explain this class (a class name of the run)")
     p.add_argument("--json", action="store_true", help="also print predictions.json to stdout")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
-    p.add_argument("--colormap", default="jet", choices=sorted(COLORMAPS), metavar="NAME",
+    p.add_argument("--colormap", default=DEFAULT_COLORMAP, choices=sorted(COLORMAPS), metavar="NAME",
                    help="OpenCV colormap of the overlays")
-    p.add_argument("--alpha", type=float, default=0.5, help="opacity of the map over the image, 0 to 1")
+    p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="opacity of the map over the image, 0 to 1")
     p.add_argument("--max-mb", type=float, default=DEFAULT_MAX_MB, help="largest file read, in MB")
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default: the run's own)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="where the model runs")
@@ -104,6 +104,7 @@ def main(args: argparse.Namespace) -> int:
     engine = store.make_engine(args.db, create=False)
     with store.make_sessionmaker(engine)() as s:
         run = queries.find_run(s, args.run)
+        say_run(args.run, run)
         cal = calibration_for(s, run.id)
     temperature = None if cal is None else float(cal.temperature)
     classes = list(run.classes)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from core.report import FORMATS, ExportOptions, write_figure_set
 from db import queries, store
-from jobs.common import DefaultsHelpFormatter, add_db_arg, add_run_arg, run_cli, setup_logging
+from jobs.common import DefaultsHelpFormatter, add_db_arg, add_run_arg, run_cli, say_run, setup_logging
 
 log = logging.getLogger("jobs.export")
 
@@ -73,6 +73,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         with store.make_sessionmaker(engine)() as s:
             run = queries.find_run(s, args.run)
+            say_run(args.run, run)
             out = Path(args.out) if args.out else Path("runs") / f"export-{run.id}"
             data = queries.run_data(s, run.id, options.splits)
             manifest = write_figure_set(data, out, options)

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from core.model import CheckpointError
+from core.errors import CheckpointError
 
 DEFAULT_OUT = "runs/checkpoints"
 

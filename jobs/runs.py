@@ -1,6 +1,7 @@
 """List the runs in the store.
 
     python -m jobs.runs [--db URL] [--json]
+    python -m jobs.runs --skipped RUN [--db URL] [--json]   # the files RUN could not read, and why
 
 Per run: id, name, status, number of classes and, per split, the images, predictions, skipped files,
 Grad-CAM maps and top-1/top-5 accuracy. A run's snapshots (its model at the end of phase 1) are listed under
@@ -12,7 +13,7 @@ import argparse
 import json
 import sys
 
-from db import queries, store
+from db import queries, store, storecheck
 from jobs.common import DefaultsHelpFormatter, add_db_arg, run_cli
 
 
@@ -21,6 +22,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                                 formatter_class=DefaultsHelpFormatter)
     add_db_arg(p)
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    p.add_argument("--skipped", metavar="RUN", default=None,
+                   help="list instead the files RUN (an id, a name or 'latest') could not read, and why")
     return p
 
 
@@ -53,10 +56,10 @@ def _lines(r: dict, indent: str) -> list[str]:
     return lines
 
 
-def format_table(runs: list[dict]) -> str:
+def format_table(runs: list[dict], db: str | None = None) -> str:
     """``runs`` as ``nest_snapshots`` returns them: each run, its snapshots indented under it."""
     if not runs:
-        return "no runs in the store; create one with: python -m jobs.train"
+        return f"no runs in the store; create one with: python -m jobs.train {storecheck.db_arg(db)}"
     lines = []
     for r in runs:
         lines += _lines(r, "")
@@ -65,15 +68,33 @@ def format_table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def format_skipped(run: queries.RunInfo, images) -> str:
+    bad = images[images["skipped"]]
+    lines = [f"#{run.id} {run.name}: {len(bad)} of {len(images)} files could not be read"]
+    lines += [f"    {r.split:<5} {r.relpath}: {r.skip_reason or 'no reason recorded'}" for r in bad.itertuples()]
+    return "\n".join(lines)
+
+
 def main(args: argparse.Namespace) -> int:
     engine = store.make_engine(args.db, readonly=True)
+    if args.skipped is not None:
+        with store.make_sessionmaker(engine)() as s:
+            run = queries.find_run(s, args.skipped)
+            images = queries.images_frame(s, run.id)
+        if args.json:
+            bad = images[images["skipped"]][["split", "relpath", "skip_reason"]]
+            json.dump({"run_id": run.id, "skipped": bad.to_dict(orient="records")}, sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        else:
+            print(format_skipped(run, images))
+        return 0
     with store.make_sessionmaker(engine)() as s:
         runs = nest_snapshots(queries.run_summaries(s))
     if args.json:
         json.dump(runs, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        print(format_table(runs))
+        print(format_table(runs, args.db))
     return 0
 
 

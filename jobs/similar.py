@@ -23,7 +23,7 @@ from core.neighbours import NeighbourIndex, describe_neighbour_labels
 from core.splits import SPLITS, TRAIN
 from db import queries, store
 from db.queries import embed as embed_queries
-from jobs.common import DefaultsHelpFormatter, add_db_arg, add_run_arg, run_cli, setup_logging
+from jobs.common import DefaultsHelpFormatter, add_db_arg, add_run_arg, run_cli, say_run, setup_logging
 
 log = logging.getLogger("jobs.similar")
 ALL = "all"
@@ -69,6 +69,7 @@ def find_similar(s, run_ref, relpath: str, *, k: int, splits: Optional[list[str]
     if k < 1:
         raise ValueError(f"--k must be at least 1, got {k}")
     run = queries.find_run(s, run_ref)
+    say_run(run_ref, run)
     found = embed_queries.images_at(s, run.id, relpath)
     if not found:
         raise ValueError(f"run {run.id} ({run.name}) has no image {relpath!r} (paths are relative to its data "

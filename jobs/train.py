@@ -12,41 +12,30 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-import torch
-from torch import nn
-
-from core import dist
-from core.cache import ENV_VAR as CACHE_ENV_VAR, DecodedCache
-from core.cam_methods import SCORECAM_COST
+from core.cache import ENV_VAR as CACHE_ENV_VAR
 from core.cammaps import GRADIENT_METHODS, parse_methods
-from core.data import DatasetIndex, discover, file_sha256, read_image_header
-from core.engine import PRECISIONS, choose_precision
-from core.gradcam import check_methods_for_layer
-from core.model import (
-    DEFAULT_CAM_LAYER,
-    MIN_IMAGE_SIZE,
-    CheckpointError,
-    ModelMeta,
-    build_model,
-    imagenet_weights_cached,
-    load_imagenet_base,
-    read_checkpoint,
-    resolve_module,
-)
+from core.defaults import DEFAULT_CAM_LAYER, MIN_IMAGE_SIZE, PRECISIONS, SCORECAM_COST
+from core.errors import CheckpointError
 from core.splits import EVAL_SPLITS, SPLITS, TEST, VALID
-from db import store
-from jobs.auditing import audit_run, format_summary
-from jobs.calibrate import calibrate_after_training
+from db import store, storecheck
 from jobs.common import DefaultsHelpFormatter, add_db_arg, run_cli, run_distributed
-from jobs.corrections import add_correction_args, apply_reviews
-from jobs.evaluation import evaluate_split
+from jobs.corrections import add_correction_args
 from jobs.rundir import DEFAULT_OUT, find_resume_checkpoint, fresh_run_dir
-from jobs.snapshot import Phase1Snapshot
-from jobs.training import RunOutput, TrainSettings, train
+
+if TYPE_CHECKING:  # torch and the model load when the job runs, not for --help
+    import torch
+    from torch import nn
+
+    from core import dist
+    from core.cache import DecodedCache
+    from core.data import DatasetIndex
+    from core.model import ModelMeta
+    from jobs.training import RunOutput
 
 log = logging.getLogger("jobs.train")
 
@@ -134,6 +123,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     """Fill the flags left unset from the real-data or the demo defaults."""
+    from core.model import imagenet_weights_cached
+
     defaults = DEMO_DEFAULTS if args.data is None else REAL_DEFAULTS
     for k, v in defaults.items():
         if getattr(args, k) is None:
@@ -165,6 +156,8 @@ def prepare_dataset(args: argparse.Namespace, env: dist.DistEnv) -> DatasetIndex
     A ``boxes.json`` beside the data (relative path -> [x0, y0, x1, y1]; the demo writes one) gives each image
     its object box, which the store keeps for the localisation checks.
     """
+    from core import dist
+    from core.data import discover
     from core.synth import default_demo_root, generate_demo_dataset, load_boxes
 
     if args.data is not None:
@@ -182,6 +175,8 @@ def prepare_dataset(args: argparse.Namespace, env: dist.DistEnv) -> DatasetIndex
 def image_records(index: DatasetIndex) -> list[store.ImageRecord]:
     """One record per image of every split, with its size from the file header (no decoding) and the
     SHA-256 of its bytes."""
+    from core.data import file_sha256, read_image_header
+
     records = []
     for split, samples in index.splits.items():
         for s in samples:
@@ -196,10 +191,25 @@ def image_records(index: DatasetIndex) -> list[store.ImageRecord]:
 # --------------------------------------------------------------------------- main
 
 def main(args: argparse.Namespace) -> int:
+    if int(os.environ.get("RANK", "0")) == 0:
+        storecheck.check_writable(args.db)  # before the data, the model and the epochs: not after them
     return run_distributed(args, _main)
 
 
 def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> int:
+    import torch
+
+    from core import dist
+    from core.cache import DecodedCache
+    from core.data import DatasetError
+    from core.engine import choose_precision
+    from core.gradcam import check_methods_for_layer
+    from core.model import ModelMeta, build_model, load_imagenet_base, read_checkpoint, resolve_module
+    from jobs.checks import unusable_split
+    from jobs.corrections import apply_reviews
+    from jobs.snapshot import Phase1Snapshot
+    from jobs.training import RunOutput, TrainSettings, train
+
     resume_state: Optional[dict[str, Any]] = None
     if args.resume:
         if env.is_main:  # rank 0 alone writes checkpoints, so it alone need see them (other nodes may not)
@@ -249,6 +259,7 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
 
     Session_ = None
     run_id: Optional[int] = None
+    unusable: Optional[str] = None
     if env.is_main:
         engine = store.make_engine(args.db)
         Session_ = store.make_sessionmaker(engine)
@@ -279,7 +290,9 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
                                        weights=weights_desc[:300], image_size=args.image_size, cam_layer=args.cam_layer,
                                        class_names=index.classes, absent_splits=index.absent)
                 run_id = run.id
-                store.upsert_images(s, run_id, image_records(index))
+                records = image_records(index)
+                store.upsert_images(s, run_id, records)
+            unusable = unusable_split(records, run_id, args.db)
             log.info("run %d %r started; checkpoints in %s", run_id, name, run_dir)
         run_id = dist.broadcast_from_main(env, run_id)
     out = RunOutput(Session_=Session_, run_id=run_id, run_dir=run_dir, saved_args=dict(vars(args)))
@@ -290,6 +303,9 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
         workers=args.workers, cams=not args.no_cams, layer=args.cam_layer, cache=cache,
         methods=parse_methods(args.cam_methods))
     try:
+        unusable = dist.broadcast_from_main(env, unusable)
+        if unusable:
+            raise DatasetError(unusable)
         best = train(model, settings=TrainSettings.from_args(args), index=index, meta=meta, device=device,
                      env=env, out=out, resume_state=resume_state, cache=cache, phase1_hook=snapshot)
         finish(model, best, index=index, meta=meta, device=device, env=env, out=out,
@@ -309,6 +325,12 @@ def finish(model: nn.Module, best: dict, *, index: DatasetIndex, meta: ModelMeta
            cams: bool, layer: str, audit: bool, cache: Optional[DecodedCache] = None,
            cam_methods: Sequence[str] = GRADIENT_METHODS) -> None:
     """Reload the best weights, evaluate ``eval_splits``, mark the run complete and, with ``audit``, audit it."""
+    from core import dist
+    from core.model import read_checkpoint
+    from jobs.auditing import audit_run, format_summary
+    from jobs.calibrate import calibrate_after_training
+    from jobs.evaluation import evaluate_split
+
     best_path = out.run_dir / "best.pt"
     if env.is_main and not best_path.is_file():
         raise CheckpointError(f"{best_path}: the best checkpoint is missing")
@@ -334,7 +356,7 @@ def finish(model: nn.Module, best: dict, *, index: DatasetIndex, meta: ModelMeta
         if audit:
             with out.Session_.begin() as s:
                 report = audit_run(s, out.run_id)
-            log.info("data audit:\n%s", format_summary(*report))
+            log.info("data audit:\n%s", format_summary(*report, db=out.saved_args.get("db")))
     dist.barrier(env)
 
 

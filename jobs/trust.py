@@ -19,22 +19,23 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from core import cam_methods, dist, trust
-from core.cache import ENV_VAR as CACHE_ENV_VAR, DecodedCache
+from core.cache import ENV_VAR as CACHE_ENV_VAR
 from core.cammaps import BASELINES, DEFAULT_METHOD, TARGET_PRED, TARGET_TRUE, TARGETS, parse_methods, peak_location
-from core.data import DatasetIndex, Sample
-from core.feed import device_batch_size, split_feed
-from core.gradcam import check_methods_for_layer, predict_and_explain_many
+from core.defaults import FILLS
 from core.method_rank import rank_methods
 from core.metrics import trust_summary
-from core.model import load_checkpoint, resolve_module
 from core.splits import VALID
 from db import queries, store
-from jobs.common import DefaultsHelpFormatter, add_db_arg, add_run_arg, run_cli, run_distributed
+from jobs.common import DefaultsHelpFormatter, add_db_arg, add_run_arg, run_cli, run_distributed, say_run
+
+if TYPE_CHECKING:  # torch and the model load when the job runs, not for --help
+    import torch
+
+    from core import dist
 
 log = logging.getLogger("jobs.trust")
 
@@ -54,7 +55,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", type=int, default=0, help="score a seeded random sample of this many images "
                    "(0: all of the split)")
     p.add_argument("--steps", type=int, default=16, help="steps of each deletion / insertion curve")
-    p.add_argument("--fill", choices=trust.FILLS, default="mean", help="what deleted pixels become: the "
+    p.add_argument("--fill", choices=FILLS, default="mean", help="what deleted pixels become: the "
                    "dataset mean (zeros after normalisation) or the blurred image")
     p.add_argument("--blur-sigma", type=float, default=None, help="Gaussian blur of the insertion start in "
                    "pixels (default: 1/16 of the image side)")
@@ -116,6 +117,8 @@ def split_plan(s, run: queries.RunInfo, split: str, images: list[tuple[int, str,
 def pointing_rows(image_id: int, cams: dict[str, np.ndarray], box, size: tuple[int, int], input_size: int,
                   seed: int) -> list[dict]:
     """The pointing game of one image: for each map (and both baselines) whether its peak falls in the box."""
+    from core import trust
+
     x0, y0, x1, y1 = box
     w, h = size
     base = trust.baseline_maps([seed], next(iter(cams.values())).shape[-2:])
@@ -133,6 +136,11 @@ def score_images(model, loader, ids: dict[int, int], args, layer: str, boxes: di
     """Score this rank's images; returns (score rows, pointing rows, skipped image ids). ``ids`` maps a
     position in the split to its image id; ``boxes``: {image_id: (bbox, (width, height))} of the images that
     have an object box."""
+    import torch
+
+    from core import cam_methods, trust
+    from core.gradcam import predict_and_explain_many
+
     device = next(model.parameters()).device
     rows, points, bad = [], [], []
     pred_col, true_col = TARGETS.index(TARGET_PRED), TARGETS.index(TARGET_TRUE)
@@ -175,6 +183,10 @@ def score_images(model, loader, ids: dict[int, int], args, layer: str, boxes: di
 def sanity(model, loader, args, layer: str) -> tuple[list[dict], int]:
     """The cascade on the first ``--sanity-sample`` readable images of the plan (rank 0 only, ``loader``
     reads the whole plan in order)."""
+    import torch
+
+    from core import trust
+
     device = next(model.parameters()).device
     xs = []
     for x, *_ in loader:
@@ -210,6 +222,13 @@ def image_boxes(s, run_id: int, split: str) -> dict[int, tuple]:
 
 
 def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> int:
+    from core import dist, trust
+    from core.cache import DecodedCache
+    from core.data import DatasetIndex, Sample
+    from core.feed import device_batch_size, split_feed
+    from core.gradcam import check_methods_for_layer
+    from core.model import load_checkpoint, resolve_module
+
     t0 = time.perf_counter()
     engine = store.make_engine(args.db, create=False) if env.is_main else None
     Session_ = store.make_sessionmaker(engine) if engine is not None else None
@@ -217,6 +236,7 @@ def _main(args: argparse.Namespace, device: torch.device, env: dist.DistEnv) -> 
     if env.is_main:
         with Session_() as s:
             run = queries.find_run(s, args.run)
+            say_run(args.run, run)
             ckpt = args.checkpoint or run.checkpoint_path
             if not ckpt:
                 raise ValueError(f"run {run.id} ({run.name}) has no checkpoint yet (status {run.status})")

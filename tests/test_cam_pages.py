@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.cammaps import BASELINES, METHOD_LABELS, encode_maps, parse_methods, stored_targets
+from core.cammaps import BASELINES, METHOD_LABELS, encode_maps, method_label, parse_methods, stored_targets
 from core.intervals import wilson_interval
 from core.method_rank import rank_methods
 from db import queries
@@ -84,6 +84,11 @@ def _image(url: str, wrong: bool) -> int:
     return int(pick["image_id"].iloc[0])
 
 
+def bar_notes(at: AppTest) -> list[str]:
+    """The captions of the colour bars a page shows (the key to its heatmaps)."""
+    return [i.caption for im in at.get("image") for i in im.proto.imgs if i.caption.startswith("Heatmap colours")]
+
+
 @pytest.mark.parametrize("wrong", [True, False])
 def test_comparison_shows_every_method_for_each_target(many, monkeypatch, wrong):
     image_id = _image(many[0], wrong)
@@ -99,10 +104,11 @@ def test_comparison_shows_every_method_for_each_target(many, monkeypatch, wrong)
     assert {c.split(" · ")[0] for c in captions} == {METHOD_LABELS[m] for m in METHODS}
     colour_bars = len(rows)
     main = 3 if wrong else 2  # the model input, the predicted class's map and, for a mistake, the true class's
-    assert len(at.get("image")) == main + expected + colour_bars
-    assert sum("one scale for the row" in m.value for m in at.markdown) == colour_bars
+    # ... and one colour bar for those, one for each row of methods
+    assert len(at.get("image")) == main + expected + 1 + colour_bars
+    assert sum("one scale for the row" in c for c in bar_notes(at)) == colour_bars
     at.radio(key="cmp_row_scale").set_value("each map to its own peak").run()
-    assert not at.exception and sum("each map's own peak" in m.value for m in at.markdown) == colour_bars
+    assert not at.exception and sum("each map scaled to its own peak" in c for c in bar_notes(at)) == colour_bars + 1
 
 
 # --------------------------------------------------------------------------- the ranking
@@ -120,13 +126,13 @@ def test_trust_page_ranks_the_methods_and_details_the_chosen_one(many, monkeypat
     assert margin.label == f"{METHOD_LABELS[expected.winner]} beats {METHOD_LABELS[expected.runner_up]}"
     assert margin.value == f"{sure.value:.0%}"
     assert f"{sure.k} of {sure.n} images · 95% interval {sure.lo:.0%}-{sure.hi:.0%}" in [c.value for c in at.caption]
-    table = at.dataframe[0].value  # the ranking comes first
-    assert list(table["method"]) == [*table[table["kind"] == "method"]["method"], *BASELINES]
-    assert set(table["method"]) == {*METHODS, *BASELINES}
+    table = at.dataframe[0].value  # the ranking comes first, its maps by name
+    assert list(table["map"])[-len(BASELINES):] == list(map(method_label, BASELINES))  # the baselines close it
+    assert set(table["map"]) == set(map(method_label, (*METHODS, *BASELINES)))
     at.selectbox(key="tr_method").set_value("layercam").run()
     assert not at.exception
     assert [m.label for m in at.metric if "deletion AUC" in m.label][:3] == [
-        "layercam: deletion AUC", "random: deletion AUC", "centre: deletion AUC"]
+        "LayerCAM: deletion AUC", "random map: deletion AUC", "centred map: deletion AUC"]
 
 
 def _frame(scores: dict[str, list[float]], labels: list[int]) -> pd.DataFrame:

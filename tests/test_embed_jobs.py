@@ -57,7 +57,7 @@ def similar(db, *extra):
 def test_train_stores_the_vector_of_every_image_it_predicts(run):
     tmp, data, db, run_id = run
     with sessions(db)() as s:
-        n_pred = s.scalar(select(func.count()).select_from(Prediction))
+        n_pred = s.scalar(select(func.count()).select_from(Prediction).where(Prediction.run_id == run_id))
         stored = embed_queries.stored_vectors(s, run_id)
         ckpt = queries.run_info(s, run_id).checkpoint_path
     assert n_pred == 9 and len(stored) == 9 and stored.dim == 256

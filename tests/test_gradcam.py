@@ -391,15 +391,15 @@ def test_overlay_normalize_options():
     rgb = np.zeros((16, 16, 3), np.uint8)
     cam = np.zeros((4, 4), np.float32)
     cam[0, 0] = 2.0  # hot top-left
-    by_image = overlay(rgb, cam, alpha=1.0, normalize="image")
-    assert np.array_equal(by_image, overlay(rgb, cam, alpha=1.0, normalize=("fixed", 2.0)))
+    by_image = overlay(rgb, cam, colormap="jet", alpha=1.0, normalize="image")
+    assert np.array_equal(by_image, overlay(rgb, cam, colormap="jet", alpha=1.0, normalize=("fixed", 2.0)))
     # jet runs from dark blue (0) to dark red (1): the hot corner is red, the cold one blue
     assert by_image[0, 0, 0] >= 128 and by_image[0, 0, 2] == 0
     assert by_image[-1, -1, 2] >= 128 and by_image[-1, -1, 0] == 0
     # A shared scale twice the peak makes the same map cooler; "none" takes values as they are.
-    assert not np.array_equal(by_image, overlay(rgb, cam, alpha=1.0, normalize=("fixed", 4.0)))
-    assert np.array_equal(by_image, overlay(rgb, cam / 2.0, alpha=1.0, normalize="none"))
-    assert np.array_equal(overlay(rgb, cam * 10, alpha=1.0, normalize="none")[0, 0], by_image[0, 0])  # clipped
+    assert not np.array_equal(by_image, overlay(rgb, cam, colormap="jet", alpha=1.0, normalize=("fixed", 4.0)))
+    assert np.array_equal(by_image, overlay(rgb, cam / 2.0, colormap="jet", alpha=1.0, normalize="none"))
+    assert np.array_equal(overlay(rgb, cam * 10, colormap="jet", alpha=1.0, normalize="none")[0, 0], by_image[0, 0])  # clipped
 
 
 @pytest.mark.parametrize(

@@ -322,11 +322,12 @@ def test_page_with_scores(scored_run, monkeypatch):
     assert not at.exception
     assert [t.value for t in at.title] == ["Can the maps be trusted?"]
     assert [m.label for m in at.metric if "deletion AUC" in m.label][:3] == [
-        "gradcam: deletion AUC", "random: deletion AUC", "centre: deletion AUC"]
+        "Grad-CAM: deletion AUC", "random map: deletion AUC", "centred map: deletion AUC"]
     assert len(at.get("plotly_chart")) >= 3
     assert not at.error, [e.value for e in at.error]
     worst = [c.value for c in at.caption if " · gap " in c.value]
-    assert worst and len(at.get("image")) == len(worst)  # each least faithful map drawn over its image
+    drawn = [im for im in at.get("image") if not im.proto.imgs[0].caption.startswith("Heatmap colours")]
+    assert worst and len(drawn) == len(worst)  # each least faithful map drawn over its image (and one colour bar)
     at.radio(key="tr_metric").set_value("insertion_auc").run()
     at.radio(key="tr_target").set_value("true").run()
     assert not at.exception

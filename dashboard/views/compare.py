@@ -3,12 +3,12 @@ stored CAM method side by side for the predicted class, the true class and their
 import numpy as np
 import streamlit as st
 
-from core.cammaps import COLORMAPS, method_label
+from core.cammaps import COLORMAPS, DEFAULT_ALPHA, DEFAULT_COLORMAP, method_label
 from core.figures import top5_bars
 from dashboard import calibration_ui, loaders, reviews_ui, scale_ui, state
 from dashboard.context import gallery_errors, require_run
 from dashboard.methods_ui import method_param, method_picker, method_rows
-from dashboard.tiles import map_of_class, picture, show_picture
+from dashboard.tiles import map_of_class, picture, show_colorbar, show_picture
 from dashboard.charts import chart
 from dashboard.lookalikes_ui import looks_like_these
 
@@ -67,8 +67,8 @@ b3.caption(
 with st.container(border=True):
     c0, c1, c2, c3 = st.columns([1, 1, 1, 1.4])
     chosen_method = method_picker(ctx, "cmp_method", container=c0)
-    alpha = c1.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="cmp_alpha")
-    colormap = c2.selectbox("Colormap", list(COLORMAPS), key="cmp_cmap")
+    alpha = c1.slider("Heatmap opacity", 0.0, 1.0, DEFAULT_ALPHA, 0.05, key="cmp_alpha")
+    colormap = c2.selectbox("Colormap", list(COLORMAPS), index=list(COLORMAPS).index(DEFAULT_COLORMAP), key="cmp_cmap")
     norm = c3.radio("Scale", ["per image", "shared across both maps", "none (raw values)"], key="cmp_norm",
                     horizontal=True)
 
@@ -105,12 +105,13 @@ def view(cam):
 
 
 def show(col, title, pic, missing=None):
+    # The title goes under the image: a long class name then wraps below it, and the images stay aligned.
     with col:
-        st.markdown(f"**{title}**")
         if missing:
             st.info(missing)
         else:
             show_picture(pic)
+        st.markdown(f"**{title}**")
 
 
 c1, c2, c3, c4 = st.columns([1, 1, 1, 1.2])
@@ -127,7 +128,11 @@ with c4:
     st.caption(f"Top-5 probabilities, {calibration_ui.word(ctx)}.")
 if shown and norm.startswith("none"):
     lo, hi = min(float(c.min()) for c in shown), max(float(c.max()) for c in shown)
-    st.caption(f"Raw map values span {lo:.3g}–{hi:.3g}; values above 1 saturate.")
+    show_colorbar(colormap, low="0", high="1", note=f"raw map values (they span {lo:.3g}–{hi:.3g}; above 1 saturates)")
+elif shown and norm.startswith("shared"):
+    show_colorbar(colormap, low="0", high=f"{normalize[1]:.3g}", note="raw map values, one scale for both maps")
+else:
+    show_colorbar(colormap, note="each map scaled to its own peak")
 
 with st.container(border=True):
     st.markdown("**Your verdict on this image**")

@@ -9,7 +9,7 @@ from core.stages import stage_label
 from dashboard import compare_runs_ui as ui
 from dashboard import loaders, state
 from dashboard.charts import chart
-from dashboard.context import Ctx, TRAIN_HINT, open_store, shown_url
+from dashboard.context import Ctx, job_command, open_store, shown_url, train_hint
 
 GALLERY_SIZES = (6, 12, 24)
 CHART_CLASSES = 30
@@ -19,13 +19,13 @@ ss = st.session_state
 url = open_store()
 runs = ui.ordered_runs(loaders.load_runs(url))
 if runs.empty:
-    st.info(f"The store at `{shown_url(url)}` holds no runs yet.\n\n{TRAIN_HINT}")
+    st.info(f"The store at `{shown_url(url)}` holds no runs yet.\n\n{train_hint(url)}")
     st.stop()
 rows = {int(r.id): r for r in runs.itertuples()}
 ids = list(rows)
 if len(ids) < 2:
-    st.info("Comparing needs two runs, or a run and its phase-1 snapshot: `python -m jobs.train` keeps the model "
-            "at the end of phase 1 unless told `--no-phase1-snapshot`.")
+    st.info(f"Comparing needs two runs, or a run and its phase-1 snapshot: `{job_command('train', url)}` keeps the "
+            "model at the end of phase 1 unless told `--no-phase1-snapshot`.")
     st.stop()
 default_a, default_b = ui.default_pair(runs, loaders.load_default_run(url))
 default_a = default_a if default_a is not None else ids[1]

@@ -74,7 +74,9 @@ state.seed("cm_pair", "_cm_pair", url_pair or labels[0], valid=lambda v: v in la
 if ss["cm_pair"] not in labels:
     ss["cm_pair"] = labels[0]
 
-left, right = st.columns([1, 1.4])
+# Widths in px that fit the seven columns in the left part of a 1400 px window (names longer than their
+# column are cut with an ellipsis; the pair selector beside the table shows them whole).
+left, right = st.columns([1.4, 1])
 with left:
     st.subheader("Most confused pairs")
     # The share is count of n (the true sport's images): its 95% Wilson interval says how firm it is.
@@ -87,10 +89,16 @@ with left:
         key="cm_pairs_table",
         height=min(420, 38 + 35 * len(show)),
         column_config={
-            "n": st.column_config.NumberColumn("n", help="images of the true sport"),
-            "share_of_true": st.column_config.NumberColumn("share of true", format="percent"),
-            "share 95%": st.column_config.TextColumn("95% (Wilson)", help="95% Wilson interval of the share"),
-            "reverse_count": st.column_config.NumberColumn("reverse", help="images of the predicted sport taken for the true one"),
+            "true": st.column_config.TextColumn("true", width=115),
+            "predicted": st.column_config.TextColumn("predicted", width=115),
+            "count": st.column_config.NumberColumn("images", width=48),
+            "n": st.column_config.NumberColumn("n", width=36, help="images of the true sport"),
+            "share_of_true": st.column_config.NumberColumn("share", format="percent", width=58,
+                                                           help="of the true sport's images"),
+            "share 95%": st.column_config.TextColumn("95% (Wilson)", width=92,
+                                                     help="95% Wilson interval of the share"),
+            "reverse_count": st.column_config.NumberColumn("reverse", width=54,
+                                                           help="images of the predicted sport taken for the true one"),
         },
     )
 with right:
@@ -103,7 +111,7 @@ with right:
                                 resort=True)
     st.markdown(f"**{n_pair}** image{'s' if n_pair != 1 else ''} of *{names[t]}* predicted as *{names[p]}*"
                 + (f" (showing {min(n_pair, 12)})" if n_pair > 12 else ""))
-    chosen = show_tiles(ctx, rows.head(12), per_row=4, key="cm_tile")
+    chosen = show_tiles(ctx, rows.head(12), per_row=3, key="cm_tile")
     if st.button("Open these in the gallery", key="cm_to_gallery"):
         ss["sport"], ss["pred"], ss["conf"], ss["page"] = [names[t]], [names[p]], (0.0, 1.0), 1
         st.switch_page("views/gallery.py")

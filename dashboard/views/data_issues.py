@@ -12,10 +12,10 @@ from core.cammaps import method_label
 from core.intervals import suspects_warning
 from core.splits import SPLITS
 from dashboard import calibration_ui, loaders, reviews_ui, scale_ui, state
-from dashboard.context import require_run
+from dashboard.context import job_command, require_run
 from dashboard.lookalikes_ui import neighbour_suspects_tab
 from dashboard.methods_ui import method_param, method_picker
-from dashboard.tiles import TILES_PER_ROW, map_of_class, picture, show_picture
+from dashboard.tiles import TILES_PER_ROW, map_of_class, picture, show_colorbar, show_picture
 
 KINDS = ["exact", "near"]
 GROUP_PAGE_SIZES = (10, 25, 50)
@@ -26,12 +26,13 @@ ctx = require_run()
 reviews_ui.reviewer_sidebar()
 names = list(ctx.names)
 ss = st.session_state
+state.publish(run=ctx.run_id)  # the link names the run even when the page stops early (no audit yet)
 
 report = loaders.load_audit(ctx.url, ctx.run_id, loaders.load_audit_stamp(ctx.url, ctx.run_id))
 if report is None:
     st.info(
-        f"Run #{ctx.run_id} has no data audit yet. Run `python -m jobs.audit --run {ctx.run_id}` "
-        "(or train with `python -m jobs.train --audit`), then reload this page."
+        f"Run #{ctx.run_id} has no data audit yet. Run `{job_command('audit', ctx.url, f'--run {ctx.run_id}')}`, "
+        "then reload this page."
     )
     st.stop()
 
@@ -214,6 +215,7 @@ with t_sus:
         maps = loaders.load_maps(ctx.url, ctx.run_id, tuple(int(sp["image_id"]) for sp in page if "image_id" in sp),
                                  ctx.stamp, method)
         per_row = TILES_PER_ROW
+        show_colorbar(note="map of the model's class, each scaled to its own peak")
         for start in range(0, len(page), per_row):
             for col, sp in zip(st.columns(per_row), page[start : start + per_row]):
                 cam = map_of_class(maps.get(int(sp.get("image_id", -1))), int(sp["pred_label"]))

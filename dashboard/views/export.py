@@ -3,7 +3,7 @@ import streamlit as st
 
 from core.report import FORMATS, ExportOptions
 from dashboard import scale_ui, state
-from dashboard.context import require_run, split_choice
+from dashboard.context import job_command, require_run, split_choice
 from dashboard.figureset import figure_set_zip
 
 st.title("Export")
@@ -12,8 +12,7 @@ counts = scale_ui.require_counts(ctx)  # the splits with predictions, counted in
 names = list(ctx.names)
 ss = st.session_state
 
-st.caption("The same files as `python -m jobs.export --run "
-           f"{ctx.run_id}`: confusion matrices, per-class scores, training curves, the most confident mistakes "
+st.caption(f"The same files as `{job_command('export', ctx.url, f'--run {ctx.run_id}')}`: confusion matrices, per-class scores, training curves, the most confident mistakes "
            "with both Grad-CAM maps, one error sheet per sport, the tables behind them, "
            "leakage and duplicate groups for an audited run, and the faithfulness table and plot and the sanity "
            "check for a run scored by `jobs.trust`. Plots are drawn at 300 dpi by a headless Chromium.")

@@ -6,8 +6,8 @@ from core.counts import binned_confidence_histogram
 from core.figures import confidence_histogram, training_curves
 from core.intervals import rate
 from core.splits import SPLITS
-from dashboard import calibration_ui, intervals_ui, loaders, scale_ui, state
-from dashboard.context import TRAIN_HINT, require_run
+from dashboard import calibration_ui, intervals_ui, loaders, progress_ui, scale_ui, state
+from dashboard.context import no_results_message, require_run
 from dashboard.charts import chart
 
 st.title("Overview")
@@ -24,8 +24,8 @@ st.caption(
 counted = scale_ui.load_split_counts(ctx.url, ctx.run_id, ctx.stamp).set_index("split")
 evals = loaders.load_evaluations(ctx.url, ctx.run_id, ctx.stamp).set_index("split")
 splits = [s for s in SPLITS if s in counted.index or s in evals.index or s in info.metrics]
-if not splits:
-    st.info(f"Run #{info.id} has no evaluated split yet. {TRAIN_HINT}")
+if not splits and info.status != "running":  # a running run shows its progress below
+    st.info(no_results_message(ctx))
 for split in splits:
     n_sp = int(counted.loc[split, "predictions"]) if split in counted.index else 0
     m = info.metrics.get(split, {}) if isinstance(info.metrics.get(split), dict) else {}
@@ -58,10 +58,13 @@ for split, reason in info.absent_splits.items():
     st.caption(f"No {split} split: {reason}")
 
 st.subheader("Training curves")
-epochs = loaders.load_epochs(ctx.url, ctx.run_id, ctx.stamp)
-if epochs.empty:
-    st.info("No epochs recorded for this run.")
-else:
+
+
+def finished_curves() -> None:
+    epochs = loaders.load_epochs(ctx.url, ctx.run_id, ctx.stamp)
+    if epochs.empty:
+        st.info("No epochs recorded for this run.")
+        return
     chart(training_curves(epochs), key="ov_curves", name="training-curves")
     best = info.best_epoch
     st.caption(
@@ -70,6 +73,9 @@ else:
         + (f"; best epoch {best}" if best else "")
         + f"; {epochs['seconds'].sum():.0f} s in all."
     )
+
+
+progress_ui.training_section(ctx, static=finished_curves)  # live, redrawn every few seconds, while it trains
 
 n_all = int(counted["predictions"].sum())
 if n_all:

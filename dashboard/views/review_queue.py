@@ -10,7 +10,7 @@ import streamlit as st
 from core import review_queue as rq
 from core.reviews import MAX_NOTE
 from dashboard import loaders, reviews_ui, state
-from dashboard.context import require_run
+from dashboard.context import job_command, require_run
 from dashboard.tiles import map_of_class, picture, show_picture
 
 STATUSES = ("to review", "reviewed", "all")
@@ -25,8 +25,8 @@ ss = st.session_state
 audit_stamp = loaders.load_audit_stamp(ctx.url, ctx.run_id)
 queue = reviews_ui.load_queue(ctx.url, ctx.run_id, ctx.stamp, audit_stamp)
 if queue.empty:
-    hint = ("" if audit_stamp else f" The run has no data audit yet: `python -m jobs.audit --run {ctx.run_id}` "
-            "finds duplicates, leakage and suspect labels.")
+    hint = ("" if audit_stamp else f" The run has no data audit yet: "
+            f"`{job_command('audit', ctx.url, f'--run {ctx.run_id}')}` finds duplicates, leakage and suspect labels.")
     st.info(f"Nothing in run #{ctx.run_id} needs a look: no audit findings and no confident errors "
             f"(wrong at {rq.CONFIDENT:.0%} or more).{hint}")
     st.stop()
@@ -58,7 +58,7 @@ st.markdown(line + ".")
 no_hash = int(queue["sha256"].isna().sum())
 if no_hash:
     st.warning(f"{no_hash:,} of these images have no recorded file hash and cannot be reviewed: "
-               f"`python -m jobs.cams --run {ctx.run_id}` records them.")
+               f"`{job_command('cams', ctx.url, f'--run {ctx.run_id}')}` records them.")
 
 table = rq.reason_table(shown, shown["verdict"])
 with st.expander("How often each reason was right", expanded=False):

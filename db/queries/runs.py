@@ -12,6 +12,7 @@ from core.splits import ordered
 from db.models import CamMap, EpochRow, EvalRow, ImageRow, Prediction, Run, RunClass
 from db.queries.frames import empty
 from db.store import resolve_run
+from db.storecheck import LATEST
 
 
 def class_names(session: Session, run_id: int) -> list[str]:
@@ -43,9 +44,10 @@ def list_runs(session: Session) -> pd.DataFrame:
 
 
 def default_run_id(session: Session) -> Optional[int]:
-    """The newest complete run, else the newest run of any status, else ``None``; never a snapshot."""
-    for cond in (Run.status == "complete", True):
-        rid = session.scalar(select(Run.id).where(cond, Run.stage.is_(None)).order_by(Run.id.desc()).limit(1))
+    """``latest`` (the newest complete run that is not a snapshot), else the newest run that is not a
+    snapshot (a first run still training), else any run, else ``None``."""
+    for cond in (LATEST, (Run.stage.is_(None),), ()):
+        rid = session.scalar(select(Run.id).where(*cond).order_by(Run.id.desc()).limit(1))
         if rid is not None:
             return int(rid)
     return None
