@@ -174,7 +174,8 @@ def test_cams_fills_the_logits_of_an_older_run(trained, capsys):
 
     S = sessions(trained)
     with S.begin() as s:  # what a run of schema 1 looks like: predictions without logits, no calibration
-        before = {p.image_id: decode_logits(p.logits, 3) for p in s.scalars(select(Prediction))}
+        before = {p.image_id: decode_logits(p.logits, 3)
+                  for p in s.scalars(select(Prediction).where(Prediction.run_id == 1))}
         s.execute(update(Prediction).values(logits=None))
         s.execute(CalibrationRow.__table__.delete())
     assert run_job("--db", trained, "--run", "1") == 2
@@ -184,7 +185,8 @@ def test_cams_fills_the_logits_of_an_older_run(trained, capsys):
     assert cams_job.main(args) == 0
     with S() as s:
         coverage = logits_coverage(s, 1)
-        after = {p.image_id: decode_logits(p.logits, 3) for p in s.scalars(select(Prediction))}
+        after = {p.image_id: decode_logits(p.logits, 3)
+                     for p in s.scalars(select(Prediction).where(Prediction.run_id == 1))}
     assert (coverage["with_logits"] == coverage["predictions"]).all()
     assert after.keys() == before.keys()  # the same images, recomputed from the same checkpoint
     np.testing.assert_allclose(np.stack(list(after.values())), np.stack([before[i] for i in after]), atol=1e-2)
