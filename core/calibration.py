@@ -32,7 +32,6 @@ from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import minimize_scalar
 
 DEFAULT_BINS = 15
 MAX_BINS = 1000
@@ -277,6 +276,8 @@ def fit_temperature(logits: Any, labels: Any, bounds: tuple[float, float] = T_BO
         raise ValueError(f"temperature bounds must satisfy 0 < low < 1 < high, got {bounds!r}")
     f = _ScaledNLL(z, y)
     before = f(1.0)
+    from scipy.optimize import minimize_scalar  # only the fit needs it; readers of a report do not
+
     res = minimize_scalar(lambda u: f(math.exp(u)), bounds=(math.log(lo), math.log(hi)), method="bounded",
                           options=dict(xatol=1e-6, maxiter=200))
     t, after = math.exp(float(res.x)), float(res.fun)
