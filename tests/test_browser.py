@@ -169,7 +169,9 @@ def test_data_issues_suspects_tab_shows_maps(server, browser):
         panel = page.get_by_role("tabpanel").filter(has_text="given:")
         panel.locator("img").first.wait_for(timeout=30_000)
         page.wait_for_timeout(1000)
-        assert panel.locator("img").count() == 10  # one page of suspects, each with its map
+        # one page of suspects, each with its map, and the colour bar that keys them
+        legend = panel.locator('[data-testid="stImage"]').filter(has_text="Heatmap colours").count()
+        assert legend == 1 and panel.locator("img").count() == 10 + legend
         assert page.locator('[data-testid="stException"]').count() == 0
         _save_screenshot(page, "data_issues_suspects")
     finally:
