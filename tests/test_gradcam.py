@@ -242,7 +242,8 @@ def test_memory_flat_and_no_graph_kept(small_model):
     gc.collect()
     tensors1 = live_tensors()
     # A graph through VGG-19's base holds > 10 MB here; keeping one per call would add > 300 MB.
-    assert rss_bytes() - rss0 < 40 * 2**20
+    # The bound leaves room for the allocator of a long test session (RSS near 1.7 GB there grew 62 MB).
+    assert rss_bytes() - rss0 < 150 * 2**20
     assert tensors1 <= tensors0
 
 

@@ -60,9 +60,10 @@ def test_retrain_applies_three_relabels_and_two_drops(tmp_path, data):
     assert train_job.main(args) == 0
     S = store.make_sessionmaker(store.make_engine(db, create=False))
     with S() as s:
-        run = s.scalars(select(Run)).one()
+        run = s.scalars(select(Run).where(Run.stage.is_(None))).one()  # the run, not its phase-1 snapshot
         assert run.status == "complete"
-        labels = {(r.split, r.relpath): CLASSES[r.label] for r in s.scalars(select(ImageRow))}
+        labels = {(r.split, r.relpath): CLASSES[r.label]
+                  for r in s.scalars(select(ImageRow).where(ImageRow.run_id == run.id))}
     applied = run.config["reviews_applied"]
     assert (applied["relabelled"], applied["dropped"], applied["refused"]) == (3, 2, 1)
     assert applied["verdicts"] == 8 and applied["source"].startswith("store ")
