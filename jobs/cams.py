@@ -21,13 +21,12 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from core.cache import ENV_VAR as CACHE_ENV_VAR
 from core.cammaps import DEFAULT_METHOD, parse_methods
 from core.defaults import SCORECAM_COST
 from core.errors import CheckpointError
 from core.splits import EVAL_SPLITS, SPLITS, VALID
 from db import queries, store
-from jobs.common import DefaultsHelpFormatter, add_db_arg, add_run_arg, run_cli, run_distributed, say_run
+from jobs.common import DefaultsHelpFormatter, add_cache_args, add_db_arg, add_run_arg, run_cli, run_distributed, say_run
 from jobs.rundir import run_dir_of
 
 if TYPE_CHECKING:  # torch and the model load when the job runs, not for --help
@@ -57,9 +56,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="data-loader worker processes per rank")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where the model runs")
     p.add_argument("--no-cams", action="store_true", help="recompute predictions only")
-    p.add_argument("--cache-dir", default=None, help="folder of the decoded cache, shared with jobs.train "
-                   f"(default: ${CACHE_ENV_VAR}, else ~/.cache/sports-cam/decoded)")
-    p.add_argument("--no-cache", action="store_true", help="read and decode the JPEG files")
+    add_cache_args(p)
     p.add_argument("--methods", default=None,
                    help="comma-separated CAM methods to add to the run, keeping its predictions and its other "
                    f"methods' maps (default: none; recompute everything). {SCORECAM_COST}")

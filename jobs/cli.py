@@ -33,6 +33,15 @@ def add_db_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_cache_args(parser: argparse.ArgumentParser) -> None:
+    """``--cache-dir`` / ``--no-cache`` of the jobs that read a run's images after training."""
+    from core.cache import ENV_VAR as cache_env  # torch-free
+
+    parser.add_argument("--cache-dir", default=None, help="folder of the decoded cache, shared with jobs.train "
+                        f"(default: ${cache_env}, else ~/.cache/sports-cam/decoded)")
+    parser.add_argument("--no-cache", action="store_true", help="read and decode the JPEG files")
+
+
 def add_run_arg(parser: argparse.ArgumentParser) -> None:
     # torchrun takes any unambiguous prefix of its own flags, even after the module name, and reads
     # "--run" as its "--run-path"; "--run-id" is the spelling that survives a torchrun launch.

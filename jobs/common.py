@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Callable
 from core.errors import CheckpointError, WeightsUnavailable
 from db.store import StoreError
 from jobs import cli
-from jobs.cli import DefaultsHelpFormatter, add_db_arg, add_run_arg  # noqa: F401 (re-exported for the jobs)
+from jobs.cli import DefaultsHelpFormatter, add_cache_args, add_db_arg, add_run_arg  # noqa: F401 (re-exported for the jobs)
 
 if TYPE_CHECKING:  # torch loads in main(), not for --help
     import torch

@@ -24,13 +24,12 @@ import math
 import time
 from typing import TYPE_CHECKING, Any, Optional
 
-from core.cache import ENV_VAR as CACHE_ENV_VAR
 from core.errors import CheckpointError
 from core.projection import METHODS, project_2d
 from db import queries, store
 from db.queries import embed as embed_queries
 from jobs.cams import run_index
-from jobs.common import DefaultsHelpFormatter, add_db_arg, add_run_arg, run_cli, run_distributed, say_run
+from jobs.common import DefaultsHelpFormatter, add_cache_args, add_db_arg, add_run_arg, run_cli, run_distributed, say_run
 from jobs.rundir import run_dir_of
 from jobs.vectors import vector_rows
 
@@ -59,9 +58,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="data-loader worker processes per rank")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where the model runs")
     p.add_argument("--amp", action="store_true", help="float16 autocast on CUDA")
-    p.add_argument("--cache-dir", default=None, help="folder of the decoded cache, shared with jobs.train "
-                   f"(default: ${CACHE_ENV_VAR}, else ~/.cache/sports-cam/decoded)")
-    p.add_argument("--no-cache", action="store_true", help="read and decode the JPEG files")
+    add_cache_args(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the 2-D map")
     p.add_argument("--method", choices=METHODS, default="auto", help="how the map is drawn: UMAP where the "
                    "vectors allow it (auto), UMAP or PCA")

@@ -23,14 +23,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from core.cache import ENV_VAR as CACHE_ENV_VAR
 from core.cammaps import BASELINES, DEFAULT_METHOD, TARGET_PRED, TARGET_TRUE, TARGETS, parse_methods, peak_location
 from core.defaults import FILLS
 from core.method_rank import rank_methods
 from core.metrics import trust_summary
 from core.splits import VALID
 from db import queries, store
-from jobs.common import DefaultsHelpFormatter, add_db_arg, add_run_arg, run_cli, run_distributed, say_run
+from jobs.common import DefaultsHelpFormatter, add_cache_args, add_db_arg, add_run_arg, run_cli, run_distributed, say_run
 
 if TYPE_CHECKING:  # torch and the model load when the job runs, not for --help
     import torch
@@ -71,9 +70,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    f"(default: {CHUNK['cuda']} on a GPU, {CHUNK['cpu']} on the CPU)")
     p.add_argument("--workers", type=int, default=0, help="data-loader worker processes per rank")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where the model runs")
-    p.add_argument("--cache-dir", default=None, help="folder of the decoded cache, shared with jobs.train "
-                   f"(default: ${CACHE_ENV_VAR}, else ~/.cache/sports-cam/decoded)")
-    p.add_argument("--no-cache", action="store_true", help="read and decode the JPEG files")
+    add_cache_args(p)
     p.add_argument("--json", action="store_true", help="print the aggregate scores and the sanity check as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
