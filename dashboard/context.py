@@ -23,7 +23,6 @@ from db.store import StoreError
 from db.storecheck import StoreUnreadable, db_arg
 
 # Kept for pages that have not moved to train_hint(url), which names the store shown.
-TRAIN_HINT = "Run `python -m jobs.train` (it trains the demo and writes the store), then reload this page."
 UPGRADE_COMMAND = "python -m jobs.upgrade"
 
 

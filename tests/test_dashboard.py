@@ -493,7 +493,7 @@ def test_dashboard_does_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys, dashboard.common, dashboard.context, dashboard.figureset, dashboard.loaders, "
+    code = ("import sys, dashboard.context, dashboard.figureset, dashboard.loaders, "
             "dashboard.state, dashboard.tiles, core.cammaps, core.figures, core.images, db.queries; "
             "sys.exit('torch' in sys.modules)")
     repo = Path(__file__).resolve().parents[1]

@@ -41,7 +41,7 @@ from db.queries.images import (
     scored_images,
     usable_images,
 )
-from db.queries.maps import cams_for, maps_for, maps_query_plan, ordered_methods, stored_methods
+from db.queries.maps import maps_for, maps_query_plan, ordered_methods, stored_methods
 from db.queries.methods import POINTING_COLUMNS, method_ranking, pointing_frame
 from db.queries.report import run_data
 from db.queries.runs import (
@@ -73,7 +73,7 @@ __all__ = [
     "run_input", "snapshot_id", "snapshots_of",
     "IMAGE_COLUMNS", "LEAKAGE_COLUMNS", "POINTING_COLUMNS", "PREDICTION_COLUMNS", "SCORED_COLUMNS", "TRUST_COLUMNS",
     "ImageDetail", "RunInfo", "StoredLogits", "TrustTables",
-    "audit_for", "audit_report", "audit_stamp", "cams_for", "class_names", "confusion_matrix",
+    "audit_for", "audit_report", "audit_stamp", "class_names", "confusion_matrix",
     "default_run_id", "epochs_frame", "errors_frame", "evaluation_rows", "evaluations_frame", "find_run",
     "flagged_images", "image_detail", "image_samples", "image_splits", "images_frame", "images_without_sha256",
     "list_runs", "logits_for", "maps_for", "maps_query_plan", "method_ranking", "ordered_methods",

@@ -10,7 +10,7 @@ import pandas as pd
 from sqlalchemy import and_, exists, func, select
 from sqlalchemy.orm import Session
 
-from core.cammaps import DEFAULT_METHOD, TARGET_PRED, TARGET_TRUE, StoredMaps
+from core.cammaps import DEFAULT_METHOD, StoredMaps
 from core.metrics import decode_logits
 from core.splits import ordered
 from db.models import CamMap, ImageRow, Prediction
@@ -230,30 +230,6 @@ class ImageDetail:
     skipped: bool
     skip_reason: Optional[str]
     sha256: Optional[str] = None
-
-    # The layout of schema 1, for pages not yet reading ``maps``: the "pred" map, then the "true" one.
-    @property
-    def cam_classes(self) -> tuple[int, ...]:
-        return tuple(self.maps.class_of(t) for t in self._v1_targets())
-
-    @property
-    def cam_h(self) -> int:
-        return self.maps.h if self.maps else 0
-
-    @property
-    def cam_w(self) -> int:
-        return self.maps.w if self.maps else 0
-
-    @property
-    def cam_data(self) -> Optional[bytes]:
-        if self.maps is None:
-            return None
-        return b"".join(self.maps.data[self.maps.targets.index(t)] for t in self._v1_targets())
-
-    def _v1_targets(self) -> tuple[str, ...]:
-        if self.maps is None:
-            return ()
-        return tuple(t for t in (TARGET_PRED, TARGET_TRUE) if t in self.maps.targets)
 
 
 def image_detail(session: Session, run_id: int, image_id: int, method: str = DEFAULT_METHOD) -> Optional[ImageDetail]:

@@ -6,7 +6,7 @@ from typing import Iterable
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from core.cammaps import DEFAULT_METHOD, METHOD_NAMES, TARGET_PRED, TARGET_TRUE, TARGETS, StoredMaps, check_method
+from core.cammaps import DEFAULT_METHOD, METHOD_NAMES, TARGETS, StoredMaps, check_method
 from db.models import CamMap
 from db.queries.frames import ID_CHUNK
 
@@ -43,17 +43,6 @@ def maps_for(session: Session, run_id: int, image_ids: Iterable[int],
         out[image_id] = StoredMaps(image_id=image_id, method=method, targets=tuple(r.target for r in rows),
                                    classes=tuple(int(r.class_index) for r in rows), h=int(h), w=int(w),
                                    data=tuple(bytes(r.data) for r in rows))
-    return out
-
-
-def cams_for(session: Session, run_id: int, image_ids: Iterable[int]) -> dict[int, tuple[tuple[int, ...], int, int, bytes]]:
-    """The schema-1 shape of :func:`maps_for` for the gradcam maps, ``{image_id: (classes, h, w, float16
-    bytes of the pred map then the true map)}``; kept while pages move to ``maps_for``."""
-    out = {}
-    for image_id, m in maps_for(session, run_id, image_ids, DEFAULT_METHOD).items():
-        targets = [t for t in (TARGET_PRED, TARGET_TRUE) if t in m.targets]
-        out[image_id] = (tuple(m.class_of(t) for t in targets), m.h, m.w,
-                         b"".join(m.data[m.targets.index(t)] for t in targets))
     return out
 
 
