@@ -7,6 +7,8 @@ Functions here take a ``session`` and never commit: the caller owns the transact
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -53,10 +55,19 @@ def resolve_url(url: Optional[str] = None) -> str:
 
 def _sqlite_writer_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
-    # WAL lets the dashboard read while a job writes; busy_timeout waits for a writer instead of
-    # failing with "database is locked". WAL is a property of the file: set once, readers inherit it.
-    cur.execute("PRAGMA journal_mode=WAL")
+    # busy_timeout first: it waits for a writer instead of failing with "database is locked". WAL lets the
+    # dashboard read while a job writes; it is a property of the file, set once, readers inherit it. Switching
+    # a fresh file to WAL needs a lock that SQLite may refuse at once (without the busy handler) while
+    # another job opening the same new store holds it, so the switch is retried for a while.
     cur.execute("PRAGMA busy_timeout=30000")
+    for attempt in range(200):
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 199:
+                raise
+            time.sleep(0.05)
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
